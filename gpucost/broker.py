@@ -1,0 +1,275 @@
+"""The local Apache Kafka broker of the embedded default: Kafka 4.x in KRaft mode, one node that is
+both broker and controller, on 127.0.0.1, run with the machine's Java 17.
+
+The jars come from Maven Central through `mvn dependency:copy-dependencies` (kafka_dist/pom.xml)
+into a cache folder; storage is formatted once with a static controller quorum; `start`, `stop` and
+`status` are idempotent and `start` returns only when the broker answers metadata requests."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from gpucost.settings import Settings, get_settings
+
+
+class BrokerError(RuntimeError):
+    """The local broker could not be fetched, formatted, started or stopped."""
+
+
+@dataclass
+class BrokerStatus:
+    running: bool
+    pid: int | None
+    bootstrap: str
+    answering: bool
+
+    def __str__(self) -> str:
+        if not self.running:
+            return f"kafka: stopped ({self.bootstrap})"
+        state = "answering" if self.answering else "starting, not answering yet"
+        return f"kafka: running, pid {self.pid}, {self.bootstrap}, {state}"
+
+
+def _cache_dir(settings: Settings) -> Path:
+    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return base / "gpucost" / f"kafka-{settings.kafka_version}"
+
+
+def _broker_dir(settings: Settings) -> Path:
+    return settings.data_dir / "kafka"
+
+
+def _host_port(bootstrap: str) -> tuple[str, int]:
+    host, _, port = bootstrap.split(",")[0].rpartition(":")
+    return host or "127.0.0.1", int(port)
+
+
+def ensure_jars(settings: Settings | None = None) -> Path:
+    """Fetch the broker's jars from Maven Central once; returns the lib folder."""
+    settings = settings or get_settings()
+    lib = _cache_dir(settings) / "lib"
+    marker = lib / ".complete"
+    if marker.exists():
+        return lib
+    if shutil.which("mvn") is None:
+        raise BrokerError("Maven (mvn) is needed to fetch Kafka from Maven Central; install it (apt-get install maven)")
+    lib.mkdir(parents=True, exist_ok=True)
+    pom = resources.files("gpucost.kafka_dist") / "pom.xml"
+    with resources.as_file(pom) as pom_path:
+        cmd = [
+            "mvn", "-q", "-B", "-f", str(pom_path), "dependency:copy-dependencies",
+            f"-DoutputDirectory={lib}", "-DincludeScope=runtime", f"-Dkafka.version={settings.kafka_version}",
+        ]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0 or not any(lib.glob("kafka_2.13-*.jar")):
+        raise BrokerError(f"fetching Kafka {settings.kafka_version} with Maven failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    marker.write_text(settings.kafka_version)
+    return lib
+
+
+def _write_config(settings: Settings) -> Path:
+    bdir = _broker_dir(settings)
+    bdir.mkdir(parents=True, exist_ok=True)
+    host, port = _host_port(settings.kafka_bootstrap)
+    cport = settings.kafka_controller_port
+    props = f"""# written by gpucost/broker.py
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@{host}:{cport}
+listeners=PLAINTEXT://{host}:{port},CONTROLLER://{host}:{cport}
+advertised.listeners=PLAINTEXT://{host}:{port}
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+log.dirs={bdir / 'data'}
+num.partitions={settings.topic_partitions}
+auto.create.topics.enable=true
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=8
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+transaction.state.log.num.partitions=4
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+log.retention.hours=48
+log.segment.bytes=67108864
+num.network.threads=2
+num.io.threads=4
+"""
+    (bdir / "server.properties").write_text(props)
+    (bdir / "log4j2.properties").write_text(
+        f"""status = warn
+appender.file.type = File
+appender.file.name = file
+appender.file.fileName = {bdir / 'server.log'}
+appender.file.layout.type = PatternLayout
+appender.file.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = warn
+rootLogger.appenderRef.file.ref = file
+logger.kafka.name = kafka
+logger.kafka.level = info
+logger.state.name = state.change.logger
+logger.state.level = warn
+"""
+    )
+    return bdir
+
+
+def _cluster_id(bdir: Path) -> str:
+    f = bdir / "cluster.id"
+    if not f.exists():
+        f.write_text(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))
+    return f.read_text().strip()
+
+
+def _java_base(lib: Path, bdir: Path, heap: str) -> list[str]:
+    java = shutil.which("java")
+    if java is None:
+        raise BrokerError("Java 17+ is needed to run the local Kafka broker")
+    return [
+        java, *heap.split(), "-XX:+UseSerialGC", "-Djava.awt.headless=true",
+        f"-Dlog4j2.configurationFile={bdir / 'log4j2.properties'}",
+        f"-Dkafka.logs.dir={bdir}", "-cp", f"{lib}/*",
+    ]
+
+
+def _format_storage(settings: Settings, lib: Path, bdir: Path) -> None:
+    if (bdir / "data" / "meta.properties").exists():
+        return
+    cmd = [*_java_base(lib, bdir, "-Xmx256m"), "kafka.tools.StorageTool", "format",
+           "-t", _cluster_id(bdir), "-c", str(bdir / "server.properties"), "-g"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise BrokerError(f"formatting KRaft storage failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+
+
+def _read_pid(bdir: Path) -> int | None:
+    try:
+        pid = int((bdir / "kafka.pid").read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        return pid
+    # A recycled pid must still be our java process.
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        if b"kafka.Kafka" not in cmdline:
+            return None
+    except FileNotFoundError:
+        return None
+    return pid
+
+
+def _port_open(bootstrap: str) -> bool:
+    host, port = _host_port(bootstrap)
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+async def _answers(bootstrap: str) -> bool:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000)
+    try:
+        await asyncio.wait_for(admin.start(), 5)
+        await asyncio.wait_for(admin.describe_cluster(), 5)
+        return True
+    except Exception:
+        return False
+    finally:
+        try:
+            await admin.close()
+        except Exception:
+            pass
+
+
+def answers(bootstrap: str) -> bool:
+    if not _port_open(bootstrap):
+        return False
+    return asyncio.run(_answers(bootstrap))
+
+
+def status(settings: Settings | None = None) -> BrokerStatus:
+    settings = settings or get_settings()
+    pid = _read_pid(_broker_dir(settings))
+    return BrokerStatus(running=pid is not None, pid=pid, bootstrap=settings.kafka_bootstrap,
+                        answering=pid is not None and answers(settings.kafka_bootstrap))
+
+
+def start(settings: Settings | None = None, timeout_s: float = 90.0) -> BrokerStatus:
+    """Start the broker unless it already runs; wait until it answers."""
+    settings = settings or get_settings()
+    bdir = _broker_dir(settings)
+    pid = _read_pid(bdir)
+    proc = None
+    if pid is None:
+        if _port_open(settings.kafka_bootstrap):
+            if answers(settings.kafka_bootstrap):  # someone else's broker: use it, don't own it
+                return BrokerStatus(True, None, settings.kafka_bootstrap, True)
+            raise BrokerError(f"port of {settings.kafka_bootstrap} is taken by something that is not Kafka")
+        lib = ensure_jars(settings)
+        bdir = _write_config(settings)
+        _format_storage(settings, lib, bdir)
+        log = open(bdir / "stdout.log", "ab")
+        proc = subprocess.Popen(
+            [*_java_base(lib, bdir, settings.kafka_heap), "kafka.Kafka", str(bdir / "server.properties")],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+        (bdir / "kafka.pid").write_text(str(proc.pid))
+        pid = proc.pid
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        exited = proc.poll() is not None if proc is not None else _read_pid(bdir) is None
+        if exited:
+            tail = (bdir / "stdout.log").read_text(errors="replace")[-3000:] if (bdir / "stdout.log").exists() else ""
+            raise BrokerError(f"Kafka exited during start-up; see {bdir}/stdout.log and server.log\n{tail}")
+        if answers(settings.kafka_bootstrap):
+            return BrokerStatus(True, pid, settings.kafka_bootstrap, True)
+        time.sleep(0.5)
+    raise BrokerError(f"Kafka did not answer on {settings.kafka_bootstrap} within {timeout_s:.0f}s; see {bdir}/server.log")
+
+
+def stop(settings: Settings | None = None, timeout_s: float = 30.0) -> bool:
+    """Stop the broker we started (SIGTERM, then SIGKILL); True if one was running."""
+    settings = settings or get_settings()
+    bdir = _broker_dir(settings)
+    pid = _read_pid(bdir)
+    if pid is None:
+        (bdir / "kafka.pid").unlink(missing_ok=True)
+        return False
+    os.killpg(pid, signal.SIGTERM) if _is_group_leader(pid) else os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and _read_pid(bdir) is not None:
+        time.sleep(0.2)
+    if _read_pid(bdir) is not None:
+        os.kill(pid, signal.SIGKILL)
+        while _read_pid(bdir) is not None:
+            time.sleep(0.1)
+    (bdir / "kafka.pid").unlink(missing_ok=True)
+    return True
+
+
+def _is_group_leader(pid: int) -> bool:
+    try:
+        return os.getpgid(pid) == pid
+    except ProcessLookupError:
+        return False

@@ -1,0 +1,97 @@
+"""The one configuration object: environment variables prefixed GPUCOST_ (and an optional
+.env-style file named by GPUCOST_ENV_FILE); every default is the embedded single-machine one."""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_data_dir() -> Path:
+    return Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share")) / "gpucost"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="GPUCOST_",
+        env_file=os.environ.get("GPUCOST_ENV_FILE"),
+        extra="ignore",
+    )
+
+    data_dir: Path = Field(default_factory=_default_data_dir)
+
+    # Kafka
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    kafka_controller_port: int = 9093
+    kafka_heap: str = "-Xms256m -Xmx512m"
+    kafka_version: str = "4.1.1"
+    topic_prefix: str = ""  # tests give each run its own topics on the shared broker
+    topic_partitions: int = 4
+
+    # Database: SQLite file under data_dir unless a URL is given (postgresql+psycopg://...).
+    database_url: str | None = None
+
+    # Streaming
+    worker_id: str = "gpucost-worker"
+    window_size_s: int = 60
+    window_step_s: int = 10
+    allowed_lateness_s: int = 120
+    max_future_skew_s: float = 300.0
+    flush_interval_s: float = 0.25
+    flush_max_events: int = 20000
+    emit_interval_s: float = 1.0  # at most one aggregate per key and window per interval
+    worker_web_port: int = 6066
+
+    # API
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    ws_heartbeat_s: float = 10.0
+    ws_queue_max: int = 1000
+    history_retention_s: int = 7 * 24 * 3600
+    auth_disabled: bool = True  # the embedded default has no keys; issue #6 turns this on
+
+    @property
+    def database(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.data_dir / 'gpucost.db'}"
+
+    def topic(self, name: str) -> str:
+        return f"{self.topic_prefix}{name}"
+
+    @property
+    def usage_topic(self) -> str:
+        return self.topic("gpu.usage")
+
+    @property
+    def billing_topic(self) -> str:
+        return self.topic("gpu.billing")
+
+    @property
+    def deadletter_topic(self) -> str:
+        return self.topic("gpu.deadletter")
+
+    @property
+    def panes_topic(self) -> str:
+        return self.topic("cost.panes")
+
+    @property
+    def aggregates_topic(self) -> str:
+        return self.topic("cost.aggregates")
+
+    @property
+    def alerts_topic(self) -> str:
+        return self.topic("cost.alerts")
+
+    @property
+    def rules_topic(self) -> str:
+        return self.topic("cost.rules")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,159 @@
+"""The event contract: `UsageEvent` (what a GPU did over an interval) and `BillingEvent` (a priced
+line item from a cloud bill). JSON on the wire, one event or a JSON array of them per message.
+
+Validation is strict on meaning (ranges, finiteness, no far-future timestamps, no type coercion);
+unknown extra fields are kept so newer producers do not break older consumers."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+
+SCHEMA_VERSION = 1
+#: How far ahead of the receiver's clock an event's `ts` may be (clock skew allowance).
+MAX_FUTURE_SKEW_S = 300.0
+
+Name = Annotated[str, Field(min_length=1, max_length=200)]
+NonNegative = Annotated[float, Field(ge=0)]
+EpochSeconds = Annotated[float, Field(gt=0)]
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True, allow_inf_nan=False, frozen=False)
+
+    schema_version: int = SCHEMA_VERSION
+    ts: EpochSeconds
+    tenant: Name
+    service: Name
+    cloud: Name
+    region: Name
+    instance_type: Name
+    gpu_model: Name
+
+    @model_validator(mode="after")
+    def _not_in_the_future(self):
+        if self.ts > time.time() + MAX_FUTURE_SKEW_S:
+            raise ValueError(f"ts {self.ts} is more than {MAX_FUTURE_SKEW_S:.0f}s in the future")
+        return self
+
+
+class UsageEvent(_Event):
+    """One GPU's activity over `interval_s` seconds ending at `ts`. Kafka key: "{host}/{gpu_index}"."""
+
+    host: Name
+    gpu_index: Annotated[int, Field(ge=0, le=1024)]
+    interval_s: Annotated[float, Field(gt=0, le=3600)]
+    util: Annotated[float, Field(ge=0, le=1)]
+    mem_used_gb: NonNegative
+    mem_total_gb: Annotated[float, Field(gt=0)]
+    power_w: NonNegative
+    tokens: Annotated[int, Field(ge=0)] | None = None
+    requests: Annotated[int, Field(ge=0)] | None = None
+    model_version: Name | None = None
+
+    @model_validator(mode="after")
+    def _memory_fits(self):
+        # 1 % slack: drivers report used and total from different counters.
+        if self.mem_used_gb > self.mem_total_gb * 1.01:
+            raise ValueError(f"mem_used_gb {self.mem_used_gb} exceeds mem_total_gb {self.mem_total_gb}")
+        return self
+
+    @property
+    def kafka_key(self) -> str:
+        return f"{self.host}/{self.gpu_index}"
+
+
+class BillingEvent(_Event):
+    """A priced line item from a billing export. Kafka key: "{cloud}/{instance_id}"."""
+
+    instance_id: Name
+    period_start: EpochSeconds
+    period_end: EpochSeconds
+    gpu_count: Annotated[int, Field(ge=1, le=1024)]
+    cost_usd: NonNegative
+    pricing: Literal["on_demand", "spot", "reserved"]
+    source: Name
+
+    @model_validator(mode="after")
+    def _period_is_ordered(self):
+        if self.period_end <= self.period_start:
+            raise ValueError("period_end must be after period_start")
+        return self
+
+    @property
+    def kafka_key(self) -> str:
+        return f"{self.cloud}/{self.instance_id}"
+
+
+class InvalidEvent(ValueError):
+    """An event that breaks the contract; `reason` says how, for the dead-letter topic."""
+
+    def __init__(self, reason: str, raw: bytes):
+        super().__init__(reason)
+        self.reason = reason
+        self.raw = raw
+
+
+_usage_one = TypeAdapter(UsageEvent)
+_billing_one = TypeAdapter(BillingEvent)
+_usage_many = TypeAdapter(list[UsageEvent])
+_billing_many = TypeAdapter(list[BillingEvent])
+
+
+def describe_error(exc: ValidationError) -> str:
+    """A short human-readable reason: first errors with their field paths."""
+    parts = []
+    for err in exc.errors(include_url=False)[:3]:
+        loc = ".".join(str(p) for p in err.get("loc", ())) or "event"
+        parts.append(f"{loc}: {err.get('msg')}")
+    more = exc.error_count() - len(parts)
+    return "; ".join(parts) + (f" (+{more} more)" if more > 0 else "")
+
+
+def _decode(raw: bytes, one: TypeAdapter, many: TypeAdapter, kind: str):
+    """Decode a message into (events, rejects). A batch with bad members keeps the good ones;
+    each reject is an InvalidEvent holding that member's own JSON bytes."""
+    stripped = raw.lstrip()
+    try:
+        if stripped[:1] == b"[":
+            return many.validate_json(raw), []
+        return [one.validate_json(raw)], []
+    except ValidationError as exc:
+        if stripped[:1] != b"[":
+            return [], [InvalidEvent(f"invalid {kind} event: {describe_error(exc)}", raw)]
+    except (UnicodeDecodeError, ValueError) as exc:  # pragma: no cover - validate_json wraps these
+        return [], [InvalidEvent(f"undecodable {kind} message: {exc}", raw)]
+    # Slow path, only for batches with at least one bad member: validate member by member.
+    import json
+
+    try:
+        members = json.loads(raw)
+    except (UnicodeDecodeError, ValueError) as exc:
+        return [], [InvalidEvent(f"malformed JSON in {kind} batch: {exc}", raw)]
+    events, rejects = [], []
+    for index, member in enumerate(members):
+        member_raw = json.dumps(member, separators=(",", ":")).encode()
+        try:
+            events.append(one.validate_json(member_raw))
+        except ValidationError as exc:
+            rejects.append(InvalidEvent(f"invalid {kind} event at batch index {index}: {describe_error(exc)}", member_raw))
+    return events, rejects
+
+
+def decode_usage(raw: bytes) -> tuple[list[UsageEvent], list[InvalidEvent]]:
+    return _decode(raw, _usage_one, _usage_many, "usage")
+
+
+def decode_billing(raw: bytes) -> tuple[list[BillingEvent], list[InvalidEvent]]:
+    return _decode(raw, _billing_one, _billing_many, "billing")
+
+
+def encode_batch(events: list[BaseModel]) -> bytes:
+    """One Kafka message value holding several events (a host's GPUs for one interval)."""
+    return b"[" + b",".join(e.model_dump_json(exclude_none=True).encode() for e in events) + b"]"
+
+
+def encode(event: BaseModel) -> bytes:
+    return event.model_dump_json(exclude_none=True).encode()
