@@ -119,7 +119,10 @@ class PriceQuote:
 
 
 def _key(cloud: str, region: str, instance_type: str) -> tuple[str, str, str]:
-    return (cloud.strip().lower(), region.strip().lower(), instance_type.strip().lower())
+    instance = instance_type.strip().lower()
+    if instance.startswith("standard_"):  # Azure's API names carry it, its price pages do not
+        instance = instance[len("standard_"):]
+    return (cloud.strip().lower(), region.strip().lower(), instance)
 
 
 def canonical_gpu_model(name: str) -> str:
@@ -179,11 +182,15 @@ class PriceCatalog:
                        pricing: str = "on_demand") -> PriceQuote:
         """Price of one GPU-hour on this instance.
 
-        Exact (cloud, region, instance_type) match: the row's price divided by its GPU count.
-        Otherwise, or when the row has no spot price and spot was asked for, the GPU model's
-        cheapest on-demand per-GPU price in the catalog, with `fallback=True`. Raises
-        UnknownGPUModel when a fallback is needed and the model is not in the catalog."""
+        Exact (cloud, region, instance_type) match: the row's price divided by its GPU count
+        (case-insensitive; Azure's `Standard_` prefix optional). Spot asked for on a row without
+        a spot price: that row's on-demand price, `fallback=True`. No match: the GPU model's
+        cheapest on-demand per-GPU price in the catalog, `fallback=True`. Raises UnknownGPUModel
+        when a fallback is needed and the model is not in the catalog."""
         quote = self._exact.get((cloud.lower(), region.lower(), instance_type.lower(), pricing))
+        if quote is not None:
+            return quote
+        quote = self._exact.get(_key(cloud, region, instance_type) + (pricing,))
         if quote is not None:
             return quote
         if pricing not in PRICINGS:

@@ -116,3 +116,34 @@ def test_shipped_p5_price_per_gpu_hour_is_hand_computed():
 def test_spec_of_unknown_model_raises():
     with pytest.raises(UnknownGPUModel):
         default_catalog().spec("Voodoo2")
+
+
+def test_shipped_gcp_price_is_vm_plus_gpu_per_gpu_hour():
+    # a2-highgpu-1g us-central1: VM $0.73948 + one A100 40GB $2.93391 = $3.67339 per GPU-hour.
+    quote = default_catalog().gpu_hour_price("gcp", "us-central1", "a2-highgpu-1g", "A100-40GB")
+    assert quote.usd_per_gpu_hour == pytest.approx(0.73948 + 2.93391)
+
+
+def test_azure_instance_matches_with_or_without_the_standard_prefix():
+    catalog = default_catalog()
+    plain = catalog.gpu_hour_price("azure", "eastus", "ND96amsr_A100_v4", "A100-80GB")
+    prefixed = catalog.gpu_hour_price("azure", "eastus", "Standard_ND96amsr_A100_v4", "A100-80GB")
+    assert plain == prefixed and plain.usd_per_gpu_hour == pytest.approx(32.77 / 8)
+    assert not plain.fallback
+
+
+def test_catalog_covers_the_clouds_and_gpus_the_issue_asks_for():
+    catalog = default_catalog()
+    clouds = {r.cloud for r in catalog.rows}
+    assert {"aws", "gcp", "azure", "lambda", "coreweave", "runpod"} <= clouds
+    assert {"H100-80GB", "H200-141GB", "A100-80GB", "A100-40GB", "L40S", "L4", "A10G", "T4"} <= set(catalog.gpu_models)
+
+
+def test_lookup_is_a_dict_hit_fast_enough_for_the_hot_path():
+    import time
+    catalog = default_catalog()
+    start = time.perf_counter()
+    for _ in range(100_000):
+        catalog.gpu_hour_price("aws", "us-east-1", "p5.48xlarge", "H100-80GB")
+    per_lookup_s = (time.perf_counter() - start) / 100_000
+    assert per_lookup_s < 5e-6
