@@ -17,6 +17,7 @@ from gpucost.settings import Settings, get_settings
 #: Modules that declare tables on Base; imported before create_all.
 MODEL_MODULES: list[str] = [
     "api.models",
+    "gpucost.pricing.models",
 ]
 
 

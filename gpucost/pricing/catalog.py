@@ -157,7 +157,7 @@ class PriceCatalog:
             self._exact[row.key + (pricing,)] = PriceQuote(
                 usd_per_gpu_hour=price, fallback=False, source=row.source, as_of=row.as_of,
                 gpu_model=row.gpu_model, pricing=pricing, cloud=row.cloud, region=row.region,
-                instance_type=row.instance_type, override=row.source.startswith("override:"))
+                instance_type=row.instance_type, override=row.source.startswith("override"))
         on_demand = row.on_demand_usd_h / row.gpu_count
         if row.spot_usd_h is None:
             # No public spot price: the instance's own on-demand price is a closer stand-in
