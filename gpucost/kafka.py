@@ -65,3 +65,38 @@ async def ensure_topics(settings: Settings | None = None) -> None:
                 pass
     finally:
         await client.close()
+
+
+async def stop_consumer(c: AIOKafkaConsumer) -> None:
+    """Stop a consumer; yields once first because aiokafka 0.14 raises CancelledError from stop()
+    when its no-group coordinator task is cancelled before it ever ran (a start-then-stop)."""
+    import asyncio
+
+    await asyncio.sleep(0)
+    await c.stop()
+
+
+async def read_to_end(c: AIOKafkaConsumer, topic: str, on_record) -> int:
+    """Assign every partition of topic, read from the beginning to the current end, call
+    on_record(record) for each; returns the count. For restoring state from compacted topics."""
+    from aiokafka import TopicPartition
+
+    await c.topics()  # loads metadata for every topic
+    tps = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or ())]
+    if not tps:
+        return 0
+    c.assign(tps)
+    await c.seek_to_beginning(*tps)
+    end = await c.end_offsets(tps)
+    remaining = {tp for tp in tps if end[tp] > 0}
+    n = 0
+    while remaining:
+        batches = await c.getmany(*remaining, timeout_ms=1000)
+        for records in batches.values():
+            for r in records:
+                on_record(r)
+                n += 1
+        for tp in list(remaining):
+            if await c.position(tp) >= end[tp]:
+                remaining.discard(tp)
+    return n

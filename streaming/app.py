@@ -16,6 +16,7 @@ import time
 import faust
 
 from gpucost.kafka import consumer as kafka_consumer
+from gpucost.kafka import read_to_end, stop_consumer
 from gpucost.pricing import UnknownGPUModel, default_catalog
 from gpucost.settings import Settings, get_settings
 from ingest.events import InvalidEvent, UsageEvent, decode_billing, decode_usage
@@ -62,7 +63,7 @@ class WorkerStats:
 def create_app(settings: Settings | None = None) -> faust.App:
     settings = settings or get_settings()
     app = faust.App(
-        settings.worker_id,
+        f"{settings.topic_prefix}{settings.worker_id}",
         broker=f"kafka://{settings.kafka_bootstrap}",
         store="memory://",
         value_serializer="raw",
@@ -110,28 +111,11 @@ def create_app(settings: Settings | None = None) -> faust.App:
         c = kafka_consumer(settings=settings, group_id=None)
         await c.start()
         try:
-            from aiokafka import TopicPartition
-
-            parts = c.partitions_for_topic(settings.panes_topic) or set()
-            tps = [TopicPartition(settings.panes_topic, p) for p in parts]
-            if tps:
-                c.assign(tps)
-                await c.seek_to_beginning(*tps)
-                end = await c.end_offsets(tps)
-                remaining = {tp for tp in tps if end[tp] > 0}
-                n = 0
-                while remaining:
-                    batches = await c.getmany(*remaining, timeout_ms=1000)
-                    for tp, records in batches.items():
-                        for r in records:
-                            store.restore(r.key.decode(), json.loads(r.value) if r.value is not None else None)
-                            n += 1
-                    for tp in list(remaining):
-                        if await c.position(tp) >= end[tp]:
-                            remaining.discard(tp)
-                log.info("restored %d pane records, watermark %.3f", n, store.watermark)
+            n = await read_to_end(c, settings.panes_topic, lambda r: store.restore(
+                r.key.decode(), json.loads(r.value) if r.value is not None else None))
+            log.info("restored %d pane records, watermark %.3f", n, store.watermark)
         finally:
-            await c.stop()
+            await stop_consumer(c)
         restored.set()
 
     async def persist_dirty() -> None:
@@ -145,7 +129,8 @@ def create_app(settings: Settings | None = None) -> faust.App:
 
     @app.agent(usage_topic, name="meter-usage")
     async def meter_usage(stream):
-        await restored.wait()
+        if not restored.is_set():  # before the first message is folded in
+            await restore_panes()
         async for events in stream.take_events(settings.flush_max_events, within=settings.flush_interval_s):
             pending = []
             for event in events:
@@ -180,10 +165,6 @@ def create_app(settings: Settings | None = None) -> faust.App:
                     pending.append(await dead_letter(reject.reason, reject.raw, message))
             for fut in pending:
                 await fut
-
-    @app.task
-    async def restore_on_start():
-        await restore_panes()
 
     @app.timer(interval=settings.emit_interval_s)
     async def emit_aggregates():

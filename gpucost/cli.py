@@ -1,0 +1,186 @@
+"""The `gpucost` command: one subcommand per box (`worker`, `api`, `simulate`, ...), the local
+broker (`kafka start|stop|status`) and `up`, which runs the whole embedded default on one machine."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from gpucost.settings import get_settings
+
+app = typer.Typer(help="gpucost: real-time GPU cost monitor.", no_args_is_help=True, add_completion=False)
+kafka_app = typer.Typer(help="The local Apache Kafka broker (KRaft, one node).", no_args_is_help=True)
+app.add_typer(kafka_app, name="kafka")
+console = Console(stderr=True)
+
+#: Modules that add their own commands: each defines register(app: typer.Typer).
+COMMAND_MODULES: list[str] = [
+]
+
+
+@kafka_app.command("start")
+def kafka_start():
+    """Fetch Kafka from Maven Central if needed, format storage once, start, wait until it answers."""
+    from gpucost import broker
+
+    with console.status("starting Kafka ..."):
+        st = broker.start()
+    console.print(str(st))
+
+
+@kafka_app.command("stop")
+def kafka_stop():
+    """Stop the local broker (nothing is left running)."""
+    from gpucost import broker
+
+    console.print("kafka: stopped" if broker.stop() else "kafka: was not running")
+
+
+@kafka_app.command("status")
+def kafka_status():
+    from gpucost import broker
+
+    st = broker.status()
+    console.print(str(st))
+    raise typer.Exit(0 if st.answering else 1)
+
+
+@app.command()
+def worker(loglevel: str = typer.Option("warning", help="Faust log level")):
+    """Run the stream worker (Faust) until interrupted."""
+    from streaming.app import run_worker
+
+    run_worker(get_settings(), loglevel=loglevel)
+
+
+@app.command()
+def api(host: str = typer.Option(None), port: int = typer.Option(None)):
+    """Run the API and dashboard (FastAPI + uvicorn)."""
+    import uvicorn
+
+    from api.app import create_app
+
+    s = get_settings()
+    uvicorn.run(create_app(s), host=host or s.api_host, port=port or s.api_port, log_level="warning",
+                ws_ping_interval=20)
+
+
+@app.command()
+def simulate(
+    seed: int = typer.Option(7, help="Same seed and start time, same events."),
+    hosts: int = typer.Option(24, help="Simulated GPU hosts."),
+    interval_s: float = typer.Option(10.0, help="Seconds each sample covers."),
+    duration_s: float = typer.Option(None, help="Stop after this many seconds (simulated time when --fast)."),
+    fast: bool = typer.Option(False, help="As fast as possible over [now - duration, now] instead of real time."),
+    speed: float = typer.Option(1.0, help="Real-time mode: intervals per interval_s (2 = twice as often)."),
+    start_ts: float = typer.Option(None, help="--fast: first interval's start (epoch s)."),
+):
+    """Feed simulated fleet usage and billing into Kafka."""
+    from gpucost.kafka import ensure_topics
+    from ingest.producer import EventProducer
+    from ingest.simulator import Fleet, run
+
+    s = get_settings()
+    fleet = Fleet.build(seed=seed, hosts=hosts, interval_s=interval_s)
+
+    async def main():
+        await ensure_topics(s)
+        async with EventProducer(s) as producer:
+            total = None if not fast else int(duration_s / interval_s) * fleet.gpus
+            with Progress(TextColumn("simulate"), BarColumn(), TextColumn("{task.completed} events"),
+                          TimeElapsedColumn(), console=console, transient=False) as progress:
+                task = progress.add_task("events", total=total)
+                n = await run(producer, fleet, duration_s=duration_s, realtime=not fast, speed=speed,
+                              start_ts=start_ts, on_tick=lambda k: progress.advance(task, k))
+        console.print(f"sent {n} usage events from {fleet.gpus} GPUs on {len(fleet.hosts)} hosts")
+
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        pass
+
+
+@app.command()
+def up(
+    simulate_hosts: int = typer.Option(24, help="Simulated GPU hosts (0: no simulator)."),
+    optimizer: bool = typer.Option(True, help="Also run the optimizer's measured workloads."),
+):
+    """The embedded default in one command: local Kafka, the stream worker, the API with the
+    dashboard, the simulator and the optimizer. Ctrl-C stops all of it."""
+    from gpucost import broker
+    from gpucost.db import init_db
+
+    s = get_settings()
+    with console.status("starting Kafka (first run fetches it from Maven Central) ..."):
+        broker.start(s)
+    init_db(s)
+    exe = [sys.executable, "-m", "gpucost.cli"]
+    procs: dict[str, subprocess.Popen] = {}
+    plan = [("worker", [*exe, "worker"]), ("api", [*exe, "api"])]
+    if simulate_hosts:
+        plan.append(("simulator", [*exe, "simulate", "--hosts", str(simulate_hosts)]))
+    if optimizer and _has_command("optimizer"):
+        plan.append(("optimizer", [*exe, "optimizer", "--load"]))
+    for name, cmd in plan:
+        procs[name] = subprocess.Popen(cmd, env=os.environ.copy(), start_new_session=True,
+                                       stdout=None if name != "simulator" else subprocess.DEVNULL)
+        time.sleep(0.5)
+    console.print(f"[bold green]gpucost is up[/]: dashboard on http://{s.api_host}:{s.api_port}  "
+                  f"(Kafka {s.kafka_bootstrap}, database {s.database}); Ctrl-C stops everything")
+
+    stopping = False
+
+    def _stop(*_):
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        while not stopping:
+            for name, p in procs.items():
+                if p.poll() is not None:
+                    console.print(f"[red]{name} exited with {p.returncode}[/]; stopping")
+                    stopping = True
+                    break
+            time.sleep(0.5)
+    finally:
+        for name, p in reversed(list(procs.items())):
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+        for name, p in procs.items():
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+        with console.status("stopping Kafka ..."):
+            broker.stop(s)
+        console.print("stopped")
+
+
+def _has_command(name: str) -> bool:
+    return any(getattr(c, "name", None) == name or (c.callback and c.callback.__name__ == name)
+               for c in app.registered_commands)
+
+
+def _register_modules() -> None:
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(app)
+
+
+def main():
+    _register_modules()
+    app()
+
+
+if __name__ == "__main__":
+    main()

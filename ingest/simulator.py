@@ -1,0 +1,160 @@
+"""A fleet simulator (`gpucost simulate`): tenants running services on GPU hosts across clouds,
+regions and GPU models taken from the pricing catalog, with diurnal load, idle stretches and
+bursts. Deterministic for a given --seed and start time. Each host reports all its GPUs for one
+interval in one message, and each host's hourly billing line items are emitted as they close."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import time
+import zlib
+from dataclasses import dataclass, field
+
+from gpucost.pricing import default_catalog
+from ingest.events import BillingEvent, UsageEvent
+
+TENANTS = {
+    "acme": ["chat-api", "embeddings", "batch-summarize"],
+    "globex": ["search-rerank", "vision-ocr"],
+    "initech": ["copilot", "fine-tune-eval"],
+    "umbrella": ["translate", "speech-to-text", "chat-api"],
+}
+
+
+@dataclass
+class SimHost:
+    host: str
+    tenant: str
+    service: str
+    cloud: str
+    region: str
+    instance_type: str
+    gpu_model: str
+    gpu_count: int
+    gpu_mem_gb: float
+    usd_h: float
+    pricing: str
+    base_util: float
+    idle_share: float          # chance that an hour is an idle stretch
+    phase_h: float             # local-time offset of the diurnal peak
+    model_version: str
+    billed_upto: float = 0.0   # end of the last billed hour
+    rng: random.Random = field(default_factory=random.Random)
+
+
+@dataclass
+class Fleet:
+    hosts: list[SimHost]
+    interval_s: float
+
+    @classmethod
+    def build(cls, seed: int = 7, hosts: int = 24, interval_s: float = 10.0) -> "Fleet":
+        rng = random.Random(seed)
+        rows = sorted(default_catalog().rows, key=lambda r: (r.cloud, r.region, r.instance_type))
+        pairs = [(t, s) for t, services in TENANTS.items() for s in services]
+        fleet = []
+        for i in range(hosts):
+            tenant, service = pairs[i % len(pairs)] if i < len(pairs) else rng.choice(pairs)
+            row = rng.choice(rows)
+            spot = row.spot_usd_h is not None and rng.random() < 0.25
+            fleet.append(SimHost(
+                host=f"{row.cloud}-{row.region}-{i:03d}",
+                tenant=tenant, service=service, cloud=row.cloud, region=row.region,
+                instance_type=row.instance_type, gpu_model=row.gpu_model, gpu_count=row.gpu_count,
+                gpu_mem_gb=row.gpu_mem_gb,
+                usd_h=(row.spot_usd_h if spot else row.on_demand_usd_h),
+                pricing="spot" if spot else "on_demand",
+                base_util=rng.uniform(0.25, 0.9), idle_share=rng.choice([0.0, 0.05, 0.15, 0.4]),
+                phase_h=rng.uniform(-3, 3), model_version=rng.choice(["v1", "v1", "v2-canary"]),
+                rng=random.Random(rng.getrandbits(64)),
+            ))
+        return cls(fleet, interval_s)
+
+    def util(self, h: SimHost, ts: float, gpu: int) -> float:
+        hour = (ts / 3600.0) % 24
+        diurnal = 0.55 + 0.45 * math.sin(2 * math.pi * (hour - 9 + h.phase_h) / 24)
+        # Idle stretches last whole hours and are the same for every GPU of the host.
+        hour_rng = random.Random(zlib.crc32(f"{h.host}/{int(ts // 3600)}".encode()))
+        if hour_rng.random() < h.idle_share:
+            return round(h.rng.uniform(0.0, 0.05), 4)
+        burst = 0.35 if h.rng.random() < 0.03 else 0.0
+        noise = h.rng.gauss(0, 0.06) + 0.02 * gpu
+        return round(min(1.0, max(0.0, h.base_util * diurnal + burst + noise)), 4)
+
+    def sample(self, ts: float) -> list[UsageEvent]:
+        """Every GPU of every host for the interval ending at ts."""
+        out = []
+        for h in self.hosts:
+            for g in range(h.gpu_count):
+                u = self.util(h, ts, g)
+                tokens = int(u * self.interval_s * 2400 * h.rng.uniform(0.8, 1.2)) if "embed" not in h.service else 0
+                out.append(UsageEvent(
+                    ts=ts, tenant=h.tenant, service=h.service, cloud=h.cloud, region=h.region,
+                    instance_type=h.instance_type, gpu_model=h.gpu_model, host=h.host, gpu_index=g,
+                    interval_s=self.interval_s, util=u,
+                    mem_used_gb=round(h.gpu_mem_gb * min(0.97, 0.15 + 0.8 * u), 2), mem_total_gb=h.gpu_mem_gb,
+                    power_w=round(70 + 630 * u, 1), tokens=tokens or None,
+                    requests=max(1, tokens // 400) if tokens else None, model_version=h.model_version,
+                ))
+        return out
+
+    def billing_due(self, ts: float) -> list[BillingEvent]:
+        """Hourly line items for every host whose hour closed by ts."""
+        out = []
+        for h in self.hosts:
+            if h.billed_upto == 0.0:
+                h.billed_upto = math.floor(ts / 3600) * 3600
+            while h.billed_upto + 3600 <= ts:
+                start = h.billed_upto
+                out.append(BillingEvent(
+                    ts=ts, period_start=start, period_end=start + 3600, tenant=h.tenant, service=h.service,
+                    cloud=h.cloud, region=h.region, instance_type=h.instance_type, gpu_model=h.gpu_model,
+                    gpu_count=h.gpu_count, cost_usd=round(h.usd_h, 4), pricing=h.pricing,
+                    instance_id=h.host, source="simulator",
+                ))
+                h.billed_upto += 3600
+        return out
+
+    @property
+    def gpus(self) -> int:
+        return sum(h.gpu_count for h in self.hosts)
+
+
+async def run(producer, fleet: Fleet, *, duration_s: float | None, realtime: bool, speed: float = 1.0,
+              start_ts: float | None = None, on_tick=None) -> int:
+    """Produce the fleet's samples. realtime: one interval every interval_s/speed seconds, stamped
+    with the wall clock; else as fast as possible over [start_ts, start_ts + duration_s]."""
+    sent = 0
+    if realtime:
+        deadline = None if duration_s is None else time.monotonic() + duration_s
+        while deadline is None or time.monotonic() < deadline:
+            tick = time.monotonic()
+            ts = time.time()
+            events = fleet.sample(ts)
+            await producer.send_usage(events)
+            await producer.send_billing(fleet.billing_due(ts))
+            sent += len(events)
+            if on_tick:
+                on_tick(len(events))
+            await asyncio.sleep(max(0.0, fleet.interval_s / speed - (time.monotonic() - tick)))
+        return sent
+    if duration_s is None:
+        raise ValueError("as-fast-as-possible mode needs a duration of simulated time")
+    ts = start_ts if start_ts is not None else time.time() - duration_s
+    end = ts + duration_s
+    pending = []
+    while ts < end:
+        ts += fleet.interval_s
+        events = fleet.sample(ts)
+        pending += await producer.send_usage(events, wait=False)
+        pending += await producer.send_billing(fleet.billing_due(ts), wait=False)
+        sent += len(events)
+        if on_tick:
+            on_tick(len(events))
+        if len(pending) > 2000:
+            await asyncio.gather(*pending)
+            pending.clear()
+    await asyncio.gather(*pending)
+    return sent
