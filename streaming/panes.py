@@ -13,6 +13,7 @@ metered cost * (1 - util); util_avg is weighted by GPU-seconds."""
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -69,7 +70,13 @@ class PaneStore:
     panes: dict[AggKey, dict[int, dict[int, list]]] = field(default_factory=dict)
     dirty: set[tuple[AggKey, int, int]] = field(default_factory=set)  # (key, pane_start, partition)
     pending_windows: set[tuple[AggKey, int]] = field(default_factory=set)
-    watermark: float = 0.0  # max event time seen
+    # Event-time watermark: the minimum over source partitions of the newest event time each has
+    # delivered (a partition read ahead of the others must not make their events look late).
+    # Partitions silent for idle_partition_s of wall time stop holding it back.
+    watermark: float = 0.0
+    partition_watermarks: dict[int, float] = field(default_factory=dict)
+    partition_seen: dict[int, float] = field(default_factory=dict)
+    idle_partition_s: float = 30.0
     late_events: int = 0
     replayed_events: int = 0
     accepted_events: int = 0
@@ -82,6 +89,7 @@ class PaneStore:
         horizon = self.watermark - spec.allowed_lateness_s - spec.size_s
         rejected: list[Rejected] = []
         panes = self.panes
+        newest = 0.0
         for ev in events:
             pane_start = math.floor(ev.ts / step) * step
             if pane_start + spec.size_s <= horizon:
@@ -121,9 +129,21 @@ class PaneStore:
             sums[LAST_OFFSET] = offset
             self.dirty.add((key, pane_start, partition))
             self.accepted_events += 1
-            if ev.ts > self.watermark:
-                self.watermark = ev.ts
+            if ev.ts > newest:
+                newest = ev.ts
+        if newest > self.partition_watermarks.get(partition, 0.0):
+            self.partition_watermarks[partition] = newest
+        self.partition_seen[partition] = time.monotonic()
+        self._advance_watermark()
         return rejected
+
+    def _advance_watermark(self) -> None:
+        now = time.monotonic()
+        active = [wm for p, wm in self.partition_watermarks.items()
+                  if now - self.partition_seen.get(p, now) <= self.idle_partition_s]
+        candidate = min(active) if active else max(self.partition_watermarks.values(), default=0.0)
+        if candidate > self.watermark:  # never moves back
+            self.watermark = candidate
 
     # -- durable state ----------------------------------------------------------------------
     def take_dirty(self) -> list[tuple[str, dict, int]]:
@@ -133,7 +153,7 @@ class PaneStore:
         for key, pane_start, partition in self.dirty:
             sums = self.panes[key][pane_start][partition]
             value = pane_record_value(sums)
-            value["watermark"] = self.watermark
+            value["watermark"] = self.partition_watermarks.get(partition, 0.0)
             out.append((pane_record_key(partition, key, pane_start), value, partition))
             for ws in self.spec.window_starts(pane_start):
                 self.pending_windows.add((key, ws))
@@ -156,7 +176,11 @@ class PaneStore:
         sums[REQUESTS] = value["requests"]
         sums[FALLBACK] = value.get("fallback_priced", 0)
         self.panes.setdefault(key, {}).setdefault(pane_start, {})[partition] = sums
-        self.watermark = max(self.watermark, value.get("watermark", 0.0))
+        wm = value.get("watermark", 0.0)
+        if wm > self.partition_watermarks.get(partition, 0.0):
+            self.partition_watermarks[partition] = wm
+            self.partition_seen[partition] = time.monotonic()
+        self._advance_watermark()
         for ws in self.spec.window_starts(pane_start):
             self.pending_windows.add((key, ws))
 

@@ -1,0 +1,225 @@
+"""The API's live core: reads `cost.aggregates` (and the dead-letter topic, to count it), persists
+aggregate history in batches, keeps the latest window per key for snapshots, and fans records out
+to WebSocket subscribers. A slow client never slows the others: each has its own coalescing
+queue (latest value per key wins) and a count of what it dropped."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from sqlalchemy import select
+
+from api.auth import Principal
+from api.models import AggregateRow
+from gpucost import kafka
+from gpucost.db import get_engine, session_scope
+from gpucost.settings import Settings
+
+log = logging.getLogger("gpucost.api")
+
+FILTER_FIELDS = ("tenant", "service", "region", "gpu_model")
+CHANNELS = ("aggregates", "alerts")
+
+
+def agg_key(rec: dict) -> tuple:
+    return (rec["tenant"], rec["service"], rec["region"], rec["gpu_model"])
+
+
+@dataclass
+class Subscription:
+    channel: str
+    filter: dict[str, str]
+
+    def matches(self, rec: dict) -> bool:
+        for k, v in self.filter.items():
+            if rec.get(k) != v:
+                return False
+        return True
+
+
+@dataclass
+class Client:
+    principal: Principal
+    queue_max: int
+    subscriptions: dict[str, Subscription] = field(default_factory=dict)
+    pending: OrderedDict = field(default_factory=OrderedDict)
+    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    dropped: int = 0   # updates replaced by a newer value of the same key before being sent
+    overflow: int = 0  # keys evicted because the queue held queue_max distinct keys
+    sent: int = 0
+
+    def offer(self, coalesce_key: tuple, message: dict) -> None:
+        if coalesce_key in self.pending:
+            self.dropped += 1
+            self.pending[coalesce_key] = message  # latest wins, keeps its place in line
+        else:
+            if len(self.pending) >= self.queue_max:
+                self.pending.popitem(last=False)
+                self.overflow += 1
+            self.pending[coalesce_key] = message
+        self.wakeup.set()
+
+    def drain(self) -> list[dict]:
+        out = list(self.pending.values())
+        self.pending.clear()
+        self.wakeup.clear()
+        return out
+
+    def wants(self, channel: str, rec: dict) -> bool:
+        tenant = rec.get("tenant")
+        if tenant is not None and not self.principal.allows(tenant):
+            return False
+        return any(s.channel == channel and s.matches(rec) for s in self.subscriptions.values())
+
+
+class Hub:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.clients: set[Client] = set()
+        self.latest: dict[tuple, dict] = {}  # agg key -> newest window record (default window size)
+        self.recent_alerts: OrderedDict[str, dict] = OrderedDict()
+        self.deadletters: dict[str, int] = {}
+        self.records_in = 0
+        self._to_persist: dict[tuple, dict] = {}
+        self._tasks: list[asyncio.Task] = []
+        self._ready = asyncio.Event()
+
+    # -- lifecycle ------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._load_latest_from_db()
+        await kafka.ensure_topics(self.settings)
+        self._tasks = [
+            asyncio.create_task(self._consume_aggregates(), name="aggregates"),
+            asyncio.create_task(self._consume_deadletters(), name="deadletters"),
+            asyncio.create_task(self._persist_loop(), name="persist"),
+        ]
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            try:
+                await t
+            except (asyncio.CancelledError, Exception):
+                pass
+        await asyncio.get_running_loop().run_in_executor(None, self._persist, self._take_persist())
+
+    def _load_latest_from_db(self) -> None:
+        since = int(time.time()) - 3600
+        with session_scope(self.settings) as s:
+            rows = s.scalars(select(AggregateRow).where(AggregateRow.window_start >= since,
+                                                        AggregateRow.window_s == self.settings.window_size_s))
+            for row in rows:
+                self._remember(row.to_dict())
+
+    # -- intake ---------------------------------------------------------------------------
+    def _remember(self, rec: dict) -> None:
+        if rec.get("window_s") != self.settings.window_size_s:
+            return
+        k = agg_key(rec)
+        cur = self.latest.get(k)
+        if cur is None or rec["window_start"] >= cur["window_start"]:
+            self.latest[k] = rec
+
+    def ingest_aggregate(self, rec: dict) -> None:
+        self.records_in += 1
+        self._remember(rec)
+        pkey = (*agg_key(rec), rec["window_s"], rec["window_start"])
+        self._to_persist[pkey] = rec
+        message = {"type": "aggregate", "data": rec}
+        for c in self.clients:
+            if c.wants("aggregates", rec):
+                c.offer(("aggregate", *pkey), message)
+
+    def ingest_alert(self, alert: dict) -> None:
+        fp = alert.get("fingerprint", "")
+        self.recent_alerts[fp] = alert
+        self.recent_alerts.move_to_end(fp)
+        while len(self.recent_alerts) > 500:
+            self.recent_alerts.popitem(last=False)
+        message = {"type": "alert", "data": alert}
+        for c in self.clients:
+            if c.wants("alerts", alert):
+                c.offer(("alert", fp, alert.get("state")), message)
+
+    async def _consume_aggregates(self) -> None:
+        s = self.settings
+        c = kafka.consumer(s.aggregates_topic, settings=s, group_id=f"{s.topic_prefix}gpucost-api",
+                           auto_offset_reset="earliest")
+        await c.start()
+        try:
+            while True:
+                batches = await c.getmany(timeout_ms=500, max_records=5000)
+                for records in batches.values():
+                    for r in records:
+                        try:
+                            self.ingest_aggregate(json.loads(r.value))
+                        except (ValueError, KeyError) as exc:
+                            log.warning("skipping malformed aggregate at offset %s: %s", r.offset, exc)
+                if batches:
+                    # Persist before committing: a restart re-reads, the upsert makes that harmless.
+                    await asyncio.get_running_loop().run_in_executor(None, self._persist, self._take_persist())
+                    await c.commit()
+                self._ready.set()
+        finally:
+            await kafka.stop_consumer(c)
+
+    async def _consume_deadletters(self) -> None:
+        s = self.settings
+        c = kafka.consumer(s.deadletter_topic, settings=s, group_id=None, auto_offset_reset="earliest")
+        await c.start()
+        try:
+            while True:
+                batches = await c.getmany(timeout_ms=1000)
+                for records in batches.values():
+                    for r in records:
+                        reason = dict(r.headers or ()).get("reason", b"unknown").decode(errors="replace")
+                        kind = reason.split(":", 1)[0]
+                        self.deadletters[kind] = self.deadletters.get(kind, 0) + 1
+        finally:
+            await kafka.stop_consumer(c)
+
+    # -- persistence ----------------------------------------------------------------------
+    def _take_persist(self) -> list[dict]:
+        rows = list(self._to_persist.values())
+        self._to_persist.clear()
+        return rows
+
+    async def _persist_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(1.0)
+            rows = self._take_persist()
+            if rows:
+                await loop.run_in_executor(None, self._persist, rows)
+
+    def _persist(self, rows: list[dict]) -> None:
+        if not rows:
+            return
+        engine = get_engine(self.settings)
+        values = [{f: r.get(f, 0) for f in AggregateRow.FIELDS} for r in rows]
+        if engine.dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
+        stmt = insert(AggregateRow)
+        update = {f: stmt.excluded[f] for f in AggregateRow.FIELDS if f not in
+                  ("tenant", "service", "region", "gpu_model", "window_s", "window_start")}
+        stmt = stmt.on_conflict_do_update(index_elements=["tenant", "service", "region", "gpu_model", "window_s", "window_start"],
+                                          set_=update)
+        with engine.begin() as conn:
+            for i in range(0, len(values), 500):
+                conn.execute(stmt, values[i:i + 500])
+
+    # -- clients --------------------------------------------------------------------------
+    def snapshot(self, client: Client, sub: Subscription) -> list[dict]:
+        if sub.channel == "aggregates":
+            src = self.latest.values()
+        else:
+            src = self.recent_alerts.values()
+        return [r for r in src if client.principal.allows(r.get("tenant", "")) and sub.matches(r)]

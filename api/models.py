@@ -1,0 +1,44 @@
+"""Tables the API persists: aggregate history (latest value per key and window)."""
+
+from __future__ import annotations
+
+from sqlalchemy import Float, Index, Integer, String, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from gpucost.db import Base
+
+
+class AggregateRow(Base):
+    __tablename__ = "aggregates"
+    __table_args__ = (
+        UniqueConstraint("tenant", "service", "region", "gpu_model", "window_s", "window_start", name="uq_aggregate_window"),
+        Index("ix_aggregates_tenant_time", "tenant", "window_start"),
+        Index("ix_aggregates_time", "window_start"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    tenant: Mapped[str] = mapped_column(String(200))
+    service: Mapped[str] = mapped_column(String(200))
+    region: Mapped[str] = mapped_column(String(200))
+    gpu_model: Mapped[str] = mapped_column(String(200))
+    window_start: Mapped[int] = mapped_column(Integer)
+    window_end: Mapped[int] = mapped_column(Integer)
+    window_s: Mapped[int] = mapped_column(Integer)
+    spend_usd: Mapped[float] = mapped_column(Float)
+    spend_rate_usd_h: Mapped[float] = mapped_column(Float)
+    gpu_seconds: Mapped[float] = mapped_column(Float)
+    util_avg: Mapped[float] = mapped_column(Float)
+    idle_usd: Mapped[float] = mapped_column(Float)
+    events: Mapped[int] = mapped_column(Integer)
+    tokens: Mapped[int] = mapped_column(Integer, default=0)
+    requests: Mapped[int] = mapped_column(Integer, default=0)
+    fallback_priced_events: Mapped[int] = mapped_column(Integer, default=0)
+
+    FIELDS = ("tenant", "service", "region", "gpu_model", "window_start", "window_end", "window_s",
+              "spend_usd", "spend_rate_usd_h", "gpu_seconds", "util_avg", "idle_usd", "events",
+              "tokens", "requests", "fallback_priced_events")
+
+    def to_dict(self) -> dict:
+        d = {f: getattr(self, f) for f in self.FIELDS}
+        d["kind"] = "usage"
+        return d

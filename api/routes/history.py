@@ -1,0 +1,74 @@
+"""REST history of aggregates (persisted by the hub), always limited to the key's tenant."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from pydantic import BaseModel
+from sqlalchemy import select
+
+from api.auth import Principal, principal
+from api.models import AggregateRow
+from gpucost.db import session_scope
+
+router = APIRouter(prefix="/api", tags=["history"])
+
+
+class Aggregate(BaseModel):
+    kind: str = "usage"
+    tenant: str
+    service: str
+    region: str
+    gpu_model: str
+    window_start: int
+    window_end: int
+    window_s: int
+    spend_usd: float
+    spend_rate_usd_h: float
+    gpu_seconds: float
+    util_avg: float
+    idle_usd: float
+    events: int
+    tokens: int
+    requests: int
+    fallback_priced_events: int
+
+
+@router.get("/history", response_model=list[Aggregate])
+def history(
+    request: Request,
+    tenant: str | None = None,
+    service: str | None = None,
+    region: str | None = None,
+    gpu_model: str | None = None,
+    window_s: int | None = Query(None, gt=0),
+    since: int | None = Query(None, ge=0, description="window_start >= since (epoch s)"),
+    until: int | None = Query(None, ge=0, description="window_start < until (epoch s)"),
+    limit: int = Query(5000, gt=0, le=50000),
+    p: Principal = Depends(principal),
+) -> list[dict]:
+    if since is not None and until is not None and until <= since:
+        raise HTTPException(422, "until must be greater than since")
+    settings = request.app.state.settings
+    q = select(AggregateRow)
+    scoped = p.scope_tenant(tenant)
+    for col, val in (("tenant", scoped), ("service", service), ("region", region), ("gpu_model", gpu_model)):
+        if val is not None:
+            q = q.where(getattr(AggregateRow, col) == val)
+    q = q.where(AggregateRow.window_s == (window_s or settings.window_size_s))
+    if since is not None:
+        q = q.where(AggregateRow.window_start >= since)
+    if until is not None:
+        q = q.where(AggregateRow.window_start < until)
+    q = q.order_by(AggregateRow.window_start.desc()).limit(limit)
+    with session_scope(settings) as s:
+        rows = [r.to_dict() for r in s.scalars(q)]
+    rows.reverse()
+    return rows
+
+
+@router.get("/latest", response_model=list[Aggregate])
+def latest(request: Request, tenant: str | None = None, p: Principal = Depends(principal)) -> list[dict]:
+    """The newest window of every live key (what a WebSocket snapshot holds)."""
+    hub = request.app.state.hub
+    scoped = p.scope_tenant(tenant)
+    return [r for r in hub.latest.values() if scoped is None or r["tenant"] == scoped]

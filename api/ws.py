@@ -1,0 +1,100 @@
+"""WebSocket `/ws`: subscribe with a filter, get a snapshot, then live deltas and heartbeats.
+
+Client messages: {"op": "subscribe", "channel": "aggregates"|"alerts", "filter": {...}, "id"?: str}
+and {"op": "unsubscribe", "id": str} (or the same channel and filter). Server messages carry a
+`type`: snapshot, aggregate, alert, heartbeat, subscribed, unsubscribed, error."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+
+from api.auth import ws_principal
+from api.hub import CHANNELS, FILTER_FIELDS, Client, Subscription
+
+router = APIRouter()
+
+
+def _parse_subscription(msg: dict) -> Subscription:
+    channel = msg.get("channel")
+    if channel not in CHANNELS:
+        raise ValueError(f"channel must be one of {list(CHANNELS)}, got {channel!r}")
+    flt = msg.get("filter") or {}
+    if not isinstance(flt, dict):
+        raise ValueError("filter must be an object")
+    unknown = set(flt) - set(FILTER_FIELDS)
+    if unknown:
+        raise ValueError(f"unknown filter fields {sorted(unknown)}; allowed: {list(FILTER_FIELDS)}")
+    if not all(isinstance(v, str) for v in flt.values()):
+        raise ValueError("filter values must be strings")
+    return Subscription(channel, dict(flt))
+
+
+def _sub_id(sub: Subscription) -> str:
+    return sub.channel + ":" + json.dumps(sub.filter, sort_keys=True)
+
+
+@router.websocket("/ws")
+async def websocket_endpoint(ws: WebSocket):
+    principal = ws_principal(ws)
+    if principal is None:
+        await ws.close(code=4401, reason="missing or unknown API key")
+        return
+    await ws.accept()
+    hub = ws.app.state.hub
+    settings = ws.app.state.settings
+    client = Client(principal=principal, queue_max=settings.ws_queue_max)
+    hub.clients.add(client)
+
+    async def sender():
+        while True:
+            try:
+                await asyncio.wait_for(client.wakeup.wait(), timeout=settings.ws_heartbeat_s)
+            except asyncio.TimeoutError:
+                await ws.send_json({"type": "heartbeat", "ts": asyncio.get_running_loop().time(),
+                                    "dropped": client.dropped + client.overflow})
+                continue
+            for message in client.drain():
+                await ws.send_text(json.dumps(message))
+                client.sent += 1
+
+    send_task = asyncio.create_task(sender())
+    try:
+        while True:
+            raw = await ws.receive_text()
+            try:
+                msg = json.loads(raw)
+                if not isinstance(msg, dict):
+                    raise ValueError("a message must be a JSON object")
+                op = msg.get("op")
+                if op == "subscribe":
+                    sub = _parse_subscription(msg)
+                    if principal.tenant is not None:
+                        if sub.filter.get("tenant", principal.tenant) != principal.tenant:
+                            raise ValueError(f"this key is bound to tenant {principal.tenant!r}")
+                        sub.filter["tenant"] = principal.tenant
+                    sid = str(msg.get("id") or _sub_id(sub))
+                    client.subscriptions[sid] = sub
+                    # Snapshot and subscription in one step: nothing arrives between them, and a
+                    # live update queued after it is newer than the snapshot.
+                    await ws.send_json({"type": "subscribed", "id": sid, "channel": sub.channel, "filter": sub.filter})
+                    await ws.send_text(json.dumps({"type": "snapshot", "id": sid, "channel": sub.channel,
+                                                   "data": hub.snapshot(client, sub)}))
+                elif op == "unsubscribe":
+                    sid = msg.get("id") or _sub_id(_parse_subscription(msg))
+                    if client.subscriptions.pop(str(sid), None) is None:
+                        raise ValueError(f"no subscription {sid!r}")
+                    await ws.send_json({"type": "unsubscribed", "id": sid})
+                elif op == "ping":
+                    await ws.send_json({"type": "pong"})
+                else:
+                    raise ValueError(f"unknown op {op!r}; use subscribe or unsubscribe")
+            except ValueError as exc:
+                await ws.send_json({"type": "error", "error": str(exc)})
+    except WebSocketDisconnect:
+        pass
+    finally:
+        send_task.cancel()
+        hub.clients.discard(client)
