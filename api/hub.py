@@ -96,6 +96,7 @@ class Hub:
         self._tasks = [
             asyncio.create_task(self._consume_aggregates(), name="aggregates"),
             asyncio.create_task(self._consume_deadletters(), name="deadletters"),
+            asyncio.create_task(self._consume_alerts(), name="alerts"),
             asyncio.create_task(self._persist_loop(), name="persist"),
         ]
 
@@ -181,6 +182,23 @@ class Hub:
                         reason = dict(r.headers or ()).get("reason", b"unknown").decode(errors="replace")
                         kind = reason.split(":", 1)[0]
                         self.deadletters[kind] = self.deadletters.get(kind, 0) + 1
+        finally:
+            await kafka.stop_consumer(c)
+
+    async def _consume_alerts(self) -> None:
+        """Fan-out only (webhook delivery has its own consumer group and outbox)."""
+        s = self.settings
+        c = kafka.consumer(s.alerts_topic, settings=s, group_id=None, auto_offset_reset="earliest")
+        await c.start()
+        try:
+            while True:
+                batches = await c.getmany(timeout_ms=1000)
+                for records in batches.values():
+                    for r in records:
+                        try:
+                            self.ingest_alert(json.loads(r.value))
+                        except ValueError as exc:
+                            log.warning("skipping malformed alert at offset %s: %s", r.offset, exc)
         finally:
             await kafka.stop_consumer(c)
 
