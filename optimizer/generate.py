@@ -1,0 +1,197 @@
+"""Generation: prefill the prompts, then decode one token a step from the KV cache.
+
+`Decoder` runs the decode step eagerly, through `torch.compile`, and/or replayed from a CUDA
+graph; a graphed step also advances its own token and position, so the host only queues
+replays and never waits on the GPU inside the loop. Greedy by default, or sampled with a
+temperature and top-k from a seeded generator."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from optimizer.model import Transformer
+
+
+@dataclass
+class Generation:
+    tokens: list[list[int]]  # new tokens per prompt, cut after the first EOS when one is given
+    ttft_s: float            # prefill until the first new token is on the host
+    total_s: float           # prefill and every decode step
+    decode_steps: int
+
+    @property
+    def new_tokens(self) -> int:
+        return sum(len(t) for t in self.tokens)
+
+
+def left_pad(prompts: list[list[int]], pad_id: int, device: torch.device | str) -> tuple[Tensor, Tensor]:
+    """[B, T] token ids with each prompt right-aligned, and the mask of real tokens."""
+    length = max(len(p) for p in prompts)
+    idx = torch.full((len(prompts), length), pad_id, dtype=torch.long)
+    real = torch.zeros((len(prompts), length), dtype=torch.bool)
+    for row, p in enumerate(prompts):
+        if not p:
+            raise ValueError("empty prompt")
+        idx[row, length - len(p):] = torch.tensor(p, dtype=torch.long)
+        real[row, length - len(p):] = True
+    return idx.to(device), real.to(device)
+
+
+def sample(logits: Tensor, temperature: float = 0.0, top_k: int | None = None,
+           generator: torch.Generator | None = None) -> Tensor:
+    """Next token per row [B, 1] from logits [B, V]: argmax at temperature 0."""
+    if temperature <= 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits.float() / temperature
+    if top_k is not None:
+        kth = torch.topk(logits, min(top_k, logits.size(-1)), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator)
+
+
+def ensure_caches(model: Transformer, batch_size: int, seq_len: int, kind: str | None = None) -> None:
+    """(Re)allocate the KV caches when there are none, they are too small, or of another kind."""
+    kind = kind or model.kv_cache_kind
+    if (model.caches is None or model.kv_cache_kind != kind or model.slot_pos.shape[0] < batch_size
+            or (model.window is None and model.cache_slots < seq_len)):
+        model.clear_caches()
+        model.setup_caches(batch_size, seq_len, kind)
+
+
+class Decoder:
+    """One decode step: `step(tokens [B, 1], input_pos [1]) -> logits [B, V]`.
+
+    With `cuda_graphs`, `start(tokens, pos)` loads the static inputs and each `advance()` replays
+    a graph that runs the model, takes the greedy token into the static input and adds one to
+    the position, so consecutive steps need no host work beyond the replay."""
+
+    def __init__(self, model: Transformer, compile: bool = False, cuda_graphs: bool = False):
+        self.model = model
+        self.compiled = compile
+        self.cuda_graphs = cuda_graphs
+        self._fn = self._forward
+        if compile:
+            self._fn = torch.compile(self._forward, fullgraph=True, dynamic=False)
+        self._graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, Tensor, Tensor, Tensor]] = {}
+        self._active: tuple[torch.cuda.CUDAGraph, Tensor, Tensor, Tensor] | None = None
+
+    @property
+    def name(self) -> str:
+        parts = (["compile"] if self.compiled else []) + (["cudagraph"] if self.cuda_graphs else [])
+        return "+".join(parts) or "eager"
+
+    def _forward(self, tokens: Tensor, input_pos: Tensor) -> Tensor:
+        return self.model(tokens, input_pos)[:, -1]
+
+    def step(self, tokens: Tensor, input_pos: Tensor) -> Tensor:
+        return self._fn(tokens, input_pos)
+
+    # -- graphed greedy loop ---------------------------------------------------------------
+
+    def _graph_for(self, batch_size: int):
+        key = (batch_size, id(self.model.caches))
+        if key not in self._graphs:
+            device = self.model.rope.device
+            tokens = torch.zeros(batch_size, 1, dtype=torch.long, device=device)
+            pos = torch.zeros(1, dtype=torch.long, device=device)
+            # Warm-up (and compilation) off the capture; it writes cache slot 0, which the
+            # next prefill overwrites, and its slot bookkeeping is reset by `generate`.
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                for _ in range(3):
+                    self._fn(tokens, pos)
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                logits = self._fn(tokens, pos)
+                tokens.copy_(logits.argmax(dim=-1, keepdim=True))
+                pos.add_(1)
+            self._graphs[key] = (graph, tokens, pos, logits)
+        return self._graphs[key]
+
+    def prepare(self, batch_size: int) -> None:
+        """Capture (and compile) now, so the first timed generation does not pay for it."""
+        if self.cuda_graphs:
+            self._graph_for(batch_size)
+
+    def start(self, tokens: Tensor, input_pos: Tensor) -> None:
+        self._active = self._graph_for(tokens.shape[0])
+        _, static_tokens, static_pos, _ = self._active
+        static_tokens.copy_(tokens)
+        static_pos.copy_(input_pos)
+
+    def advance(self) -> Tensor:
+        """Replay one greedy step; returns the static tensor holding the new tokens [B, 1]."""
+        graph, tokens, _, _ = self._active
+        graph.replay()
+        return tokens
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def prefill(model: Transformer, idx: Tensor, pad_mask: Tensor | None) -> Tensor:
+    """Run the prompts through the model (in chunks when a sliding window bounds the cache);
+    returns the last position's logits [B, V]."""
+    seqlen = idx.shape[1]
+    chunk = getattr(model, "prefill_chunk", seqlen) or seqlen
+    logits = None
+    for start in range(0, seqlen, chunk):
+        end = min(seqlen, start + chunk)
+        pos = torch.arange(start, end, device=idx.device)
+        mask = None if pad_mask is None else pad_mask[:, start:end]
+        logits = model(idx[:, start:end], pos, mask)[:, -1]
+    return logits
+
+
+@torch.no_grad()
+def generate(model: Transformer, prompts: list[list[int]], max_new_tokens: int, *,
+             decoder: Decoder | None = None, temperature: float = 0.0, top_k: int | None = None,
+             seed: int = 0, eos_id: int | None = None, pad_id: int = 0) -> Generation:
+    """Generate `max_new_tokens` for each prompt, batched; the model's KV caches are (re)used."""
+    device = model.rope.device
+    idx, real = left_pad(prompts, pad_id, device)
+    batch_size, prompt_len = idx.shape
+    ensure_caches(model, batch_size, prompt_len + max_new_tokens)
+    if model.window is None and prompt_len + max_new_tokens > model.cache_slots:
+        raise ValueError("prompt plus new tokens exceed the KV cache")
+    decoder = decoder or Decoder(model)
+    greedy_graph = decoder.cuda_graphs and temperature <= 0
+    if greedy_graph:
+        decoder.prepare(batch_size)
+    generator = torch.Generator(device=device).manual_seed(seed) if temperature > 0 else None
+    model.reset_cache_state()
+
+    _sync(device)
+    t0 = time.perf_counter()
+    token = sample(prefill(model, idx, real), temperature, top_k, generator)
+    out = torch.empty(batch_size, max_new_tokens, dtype=torch.long, device=device)
+    out[:, :1] = token
+    first = out[:, 0].tolist()  # the first token on the host: time to first token
+    ttft = time.perf_counter() - t0
+    pos = torch.tensor([prompt_len], device=device)
+    if greedy_graph and max_new_tokens > 1:
+        decoder.start(token, pos)
+        for i in range(1, max_new_tokens):
+            out[:, i:i + 1] = decoder.advance()
+    else:
+        for i in range(1, max_new_tokens):
+            logits = decoder.step(token, pos)
+            token = sample(logits, temperature, top_k, generator)
+            out[:, i:i + 1] = token
+            pos += 1
+    rows = out.tolist()
+    total = time.perf_counter() - t0
+    assert [r[0] for r in rows] == first
+    if eos_id is not None:
+        rows = [r[: r.index(eos_id) + 1] if eos_id in r else r for r in rows]
+    return Generation(tokens=rows, ttft_s=ttft, total_s=total, decode_steps=max_new_tokens - 1)
