@@ -20,6 +20,8 @@ ROUTER_MODULES: list[str] = [
     "api.routes.health",
     "api.routes.history",
     "api.ws",
+    "api.routes.pricing",
+    "api.routes.recommendations",
 ]
 
 #: Background services started with the app: module paths of `async def start(app)` / `stop(app)`.
