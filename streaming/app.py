@@ -82,7 +82,7 @@ def create_app(settings: Settings | None = None) -> faust.App:
     )
     spec = WindowSpec(settings.window_size_s, settings.window_step_s, settings.allowed_lateness_s)
     metering = Metering()
-    store = PaneStore(spec, metering)
+    store = PaneStore(spec, metering, expected_partitions=frozenset(range(settings.topic_partitions)))
     stats = WorkerStats()
     app.gpucost_store = store  # for the benchmark and for debugging
     app.gpucost_stats = stats

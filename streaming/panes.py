@@ -77,6 +77,10 @@ class PaneStore:
     partition_watermarks: dict[int, float] = field(default_factory=dict)
     partition_seen: dict[int, float] = field(default_factory=dict)
     idle_partition_s: float = 30.0
+    #: Source partitions this store consumes; until each has delivered (or stayed silent for
+    #: idle_partition_s) the watermark waits for it. None: only partitions seen so far count.
+    expected_partitions: frozenset[int] | None = None
+    created: float = field(default_factory=time.monotonic)
     late_events: int = 0
     replayed_events: int = 0
     accepted_events: int = 0
@@ -86,7 +90,9 @@ class PaneStore:
         """Fold one message's events in; returns the late ones (never silently dropped)."""
         spec = self.spec
         step = spec.step_s
-        horizon = self.watermark - spec.allowed_lateness_s - spec.size_s
+        # A pane is closed once the last window holding it (ending pane_start + size) is past
+        # the watermark by more than the allowed lateness.
+        horizon = self.watermark - spec.allowed_lateness_s
         rejected: list[Rejected] = []
         panes = self.panes
         newest = 0.0
@@ -139,8 +145,11 @@ class PaneStore:
 
     def _advance_watermark(self) -> None:
         now = time.monotonic()
-        active = [wm for p, wm in self.partition_watermarks.items()
-                  if now - self.partition_seen.get(p, now) <= self.idle_partition_s]
+        partitions = set(self.partition_watermarks)
+        if self.expected_partitions is not None:
+            partitions |= self.expected_partitions
+        active = [self.partition_watermarks.get(p, 0.0) for p in partitions
+                  if now - self.partition_seen.get(p, self.created) <= self.idle_partition_s]
         candidate = min(active) if active else max(self.partition_watermarks.values(), default=0.0)
         if candidate > self.watermark:  # never moves back
             self.watermark = candidate
@@ -186,7 +195,7 @@ class PaneStore:
 
     def evict_closed(self) -> list[tuple[str, int]]:
         """Drop panes no open window needs; returns (record key, partition) tombstones."""
-        horizon = self.watermark - self.spec.allowed_lateness_s - self.spec.size_s
+        horizon = self.watermark - self.spec.allowed_lateness_s
         tombstones = []
         for key in list(self.panes):
             by_start = self.panes[key]

@@ -1,0 +1,137 @@
+"""The aggregation as a specification: hopping windows from panes, the cost model, lateness,
+and idempotent replay (the basis of exactly-once results on at-least-once delivery)."""
+
+import pytest
+
+from ingest.events import UsageEvent
+from streaming.panes import PaneStore, WindowSpec, parse_pane_record_key
+
+T0 = 1_790_000_000  # a multiple of 10 and of 60
+
+
+def ev(ts, util=0.5, interval_s=10.0, tenant="acme", service="chat", region="us-east-1",
+       gpu_model="H100-80GB", tokens=None, **kw):
+    return UsageEvent(ts=ts, tenant=tenant, service=service, cloud="aws", region=region,
+                      instance_type="p5.48xlarge", gpu_model=gpu_model, host="h", gpu_index=0,
+                      interval_s=interval_s, util=util, mem_used_gb=1.0, mem_total_gb=80.0,
+                      power_w=100.0, tokens=tokens, **kw)
+
+
+PRICE = 3.6  # USD per GPU-hour: 10 s costs exactly 0.01
+
+
+def store(size=60, step=10, lateness=120, partitions=None):
+    return PaneStore(WindowSpec(size, step, lateness), lambda e: (PRICE, False),
+                     expected_partitions=frozenset(partitions) if partitions is not None else None)
+
+
+def test_window_spec_rejects_size_not_multiple_of_step():
+    with pytest.raises(ValueError):
+        WindowSpec(60, 7)
+
+
+def test_event_counts_wholly_in_every_window_containing_its_ts():
+    s = store()
+    s.add([ev(T0 + 25)], partition=0, offset=0)
+    s.take_dirty()
+    recs = s.take_pending_windows()
+    # windows [T0-30, T0+30) ... [T0+20, T0+80) contain T0+25: starts T0-30..T0+20 step 10
+    assert sorted(r["window_start"] for r in recs) == [T0 - 30, T0 - 20, T0 - 10, T0, T0 + 10, T0 + 20]
+    assert all(r["events"] == 1 and r["spend_usd"] == pytest.approx(0.01) for r in recs)
+
+
+def test_spend_idle_util_follow_the_cost_model():
+    s = store()
+    s.add([ev(T0 + 1, util=0.25, interval_s=10), ev(T0 + 2, util=1.0, interval_s=30)], 0, 0)
+    s.take_dirty()
+    w = s.window(("acme", "chat", "us-east-1", "H100-80GB"), T0)
+    assert w["spend_usd"] == pytest.approx(0.01 + 0.03)
+    assert w["spend_rate_usd_h"] == pytest.approx(0.04 * 3600 / 60)
+    assert w["gpu_seconds"] == pytest.approx(40)
+    assert w["util_avg"] == pytest.approx((0.25 * 10 + 1.0 * 30) / 40)
+    assert w["idle_usd"] == pytest.approx(0.01 * 0.75 + 0.03 * 0.0)
+
+
+def test_keys_are_aggregated_separately():
+    s = store()
+    s.add([ev(T0, tenant="a"), ev(T0, tenant="b"), ev(T0, tenant="b", gpu_model="L4")], 0, 0)
+    assert set(s.panes) == {("a", "chat", "us-east-1", "H100-80GB"), ("b", "chat", "us-east-1", "H100-80GB"),
+                            ("b", "chat", "us-east-1", "L4")}
+
+
+def test_panes_from_several_partitions_sum_into_one_window():
+    s = store()
+    s.add([ev(T0 + 1)], 0, 5)
+    s.add([ev(T0 + 2)], 1, 9)
+    w = s.window(("acme", "chat", "us-east-1", "H100-80GB"), T0)
+    assert w["events"] == 2 and w["spend_usd"] == pytest.approx(0.02)
+
+
+def test_replayed_messages_are_not_counted_twice_after_restore():
+    s = store()
+    s.add([ev(T0 + 1), ev(T0 + 11)], 0, 0)
+    s.add([ev(T0 + 2)], 0, 1)
+    durable = s.take_dirty()
+    # A new worker restores the durable pane records, then Kafka redelivers offsets 0..2.
+    t = store()
+    for key, value, _partition in durable:
+        t.restore(key, value)
+    t.add([ev(T0 + 1), ev(T0 + 11)], 0, 0)
+    t.add([ev(T0 + 2)], 0, 1)
+    t.add([ev(T0 + 3)], 0, 2)  # new
+    w = t.window(("acme", "chat", "us-east-1", "H100-80GB"), T0)
+    assert w["events"] == 4
+    assert w["spend_usd"] == pytest.approx(0.04)
+    assert t.replayed_events == 3
+
+
+def test_a_pane_not_yet_durable_takes_the_replay():
+    """Pane B's record was never written before the crash: the replay must fill it."""
+    s = store()
+    s.add([ev(T0 + 1)], 0, 0)
+    durable = s.take_dirty()
+    s.add([ev(T0 + 1), ev(T0 + 15)], 0, 1)  # crash before this batch was persisted
+    t = store()
+    for key, value, _ in durable:
+        t.restore(key, value)
+    t.add([ev(T0 + 1), ev(T0 + 15)], 0, 1)
+    w = t.window(("acme", "chat", "us-east-1", "H100-80GB"), T0)
+    assert w["events"] == 3
+
+
+def test_late_events_are_rejected_with_a_reason_not_dropped():
+    s = store(size=60, step=10, lateness=30)
+    s.add([ev(T0 + 1000)], 0, 0)
+    late = s.add([ev(T0 + 1000 - 60 - 30 - 1)], 0, 1)  # its last window ended 31 s before
+    assert len(late) == 1 and late[0].reason.startswith("late:")
+    assert s.late_events == 1
+    ok = s.add([ev(T0 + 1000 - 60)], 0, 2)
+    assert ok == []
+
+
+def test_watermark_is_the_slowest_partition_so_backfill_is_not_late():
+    s = store(size=60, step=10, lateness=30, partitions={0, 1})
+    s.add([ev(T0 + 5000)], 0, 0)   # partition 0 read far ahead
+    assert s.watermark == 0.0      # partition 1 has not spoken yet
+    s.add([ev(T0 + 100)], 1, 0)    # partition 1 still in the past
+    assert s.add([ev(T0 + 110)], 1, 1) == []
+    assert s.watermark == T0 + 110
+
+
+def test_closed_panes_are_evicted_with_tombstones():
+    s = store(size=60, step=10, lateness=0)
+    s.add([ev(T0)], 0, 0)
+    s.add([ev(T0 + 10)], 0, 1)
+    s.take_dirty()
+    s.add([ev(T0 + 60)], 0, 2)  # the pane at T0 is in no open window now; T0+10 still is
+    tombs = s.evict_closed()
+    assert [parse_pane_record_key(k)[2] for k, _ in tombs] == [T0]
+    assert s.window(("acme", "chat", "us-east-1", "H100-80GB"), T0 - 50) is None  # held only pane T0
+    assert s.window(("acme", "chat", "us-east-1", "H100-80GB"), T0)["events"] == 2  # panes T0+10, T0+60
+
+
+def test_tokens_and_requests_are_summed():
+    s = store()
+    s.add([ev(T0, tokens=100, requests=2), ev(T0 + 1, tokens=50)], 0, 0)
+    w = s.window(("acme", "chat", "us-east-1", "H100-80GB"), T0)
+    assert (w["tokens"], w["requests"]) == (150, 2)
