@@ -127,7 +127,7 @@ def test_closed_panes_are_evicted_with_tombstones():
     tombs = s.evict_closed()
     assert [parse_pane_record_key(k)[2] for k, _ in tombs] == [T0]
     assert s.window(("acme", "chat", "us-east-1", "H100-80GB"), T0 - 50) is None  # held only pane T0
-    assert s.window(("acme", "chat", "us-east-1", "H100-80GB"), T0)["events"] == 2  # panes T0+10, T0+60
+    assert s.window(("acme", "chat", "us-east-1", "H100-80GB"), T0)["events"] == 1  # pane T0+10 only
 
 
 def test_tokens_and_requests_are_summed():
