@@ -24,6 +24,8 @@ console = Console(stderr=True)
 
 #: Modules that add their own commands: each defines register(app: typer.Typer).
 COMMAND_MODULES: list[str] = [
+    "gpucost.pricing.cli",
+    "optimizer.recommend_cli",
 ]
 
 

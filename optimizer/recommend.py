@@ -478,7 +478,7 @@ def _explain(ranked: list[Option], w: Workload, demand_tps: float) -> None:
     for i, o in enumerate(ranked, start=1):
         o.rank = i
         basis = ("measured" if o.throughput_source == "measured"
-                 else f"projected ({o.projected_from})")
+                 else f"projected: {o.projected_from}")
         parts = [f"#{i}: {o.instances}x {o.instance_type} ({o.gpu_count}x {o.gpu_model}, "
                  f"{o.cloud} {o.region}, {o.pricing.replace('_', '-')}) = {o.replicas} replica(s) of "
                  f"{o.gpus_per_replica} GPU at batch {o.batch_size}, "

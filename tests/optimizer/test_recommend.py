@@ -109,7 +109,7 @@ def test_measured_throughput_is_used_where_measured(catalog):
     big = by_instance(result.ranked)["big.1"]
     assert big.batch_size == 64 and big.throughput_source == "measured"
     assert big.tokens_per_s_per_replica == pytest.approx(2000.0)
-    assert "(measured)" in big.reason
+    assert "each (measured)" in big.reason
 
 
 def test_other_gpus_are_projected_from_the_measurement_by_bandwidth(catalog):
