@@ -42,7 +42,7 @@ class Subscription:
         return True
 
 
-@dataclass
+@dataclass(eq=False)  # identity semantics: clients live in a set
 class Client:
     principal: Principal
     queue_max: int
