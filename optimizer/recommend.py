@@ -7,13 +7,14 @@ its fleet size, $/h, the batch it runs at, whether its throughput was measured o
 reason for its rank; rejected instances with the reason; and, for a mix of request sizes, a mix of
 GPU types when it is cheaper than any single type (Mélange, Griggs et al. 2024).
 
-The performance model is a roofline per replica (k GPUs of one instance, tensor-parallel):
-  decode step   t_dec = max((W + B·L·kv) / (k·BW·e_bw), 2·P·B / (k·F·e_f))   L = prompt + output/2
-  prefill       t_pre = max(2·P·S / (k·F·e_f), (W + S·kv) / (k·BW·e_bw))      S = prompt tokens
-  step          t_step = t_dec + (B/O)·t_pre   (each step, B/O sequences finish and are replaced)
-  throughput    B / t_step output tokens/s;  TPOT = t_step;  TTFT = t_pre + t_dec
-with W weight bytes, kv bytes per token, P parameters, B concurrent sequences, O output tokens.
-A measured run calibrates the efficiency of the bound it hit (e_bw when memory-bound, e_f when
+The performance model is a roofline per replica (k GPUs of one instance, tensor-parallel), with
+continuous batching and chunked prefill (new prompts ride along in the decode steps, as in vLLM):
+  decode only   t_dec  = max((W + B·L·kv) / (k·BW·e_bw), 2·P·B / (k·F·e_f))        L = S + O/2
+  serving step  t_step = max((W + B·L·kv + (B/O)·S·kv) / (k·BW·e_bw), 2·P·B·(1 + S/O) / (k·F·e_f))
+  throughput    B / t_step output tokens/s;  TPOT = t_step;  TTFT = prefill of one prompt + t_step
+with W weight bytes, kv bytes per token, P parameters, B concurrent sequences, S prompt and O output
+tokens (each step B/O sequences finish and B/O prompts are prefilled). A measured run calibrates the
+efficiency of the bound it hit (e_bw when memory-bound, e_f when
 compute-bound); a projection to another GPU or batch keeps that efficiency. Measured points are used
 as measured and labelled so; everything else is labelled `projected`."""
 
@@ -57,6 +58,7 @@ class Measurement:
     kv_bytes_per_token: float | None = None
     ttft_ms: float | None = None
     tpot_ms: float | None = None
+    decode_tokens_per_s: float | None = None  # decode steps alone (no prefill), when measured
     label: str = ""
 
     @classmethod
@@ -65,15 +67,20 @@ class Measurement:
         r = run if isinstance(run, dict) else asdict(run)
         extra = r.get("extra") or {}
         batch = int(r.get("batch_size") or r.get("concurrency") or 1)
+        prompt, output = int(r["prompt_tokens"]), int(r["new_tokens"])
         kv = extra.get("kv_bytes_per_token")
+        if not kv and r.get("kv_cache_bytes") and r.get("kv_cache") in (None, "", "full", "bf16"):
+            # the optimizer sizes its caches for exactly the run: batch x (prompt + output) slots
+            kv = r["kv_cache_bytes"] / (batch * (prompt + output))
         return cls(
             gpu_model=r["gpu_model"], precision=_precision_of(r.get("precision", "bf16"),
                                                               r.get("quantization", "none")),
-            params=float(r["params"]), batch_size=batch, prompt_tokens=int(r["prompt_tokens"]),
-            output_tokens=int(r["new_tokens"]), tokens_per_s=float(r["tokens_per_s"]),
+            params=float(r["params"]), batch_size=batch, prompt_tokens=prompt,
+            output_tokens=output, tokens_per_s=float(r["tokens_per_s"]),
             model_bytes=float(r["model_bytes"]) if r.get("model_bytes") else None,
             kv_bytes_per_token=float(kv) if kv else None,
-            ttft_ms=r.get("ttft_p50_ms"), tpot_ms=extra.get("tpot_ms"),
+            ttft_ms=r.get("ttft_p50_ms"), tpot_ms=extra.get("decode_step_ms"),
+            decode_tokens_per_s=extra.get("decode_tokens_per_s"),
             label=f"{r.get('variant', 'run')} on {r['gpu_model']} (batch {batch})")
 
 
@@ -242,19 +249,32 @@ class _Point:
     memory_bound: bool
 
 
+def _rates(w: Workload, spec: GPUSpec, gpus: int, e_bw: float, e_f: float) -> tuple[float, float]:
+    scale = gpus * (1.0 if gpus == 1 else TENSOR_PARALLEL_EFFICIENCY)
+    return (spec.mem_bandwidth_gb_s * 1e9 * scale * e_bw,
+            _compute_flops(spec, w.precision) * scale * e_f)
+
+
+def _decode_step(w: Workload, spec: GPUSpec, gpus: int, batch: int, prompt: int, output: int,
+                 e_bw: float, e_f: float) -> tuple[float, bool]:
+    """(seconds per decode-only step, memory-bound?): what a decode-step measurement checks."""
+    bw, flops = _rates(w, spec, gpus, e_bw, e_f)
+    mem_s = (w.weight_bytes + batch * (prompt + output / 2.0) * w.kv_token_bytes) / bw
+    cmp_s = 2.0 * w.params * batch / flops
+    return max(mem_s, cmp_s), mem_s >= cmp_s
+
+
 def _roofline(w: Workload, spec: GPUSpec, gpus: int, batch: int, prompt: int, output: int,
               e_bw: float, e_f: float) -> _Point:
     P, W, kv = w.params, w.weight_bytes, w.kv_token_bytes
-    scale = gpus * (1.0 if gpus == 1 else TENSOR_PARALLEL_EFFICIENCY)
-    bw = spec.mem_bandwidth_gb_s * 1e9 * scale * e_bw
-    flops = _compute_flops(spec, w.precision) * scale * e_f
+    bw, flops = _rates(w, spec, gpus, e_bw, e_f)
     context = prompt + output / 2.0
-    mem_s = (W + batch * context * kv) / bw
-    cmp_s = 2.0 * P * batch / flops
-    t_dec = max(mem_s, cmp_s)
-    t_pre = max(2.0 * P * prompt / flops, (W + prompt * kv) / bw)
-    step = t_dec + (batch / output) * t_pre
-    ttft = t_pre + t_dec
+    prefills = batch / output  # prompts prefilled per step (as many as sequences finish)
+    mem_s = (W + batch * context * kv + prefills * prompt * kv) / bw
+    cmp_s = 2.0 * P * (batch + prefills * prompt) / flops
+    step = max(mem_s, cmp_s)
+    prefill_alone = max(2.0 * P * prompt / flops, (W + prompt * kv) / bw)
+    ttft = prefill_alone + step
     return _Point(step_s=step, tpot_ms=step * 1e3, ttft_ms=ttft * 1e3,
                   latency_ms=(ttft + output * step) * 1e3, tokens_per_s=batch / step,
                   memory_bound=mem_s >= cmp_s)
@@ -273,13 +293,19 @@ def _same_model(w: Workload, m: Measurement) -> bool:
 
 
 def _calibration(w: Workload, m: Measurement, catalog: PriceCatalog) -> tuple[float, float]:
-    """Efficiencies (e_bw, e_f) that make the roofline reproduce the measured run exactly."""
+    """Efficiencies (e_bw, e_f) that make the roofline reproduce the measured run: on the decode
+    step alone when the run measured it, else on the whole serving step."""
     spec = catalog.spec(m.gpu_model)
-    mw = replace(w, prompt_tokens=m.prompt_tokens, output_tokens=m.output_tokens)
-    ideal = _roofline(mw, spec, m.gpus, m.batch_size, m.prompt_tokens, m.output_tokens, 1.0, 1.0)
-    measured_step = m.batch_size / m.tokens_per_s
-    efficiency = min(1.0, ideal.step_s / measured_step)
-    if ideal.memory_bound:
+    if m.decode_tokens_per_s:
+        ideal_s, memory_bound = _decode_step(w, spec, m.gpus, m.batch_size, m.prompt_tokens,
+                                             m.output_tokens, 1.0, 1.0)
+        measured_s = m.batch_size / m.decode_tokens_per_s
+    else:
+        ideal = _roofline(w, spec, m.gpus, m.batch_size, m.prompt_tokens, m.output_tokens, 1.0, 1.0)
+        ideal_s, memory_bound = ideal.step_s, ideal.memory_bound
+        measured_s = m.batch_size / m.tokens_per_s
+    efficiency = min(1.0, ideal_s / measured_s)
+    if memory_bound:
         return efficiency, DEFAULT_FLOPS_EFFICIENCY
     return DEFAULT_BW_EFFICIENCY, efficiency
 
@@ -329,22 +355,38 @@ def project(w: Workload, gpu_model: str, gpus: int, batch: int, prompt: int, out
     return _roofline(w, spec, gpus, batch, prompt, output, e_bw, e_f), "projected", origin
 
 
+def _workload_of(m: Measurement) -> Workload:
+    return Workload(params=m.params, precision=m.precision, prompt_tokens=m.prompt_tokens,
+                    output_tokens=m.output_tokens, kv_bytes_per_token=m.kv_bytes_per_token,
+                    model_bytes=m.model_bytes)
+
+
 def projection_error(source: Measurement, target: Measurement,
                      catalog: PriceCatalog | None = None) -> dict:
-    """Project `target`'s configuration from `source` alone and compare with what was measured:
-    the check that the projection can be trusted (goal: within 15 %)."""
-    w = Workload(params=source.params, precision=source.precision,
-                 prompt_tokens=target.prompt_tokens, output_tokens=target.output_tokens,
-                 kv_bytes_per_token=source.kv_bytes_per_token or target.kv_bytes_per_token,
-                 model_bytes=source.model_bytes)
-    point, _, origin = project(w, target.gpu_model, target.gpus, target.batch_size,
-                               target.prompt_tokens, target.output_tokens, [source], catalog)
-    error = (point.tokens_per_s - target.tokens_per_s) / target.tokens_per_s
-    return {"source": source.label, "target": target.label,
-            "projected_tokens_per_s": point.tokens_per_s,
-            "measured_tokens_per_s": target.tokens_per_s, "error": error,
+    """Project `target`'s configuration (batch, lengths, GPU, model size) from `source` alone and
+    compare with what was measured: the check that projections can be trusted (goal: within 15 %).
+    Compares decode-step throughput when both runs measured it (what the roofline models most
+    directly), else serving throughput."""
+    catalog = catalog or default_catalog()
+    source = replace(source, gpu_model=catalog.canonical(source.gpu_model))
+    target = replace(target, gpu_model=catalog.canonical(target.gpu_model))
+    e_bw, e_f = _calibration(_workload_of(source), source, catalog)
+    w, spec = _workload_of(target), catalog.spec(target.gpu_model)
+    if source.decode_tokens_per_s and target.decode_tokens_per_s:
+        metric = "decode tokens/s"
+        step_s, _ = _decode_step(w, spec, target.gpus, target.batch_size, target.prompt_tokens,
+                                 target.output_tokens, e_bw, e_f)
+        projected, measured = target.batch_size / step_s, target.decode_tokens_per_s
+    else:
+        metric = "serving tokens/s"
+        projected = _roofline(w, spec, target.gpus, target.batch_size, target.prompt_tokens,
+                              target.output_tokens, e_bw, e_f).tokens_per_s
+        measured = target.tokens_per_s
+    error = (projected - measured) / measured
+    return {"source": source.label, "target": target.label, "metric": metric,
+            "projected": projected, "measured": measured, "error": error,
             "abs_error_pct": abs(error) * 100, "within_15pct": abs(error) <= 0.15,
-            "projected_from": origin}
+            "bandwidth_efficiency": e_bw, "compute_efficiency": e_f}
 
 
 # -- evaluating one instance ---------------------------------------------------------------------
@@ -388,6 +430,7 @@ def _size_replica(w: Workload, option: Option, spec: GPUSpec, prompt: int, outpu
         if w.max_batch_size:
             limit = min(limit, w.max_batch_size)
         points = []
+        feasible, infeasible = 0, None
         for batch in _batch_candidates(limit, [m for m in measurements
                                                if m.gpu_model == spec.gpu_model and m.gpus == k]):
             point, source, origin = project(w, spec.gpu_model, k, batch, prompt, output,
@@ -396,8 +439,23 @@ def _size_replica(w: Workload, option: Option, spec: GPUSpec, prompt: int, outpu
             if violation:
                 if batch == 1:
                     slo_reason = f"SLO violated even at batch 1 on {k}x{spec.gpu_model}: {violation}"
+                infeasible = batch if infeasible is None else min(infeasible, batch)
                 continue
+            feasible = max(feasible, batch)
             points.append((point, source, origin, batch))
+        # The SLO binds between two candidates: find the largest batch that still meets it
+        # (latency grows with the batch, so bisection applies).
+        if points and infeasible is not None and infeasible > feasible + 1:
+            lo, hi = feasible, infeasible
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                point, source, origin = project(w, spec.gpu_model, k, mid, prompt, output,
+                                                measurements, catalog)
+                if _slo_violation(w, point):
+                    hi = mid
+                else:
+                    lo = mid
+                    points.append((point, source, origin, mid))
         if points:
             top = max(p[0].tokens_per_s for p in points)
             measured = [p for p in points if p[1] == "measured"

@@ -1,8 +1,11 @@
 """The recommender as a specification, on a small made-up catalog whose numbers can be followed by
 hand. Shared setup: a 10B-parameter bf16 model (weights W = 20 GB), KV 1e5 bytes per token,
-100-token prompts and 100-token outputs (context during decode L = 150), GPUs with so much compute
-that only memory bandwidth matters. Default bandwidth efficiency 0.7:
-  step(B) = (W + B*L*kv)/(BW*0.7) + (B/100) * (W + 100*kv)/(BW*0.7),   tokens/s = B / step(B)."""
+100-token prompts and 100-token outputs, GPUs with so much compute that only memory bandwidth
+matters. Per serving step (chunked prefill, context L = 150 during decode) a batch of B reads
+  bytes(B) = W + B*L*kv + (B/O)*S*kv = 20e9 + B*(1.5e7 + 1e5) = 20e9 + 1.51e7*B,
+  step(B) = bytes(B) / (BW * 0.7)   (default bandwidth efficiency),   tokens/s = B / step(B)."""
+
+from dataclasses import replace
 
 import pytest
 
@@ -65,31 +68,34 @@ def test_max_batch_is_what_fits_beside_the_weights(catalog):
 
 
 def test_slo_violated_at_batch_one_rejects_the_gpu(catalog):
-    # SMALL at batch 1: (20e9 + 150*1e5)/3.5e11 + 0.01 * (20e9 + 100*1e5)/3.5e11 = 57.76 ms.
+    # SMALL at batch 1: (20e9 + 1.51e7) / (500e9 * 0.7) = 57.19 ms per output token.
     result = recommend(workload(slo_tpot_ms=50), catalog=catalog)
     small = by_instance(result.rejected)["small.1"]
     assert small.fits and not small.slo_ok
-    assert "SLO violated even at batch 1" in small.reason and "57.8 ms > SLO 50 ms" in small.reason
+    assert "SLO violated even at batch 1" in small.reason and "57.2 ms > SLO 50 ms" in small.reason
 
 
 def test_batch_grows_until_the_slo_binds_and_the_fleet_is_sized_for_demand(catalog):
-    # BIG: step(B) = 14.2857 ms + B * 0.153643 ms <= 50 ms  ->  B <= 232, largest candidate 128:
-    # step = 33.952 ms, 3,770 tokens/s per replica; 10,000 tokens/s need 3 replicas = 3 instances.
-    big = by_instance(recommend(workload(slo_tpot_ms=50), catalog=catalog).ranked)["big.1"]
-    assert big.batch_size == 128
-    assert big.tpot_ms == pytest.approx(33.952, rel=1e-4)
-    assert big.tokens_per_s_per_replica == pytest.approx(3770.0, rel=1e-4)
+    # BIG: step(B) = (20e9 + 1.51e7*B) / 1.4e12 <= 20 ms  ->  B <= (28e9 - 20e9) / 1.51e7 = 529.8.
+    # step(529) = 27.9879e9 / 1.4e12 = 19.991 ms -> 26,461 tokens/s per replica;
+    # 60,000 tokens/s need ceil(2.27) = 3 replicas = 3 instances at $4/h.
+    big = by_instance(recommend(workload(slo_tpot_ms=20, tokens_per_s=60_000),
+                                catalog=catalog).ranked)["big.1"]
+    assert big.batch_size == 529
+    assert big.tpot_ms == pytest.approx(19.991, rel=1e-4)
+    assert big.tokens_per_s_per_replica == pytest.approx(26461.4, rel=1e-4)
     assert (big.replicas, big.instances) == (3, 3)
     assert big.usd_per_hour == pytest.approx(12.0)
-    assert big.usd_per_million_tokens == pytest.approx(12.0 / (10_000 * 3600) * 1e6)  # $0.333
+    assert big.usd_per_million_tokens == pytest.approx(12.0 / (60_000 * 3600) * 1e6)  # $0.0556
     assert big.usd_per_month == pytest.approx(12.0 * 730)
     assert big.throughput_source == "projected" and "no measurement" in big.projected_from
 
 
 def test_spot_ranks_first_only_when_allowed(catalog):
-    on_demand_only = recommend(workload(slo_tpot_ms=50), catalog=catalog)
+    on_demand_only = recommend(workload(slo_tpot_ms=20, tokens_per_s=60_000), catalog=catalog)
     assert all(o.pricing == "on_demand" for o in on_demand_only.ranked)
-    with_spot = recommend(workload(slo_tpot_ms=50, spot_allowed=True), catalog=catalog)
+    with_spot = recommend(workload(slo_tpot_ms=20, tokens_per_s=60_000, spot_allowed=True),
+                          catalog=catalog)
     best = with_spot.best
     assert (best.instance_type, best.pricing) == ("big.1", "spot")
     assert best.usd_per_hour == pytest.approx(3 * 1.2)  # same 3 instances at $1.20/h
@@ -104,7 +110,7 @@ def measured_big(tokens_per_s=2000.0, batch=64, label="bench on BIG"):
 
 
 def test_measured_throughput_is_used_where_measured(catalog):
-    # Roofline would say 2,653 tokens/s at batch 64 on BIG; the measurement says 2,000.
+    # The roofline alone would say 64 / (20.9664e9 / 1.4e12) = 4,273 tokens/s; measured: 2,000.
     result = recommend(workload(max_batch_size=64), [measured_big()], catalog=catalog)
     big = by_instance(result.ranked)["big.1"]
     assert big.batch_size == 64 and big.throughput_source == "measured"
@@ -122,21 +128,35 @@ def test_other_gpus_are_projected_from_the_measurement_by_bandwidth(catalog):
 
 
 def test_measured_point_preferred_over_a_slightly_better_projection(catalog):
-    # Allowing batch 66: the calibrated projection gives 2,036.6 tokens/s there, within 5 % of the
-    # measured 2,000 at batch 64, so the measured point is kept.
+    # Calibration: ideal step at 64 = 20.9664e9 / 2e12 = 10.483 ms, measured 32 ms -> efficiency
+    # 0.3276. At batch 66 that projects 66 / (20.9966e9 / 2e12 / 0.3276) = 2,059.5 tokens/s, within
+    # 5 % of the measured 2,000 at batch 64, so the measured point is kept.
     result = recommend(workload(max_batch_size=66), [measured_big()], catalog=catalog)
     big = by_instance(result.ranked)["big.1"]
     assert big.throughput_source == "measured" and big.batch_size == 64
 
 
 def test_projection_error_between_two_measured_configurations(catalog):
-    # From batch 64 (2,000 tok/s, bandwidth efficiency 0.5276) to batch 16: the ideal step is
-    # 10.12 + 1.6008 = 11.7208 ms, / 0.5276 = 22.216 ms, 16 / 22.216 ms = 720.2 tokens/s.
-    check = projection_error(measured_big(), measured_big(tokens_per_s=700.0, batch=16,
+    # From batch 64 (2,000 tok/s: efficiency 0.3276) to batch 16: ideal step
+    # (20e9 + 16*1.51e7) / 2e12 = 10.1208 ms, / 0.3276 = 30.894 ms -> 517.9 tok/s vs 500 measured.
+    check = projection_error(measured_big(), measured_big(tokens_per_s=500.0, batch=16,
                                                           label="batch 16"), catalog)
-    assert check["projected_tokens_per_s"] == pytest.approx(720.2, rel=1e-3)
-    assert check["abs_error_pct"] == pytest.approx(2.886, rel=1e-2)
+    assert check["metric"] == "serving tokens/s"
+    assert check["projected"] == pytest.approx(517.9, rel=1e-3)
+    assert check["abs_error_pct"] == pytest.approx(3.58, rel=1e-2)
     assert check["within_15pct"]
+
+
+def test_projection_error_on_decode_steps_when_both_runs_measured_them(catalog):
+    # Decode only (no prefill): ideal step at 64 = (20e9 + 64*150*1e5) / 2e12 = 10.48 ms, measured
+    # 64 / 2,500 = 25.6 ms -> efficiency 0.409375; at 16: 10.12 ms / 0.409375 = 24.72 ms -> 647.2.
+    source = replace(measured_big(), decode_tokens_per_s=2500.0)
+    target = replace(measured_big(batch=16), decode_tokens_per_s=640.0)
+    check = projection_error(source, target, catalog)
+    assert check["metric"] == "decode tokens/s"
+    assert check["projected"] == pytest.approx(647.2, rel=1e-3)
+    assert check["bandwidth_efficiency"] == pytest.approx(0.409375)
+    assert check["abs_error_pct"] == pytest.approx(1.13, rel=2e-2)
 
 
 def test_ranking_is_by_cost_and_every_rank_has_a_reason(catalog):
@@ -159,23 +179,34 @@ def test_missing_kv_shape_is_a_clear_error(catalog):
 
 
 def test_mixed_request_sizes_get_a_cheaper_mix_of_gpu_types():
-    cat = PriceCatalog([row("big.1", "BIG", 1, 4.0), row("small.1", "SMALL", 1, 0.4)],
-                       [spec("BIG", 80, 2000), spec("SMALL", 24, 500)])
-    mix = (RequestClass(prompt_tokens=100, output_tokens=100, share=0.9),
-           RequestClass(prompt_tokens=8000, output_tokens=500, share=0.1))
-    w = workload(tokens_per_s=None, requests_per_s=1000, request_mix=mix, slo_tpot_ms=100)
+    # SMALL: 24 GB at 1,000 GB/s for $0.15/h; BIG: 80 GB at 2,000 GB/s for $4/h; TPOT SLO 40 ms.
+    # Short requests (100/100, 99 % of 1,000 req/s = 99,000 tok/s): SMALL holds 80 sequences,
+    #   step (20e9 + 80*1.51e7) / 7e11 = 30.30 ms -> 2,640 tok/s = 17,600 tok/s per $ (BIG: 14,900).
+    # Long requests (8,000/500, 1 % = 5,000 tok/s): SMALL holds one sequence -> 33.6 tok/s = 224 per $;
+    #   BIG batch 43 -> 1,083.8 tok/s = 271 per $.
+    # Mix: ceil(99,000 / 2,640 = 37.5) SMALL + ceil(5,000 / 1,083.8 = 4.61) BIG = 38*0.15 + 5*4 = $25.70/h;
+    # BIG alone: ceil(1.66 + 4.61) = 7 instances = $28/h; 8.2 % cheaper.
+    cat = PriceCatalog([row("big.1", "BIG", 1, 4.0), row("small.1", "SMALL", 1, 0.15)],
+                       [spec("BIG", 80, 2000), spec("SMALL", 24, 1000)])
+    mix = (RequestClass(prompt_tokens=100, output_tokens=100, share=0.99),
+           RequestClass(prompt_tokens=8000, output_tokens=500, share=0.01))
+    w = workload(tokens_per_s=None, requests_per_s=1000, request_mix=mix, slo_tpot_ms=40)
     result = recommend(w, catalog=cat)
     assert result.mix is not None
     short, long_ = result.mix.assignments
     assert short["gpu_model"] == "SMALL" and long_["gpu_model"] == "BIG"
-    assert result.mix.usd_per_hour < result.mix.best_single_usd_per_hour
-    assert result.mix.savings_pct == pytest.approx(
-        (1 - result.mix.usd_per_hour / result.mix.best_single_usd_per_hour) * 100)
-    # The mix costs whole instances: ceil(load) of each type at its price.
-    import math
-    expected = math.ceil(short["instance_load"]) * 0.4 + math.ceil(long_["instance_load"]) * 4.0
-    assert result.mix.usd_per_hour == pytest.approx(expected)
-    assert "cheaper" in result.mix.reason
+    assert short["instance_load"] == pytest.approx(37.49, rel=1e-3)
+    assert long_["instance_load"] == pytest.approx(4.613, rel=1e-3)
+    assert result.mix.usd_per_hour == pytest.approx(25.70)
+    assert result.mix.best_single_usd_per_hour == pytest.approx(28.0)
+    assert result.mix.savings_pct == pytest.approx(8.21, rel=1e-3)
+    assert "8% cheaper" in result.mix.reason
+
+
+def test_no_mix_when_one_type_is_cheapest_for_every_class(catalog):
+    mix = (RequestClass(100, 100, 0.5), RequestClass(200, 100, 0.5))
+    assert recommend(workload(tokens_per_s=None, requests_per_s=100, request_mix=mix),
+                     catalog=catalog).mix is None
 
 
 def test_shipped_catalog_recommendation_runs_end_to_end():
