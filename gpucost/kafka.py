@@ -76,13 +76,19 @@ async def stop_consumer(c: AIOKafkaConsumer) -> None:
     await c.stop()
 
 
+async def partitions_of(c: AIOKafkaConsumer, topic: str) -> set[int]:
+    """A topic's partitions from fresh cluster metadata (consumer.partitions_for_topic only knows
+    topics the consumer subscribed to, and topics() does not refresh that cache)."""
+    metadata = await c._client.fetch_all_metadata()
+    return set(metadata.partitions_for_topic(topic) or ())
+
+
 async def read_to_end(c: AIOKafkaConsumer, topic: str, on_record) -> int:
     """Assign every partition of topic, read from the beginning to the current end, call
     on_record(record) for each; returns the count. For restoring state from compacted topics."""
     from aiokafka import TopicPartition
 
-    await c.topics()  # loads metadata for every topic
-    tps = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or ())]
+    tps = [TopicPartition(topic, p) for p in sorted(await partitions_of(c, topic))]
     if not tps:
         return 0
     c.assign(tps)
