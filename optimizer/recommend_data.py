@@ -21,9 +21,17 @@ class LoadedMeasurements:
 
 
 def _runs_in(obj) -> list:
+    """Run dicts in a results file: a list, {"runs": [...]}, or the GPU matrix's
+    {"sections": {name: {"rows": [...]}}} (bench/optimizer_gpu.py)."""
     if isinstance(obj, list):
         return obj
     if isinstance(obj, dict):
+        if isinstance(obj.get("sections"), dict):
+            runs = []
+            for section in obj["sections"].values():
+                if isinstance(section, dict):
+                    runs += [r for r in section.get("rows", []) if isinstance(r, dict)]
+            return runs
         for key in ("runs", "results", "measurements"):
             if isinstance(obj.get(key), list):
                 return obj[key]
