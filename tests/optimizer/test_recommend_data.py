@@ -1,0 +1,53 @@
+"""Measured runs reach the recommender: RunMetrics dicts from the optimizer's results files, and the
+projection check across them."""
+
+import json
+
+import pytest
+
+from optimizer.recommend import Measurement
+from optimizer.recommend_check import check, comparable
+from optimizer.recommend_data import load_measurements
+
+
+def run(batch, tokens_per_s, decode_tokens_per_s, **kw):
+    r = dict(variant="bf16+cudagraph", model="1b", params=1_100_000_000, device="NVIDIA H100 80GB HBM3",
+             gpu_model="H100-80GB", precision="bf16", quantization="none", kv_cache="full", window=None,
+             decode_mode="cudagraph", batch_size=batch, concurrency=0, prompt_tokens=128, new_tokens=128,
+             tokens_per_s=tokens_per_s, model_bytes=2_200_000_000,
+             kv_cache_bytes=batch * 256 * 32768, ttft_p50_ms=5.0,
+             extra={"decode_step_ms": batch / decode_tokens_per_s * 1e3,
+                    "decode_tokens_per_s": decode_tokens_per_s})
+    r.update(kw)
+    return r
+
+
+def test_from_run_reads_kv_per_token_and_the_decode_rate():
+    m = Measurement.from_run(run(8, 5000.0, 6000.0))
+    assert m.kv_bytes_per_token == 32768  # kv_cache_bytes / (8 * (128 + 128))
+    assert m.decode_tokens_per_s == 6000.0 and m.tpot_ms == pytest.approx(8 / 6000 * 1e3)
+    assert (m.gpu_model, m.precision, m.batch_size, m.output_tokens) == ("H100-80GB", "bf16", 8, 128)
+
+
+def test_int8_weight_quantized_run_counts_as_int8():
+    assert Measurement.from_run(run(1, 100.0, 120.0, quantization="int8-wo")).precision == "int8"
+
+
+def test_gpu_matrix_sections_file_is_read_and_cpu_runs_skipped(tmp_path):
+    doc = {"sections": {"configs": {"rows": [run(1, 700.0, 800.0), run(8, 5000.0, 6000.0)]},
+                        "precision": {"rows": [run(1, 10.0, 12.0, gpu_model="cpu")]},
+                        "broken": {"error": "boom"}}}
+    (tmp_path / "h100.json").write_text(json.dumps(doc))
+    loaded = load_measurements(tmp_path)
+    assert [m.batch_size for m in loaded.measurements] == [1, 8]
+    assert loaded.skipped == 1 and loaded.sources == ["h100.json"]
+
+
+def test_check_projects_each_configuration_from_the_others():
+    rows = check(comparable([run(1, 700.0, 800.0), run(8, 5000.0, 6000.0)]))
+    assert len(rows) == 2 and all(r["metric"] == "decode tokens/s" for r in rows)
+    # Memory-bound both ways: projecting batch 8 from batch 1 scales by the bytes each step reads,
+    # (W + 1*192*kv) / (W + 8*192*kv) * 8 with W = 2.2e9, kv = 32768, from 800 tok/s at batch 1.
+    up = next(r for r in rows if r["target"].endswith("b8 128+128"))
+    w, kv = 2.2e9, 32768
+    assert up["projected"] == pytest.approx(800 * 8 * (w + 192 * kv) / (w + 8 * 192 * kv), rel=1e-6)
