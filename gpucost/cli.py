@@ -26,6 +26,7 @@ console = Console(stderr=True)
 COMMAND_MODULES: list[str] = [
     "gpucost.pricing.cli",
     "optimizer.recommend_cli",
+    "gpucost.keys_cli",
 ]
 
 
@@ -73,7 +74,7 @@ def api(host: str = typer.Option(None), port: int = typer.Option(None)):
 
     s = get_settings()
     uvicorn.run(create_app(s), host=host or s.api_host, port=port or s.api_port, log_level="warning",
-                ws_ping_interval=20)
+                ws_ping_interval=20, ws_max_size=s.ws_max_message_bytes)
 
 
 @app.command()
@@ -125,6 +126,9 @@ def up(
     with console.status("starting Kafka (first run fetches it from Maven Central) ..."):
         broker.start(s)
     init_db(s)
+    from api.keys import ensure_admin_key
+
+    admin_key = ensure_admin_key(s)  # reused across runs from data_dir/admin.key
     exe = [sys.executable, "-m", "gpucost.cli"]
     procs: dict[str, subprocess.Popen] = {}
     plan = [("worker", [*exe, "worker"]), ("api", [*exe, "api"])]
@@ -136,7 +140,7 @@ def up(
         procs[name] = subprocess.Popen(cmd, env=os.environ.copy(), start_new_session=True,
                                        stdout=None if name != "simulator" else subprocess.DEVNULL)
         time.sleep(0.5)
-    console.print(f"[bold green]gpucost is up[/]: dashboard on http://{s.api_host}:{s.api_port}  "
+    console.print(f"[bold green]gpucost is up[/]: dashboard on http://{s.api_host}:{s.api_port}/?api_key={admin_key}  "
                   f"(Kafka {s.kafka_bootstrap}, database {s.database}); Ctrl-C stops everything")
 
     stopping = False

@@ -19,6 +19,7 @@ MODEL_MODULES: list[str] = [
     "api.models",
     "gpucost.pricing.models",
     "optimizer.recommend_models",
+    "api.keys",
 ]
 
 

@@ -52,7 +52,10 @@ class Settings(BaseSettings):
     ws_heartbeat_s: float = 10.0
     ws_queue_max: int = 1000
     history_retention_s: int = 7 * 24 * 3600
-    auth_disabled: bool = True  # the embedded default has no keys; issue #6 turns this on
+    auth_disabled: bool = False  # every REST call and /ws needs an API key (`gpucost keys create`)
+    max_request_bytes: int = 4 * 1024 * 1024  # whole API; larger bodies get 413
+    ws_max_message_bytes: int = 64 * 1024  # client messages on /ws are small subscribe/unsubscribe ops
+    events_max_batch: int = 10_000  # events in one POST /events
 
     @property
     def database(self) -> str:

@@ -72,6 +72,7 @@ class Stack:
             self.env["GPUCOST_DATABASE_URL"] = database_url
         self.env.update({k: str(v) for k, v in env_overrides.items()})
         self.procs: dict[str, subprocess.Popen] = {}
+        self.admin_key: str | None = None  # created for this stack's database by start_api()
         self.settings = Settings(**{k[len("GPUCOST_"):].lower(): v for k, v in self.env.items()
                                     if k.startswith("GPUCOST_") and k != "GPUCOST_ENV_FILE"})
 
@@ -99,7 +100,26 @@ class Stack:
         wait_for(lambda: "Worker]: Ready" in self.log("worker") or self._dead("worker"), 60, what="worker ready")
         assert not self._dead("worker"), self.log("worker")[-4000:]
 
+    @property
+    def headers(self) -> dict[str, str]:
+        """Authenticates a REST call as admin (for /ws, add `?api_key=` + stack.admin_key)."""
+        return {"Authorization": f"Bearer {self.ensure_admin_key()}"}
+
+    def ensure_admin_key(self) -> str:
+        if self.admin_key is None:
+            from api.keys import create_key
+
+            self.admin_key = create_key(self.settings, admin=True, name="test stack").key
+        return self.admin_key
+
+    def create_key(self, tenant: str) -> str:
+        """A key bound to one tenant, for tenant isolation tests."""
+        from api.keys import create_key
+
+        return create_key(self.settings, tenant=tenant, name="test tenant").key
+
     def start_api(self) -> None:
+        self.ensure_admin_key()
         self._spawn("api", "api")
         wait_for(lambda: self._dead("api") or httpx.get(self.url + "/healthz", timeout=2).status_code == 200,
                  60, what="api healthz")
@@ -130,7 +150,7 @@ class Stack:
         self.procs.clear()
 
     def get(self, path: str, **params):
-        r = httpx.get(self.url + path, params=params, timeout=10)
+        r = httpx.get(self.url + path, params=params, headers=self.headers, timeout=10)
         r.raise_for_status()
         return r.json()
 

@@ -1,0 +1,127 @@
+"""`POST /events`: batch ingest into Kafka for producers that speak HTTP, not Kafka. The batch is
+validated against the event contract (ingest/events.py) and the key's tenant, all or nothing: one
+bad or foreign event rejects the request (422 / 403, every problem listed by index) and nothing is
+sent. Accepted events go through the one EventProducer and are acknowledged by Kafka (acks=all)
+before the 202."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from aiokafka.errors import KafkaError
+from fastapi import APIRouter, Depends, HTTPException, Request
+from pydantic import BaseModel
+
+from api.auth import Principal, principal
+from ingest.events import BillingEvent, UsageEvent, decode_billing, decode_usage
+from ingest.producer import EventProducer
+
+router = APIRouter(tags=["ingest"])
+
+#: Seconds a batch may wait on Kafka before the client is told to retry (503).
+SEND_TIMEOUT_S = 15.0
+
+
+def _batch_schema() -> dict:
+    def members(model):
+        schema = model.model_json_schema()
+        schema.pop("title", None)
+        return {"type": "array", "items": schema}
+
+    return {"type": "object", "additionalProperties": False,
+            "properties": {"usage": members(UsageEvent), "billing": members(BillingEvent)},
+            "description": "Usage and billing events (either list may be empty or absent)."}
+
+
+class Accepted(BaseModel):
+    accepted: int
+    usage: int
+    billing: int
+
+
+async def start(app) -> None:
+    app.state.event_producer = None
+    app.state.event_producer_lock = asyncio.Lock()
+
+
+async def stop(app) -> None:
+    producer = getattr(app.state, "event_producer", None)
+    if producer is not None:
+        await producer.stop()
+
+
+async def _producer(app) -> EventProducer:
+    """Started on first use: the API serves reads even while the broker is still coming up."""
+    if app.state.event_producer is None:
+        async with app.state.event_producer_lock:
+            if app.state.event_producer is None:
+                app.state.event_producer = await EventProducer(app.state.settings).start()
+    return app.state.event_producer
+
+
+def _validate(members: Any, kind: str, decode, p: Principal, errors: list[dict]) -> list:
+    if members is None:
+        return []
+    if not isinstance(members, list):
+        errors.append({"kind": kind, "index": None, "reason": f"'{kind}' must be a JSON array of events"})
+        return []
+    out = []
+    for index, member in enumerate(members):
+        good, bad = decode(json.dumps(member, allow_nan=False).encode())
+        if bad:
+            reason = bad[0].reason.split(": ", 1)[-1]
+            errors.append({"kind": kind, "index": index, "reason": reason})
+        elif not p.allows(good[0].tenant):
+            errors.append({"kind": kind, "index": index, "status": 403,
+                           "reason": f"tenant {good[0].tenant!r} is not this key's tenant {p.tenant!r}"})
+        else:
+            out.append(good[0])
+    return out
+
+
+@router.post("/events", status_code=202, response_model=Accepted,
+             openapi_extra={"requestBody": {"required": True,
+                                            "content": {"application/json": {"schema": _batch_schema()}}}},
+             responses={403: {"description": "An event of another tenant"},
+                        413: {"description": "Body or batch too large"},
+                        422: {"description": "Events that break the contract, by index"},
+                        503: {"description": "Kafka did not acknowledge in time; retry"}})
+async def ingest(request: Request, p: Principal = Depends(principal)) -> dict:
+    settings = request.app.state.settings
+    try:
+        body = json.loads(await request.body())
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise HTTPException(400, f"body is not valid JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise HTTPException(422, 'body must be a JSON object: {"usage": [...], "billing": [...]}')
+    unknown = set(body) - {"usage", "billing"}
+    if unknown:
+        raise HTTPException(422, f"unknown fields {sorted(unknown)}; allowed: usage, billing")
+    total = sum(len(v) for v in body.values() if isinstance(v, list))
+    if total > settings.events_max_batch:
+        raise HTTPException(413, f"{total} events in one request; at most {settings.events_max_batch}")
+    errors: list[dict] = []
+    try:
+        usage = _validate(body.get("usage"), "usage", decode_usage, p, errors)
+        billing = _validate(body.get("billing"), "billing", decode_billing, p, errors)
+    except ValueError as exc:  # NaN/Infinity in the JSON, which the contract forbids
+        raise HTTPException(422, f"non-finite number in the body: {exc}") from exc
+    if errors:
+        status = 403 if all(e.get("status") == 403 for e in errors) else 422
+        raise HTTPException(status, {"message": f"{len(errors)} event(s) rejected; nothing was sent",
+                                     "errors": errors[:100]})
+    if not usage and not billing:
+        raise HTTPException(422, "no events: send a non-empty 'usage' or 'billing' array")
+    producer = await _producer(request.app)
+    try:
+        async with asyncio.timeout(SEND_TIMEOUT_S):
+            if usage:
+                await producer.send_usage(usage)
+            if billing:
+                await producer.send_billing(billing)
+    except (TimeoutError, OSError, KafkaError) as exc:
+        raise HTTPException(503, "Kafka did not acknowledge the batch in time; retry the request",
+                            headers={"Retry-After": "5"}) from exc
+    return {"accepted": len(usage) + len(billing), "usage": len(usage), "billing": len(billing)}
