@@ -1,0 +1,158 @@
+"""The alert state machines: every rule kind fires exactly once when its condition starts to hold
+and resolves exactly once when it stops, fed through the real pane aggregation."""
+
+from __future__ import annotations
+
+import pytest
+
+from streaming.alerts import AlertEvaluator, RuleSpec, period_bounds
+from tests.alerts.feed import DAY0, Feed, rule, usage
+
+
+def test_budget_warns_at_each_share_then_fires_at_the_limit_once_and_resolves_when_the_hour_rolls():
+    feed = Feed(rule("budget", period="1h", limit_usd=1.0))
+    # 2 GPUs: $0.02 per 10 s, $1 after 500 s; keep spending well past the limit
+    feed.run(DAY0, 900, gpus=2)
+    levels = [(a["level"], a["state"]) for a in feed.alerts]
+    assert levels == [("50%", "firing"), ("75%", "firing"), ("90%", "firing"), ("100%", "firing")]
+    critical = feed.alerts[-1]
+    assert critical["severity"] == "critical" and critical["value"] >= 1.0 and critical["threshold"] == 1.0
+    assert critical["details"]["period_start"] == DAY0
+    # the next hour: a little spend, far under every share
+    feed.run(DAY0 + 3600, 60, gpus=1)
+    assert all(states == ["firing", "resolved"] for states in feed.by_fingerprint().values())
+    assert len(feed.by_fingerprint()) == 4
+
+
+def test_budget_spend_is_exact_across_folded_and_open_windows():
+    feed = Feed(rule("budget", period="1d", limit_usd=1000.0))
+    feed.run(DAY0 + 7200, 1800, gpus=3)  # 180 steps x 3 GPUs x $0.01
+    ev = feed.evaluator
+    keys = list(ev.book.windows)
+    assert ev.book.frozen_upto > DAY0 + 7200  # most windows already folded into period totals
+    assert ev.book.period_spend(keys, "1d", ev.watermark) == pytest.approx(5.40, abs=1e-9)
+    assert ev.book.period_spend(keys, "1h", ev.watermark) == pytest.approx(5.40, abs=1e-9)
+    assert feed.alerts == []
+
+
+def test_month_period_is_the_utc_calendar_month():
+    start, end = period_bounds("month", DAY0 + 5)
+    assert start == 1_761_955_200 and end == 1_764_547_200  # 2025-11-01 .. 2025-12-01
+
+
+def test_burn_rate_fires_on_the_projection_and_resolves_once_spending_stops():
+    feed = Feed(rule("burn_rate", horizon="day", limit_usd=20.0, lookback_s=300))
+    noon = DAY0 + 12 * 3600
+    # 1 GPU at $3.60/h: 12 h left -> ~$43 projected against $20
+    feed.run(noon, 600, gpus=1)
+    assert feed.transitions() == ["firing"]
+    fired = feed.alerts[0]
+    d = fired["details"]
+    assert d["projected_low_usd"] <= d["projected_usd"] <= d["projected_high_usd"]
+    assert d["projected_usd"] == pytest.approx(d["spent_usd"] + d["rate_usd_h"] * (d["period_end"] - fired["starts_at"]) / 3600)
+    # acme stops; another tenant keeps the watermark moving
+    feed.run(noon + 600, 900, gpus=1, tenant="other")
+    assert feed.transitions() == ["firing", "resolved"]
+    assert feed.alerts[1]["value"] <= 20.0
+
+
+def test_idle_waste_fires_after_the_duration_and_resolves_when_utilisation_returns():
+    feed = Feed(rule("idle_waste", threshold=0.5, for_s=180))
+    feed.run(DAY0, 120, util=0.1)
+    assert feed.transitions() == []  # idle, but not yet for 180 s
+    feed.run(DAY0 + 120, 300, util=0.1)
+    assert feed.transitions() == ["firing"]
+    assert feed.alerts[0]["value"] == pytest.approx(0.9)
+    feed.run(DAY0 + 420, 300, util=0.95)
+    assert feed.transitions() == ["firing", "resolved"]
+
+
+def test_idle_waste_resolves_when_the_group_stops_spending():
+    feed = Feed(rule("idle_waste", threshold=0.5, for_s=60))
+    feed.run(DAY0, 300, util=0.0)
+    feed.run(DAY0 + 300, 600, tenant="other")
+    assert feed.transitions() == ["firing", "resolved"]
+
+
+def test_anomaly_fires_on_a_spike_over_its_own_baseline_and_resolves_after():
+    feed = Feed(rule("anomaly", factor=3.0, baseline_s=900, min_baseline_windows=6))
+    feed.run(DAY0, 900, gpus=1)  # baseline $3.60/h
+    assert feed.transitions() == []
+    feed.run(DAY0 + 900, 180, gpus=10)
+    assert feed.transitions() == ["firing"]
+    assert feed.alerts[0]["details"]["baseline_usd_h"] == pytest.approx(3.6, rel=0.05)
+    feed.run(DAY0 + 1080, 600, gpus=1)
+    assert feed.transitions() == ["firing", "resolved"]
+
+
+def test_anomaly_needs_a_baseline_first():
+    feed = Feed(rule("anomaly", factor=2.0, min_baseline_windows=6))
+    feed.run(DAY0, 300, gpus=8)
+    assert feed.transitions() == []
+
+
+def test_gpu_quota_fires_when_the_tenant_uses_more_gpus_than_its_quota():
+    feed = Feed(rule("gpu_quota", max_gpus=4))
+    feed.run(DAY0, 300, gpus=2)
+    feed.run(DAY0 + 300, 180, gpus=6)
+    assert feed.transitions() == ["firing"]
+    assert feed.alerts[0]["value"] > 4
+    feed.run(DAY0 + 480, 300, gpus=2)
+    assert feed.transitions() == ["firing", "resolved"]
+
+
+def test_gpu_quota_sums_every_service_of_the_tenant():
+    feed = Feed(rule("gpu_quota", max_gpus=3))
+    for ts in range(DAY0, DAY0 + 300, 10):
+        feed.send([usage(ts, service="train", gpu_index=i) for i in range(2)]
+                  + [usage(ts, service="serve", gpu_index=i, host="h2") for i in range(2)])
+    assert feed.transitions() == ["firing"]
+    assert feed.alerts[0]["tenant"] == "acme" and feed.alerts[0]["group"] == {"tenant": "acme"}
+
+
+def test_groups_have_their_own_fingerprints():
+    feed = Feed(rule("idle_waste", threshold=0.5, for_s=0))
+    for ts in range(DAY0, DAY0 + 200, 10):
+        feed.send([usage(ts, service="a", util=0.0), usage(ts, service="b", util=0.0, host="h2")])
+    fps = feed.by_fingerprint()
+    assert len(fps) == 2 and all(s == ["firing"] for s in fps.values())
+    assert {a["service"] for a in feed.alerts} == {"a", "b"}
+
+
+def test_deleting_a_firing_rule_resolves_its_alerts_and_a_restored_alert_does_not_fire_twice():
+    feed = Feed(rule("gpu_quota", max_gpus=1))
+    feed.run(DAY0, 200, gpus=2)
+    assert feed.transitions() == ["firing"]
+    firing = feed.alerts[0]
+
+    fresh = AlertEvaluator(clock=lambda: 0.0)  # a restarted worker: firing alerts from cost.alerts
+    fresh.restore_alert(firing)
+    fresh.set_rule(rule("gpu_quota", max_gpus=1))
+    fresh.ready = True
+    feed.evaluator = fresh
+    feed.run(DAY0 + 200, 200, gpus=2)
+    assert feed.transitions() == ["firing"]
+    resolved = fresh.delete_rule("r1")
+    assert [a["state"] for a in resolved] == ["resolved"] and resolved[0]["fingerprint"] == firing["fingerprint"]
+
+
+def test_changing_a_rule_resolves_and_re_evaluates_but_renaming_keeps_state():
+    feed = Feed(rule("gpu_quota", max_gpus=1))
+    feed.run(DAY0, 200, gpus=2)
+    renamed = rule("gpu_quota", max_gpus=1).model_copy(update={"name": "quota", "version": 2})
+    assert feed.evaluator.set_rule(renamed) == []
+    changed = rule("gpu_quota", max_gpus=5).model_copy(update={"version": 3})
+    assert [a["state"] for a in feed.evaluator.set_rule(changed)] == ["resolved"]
+    feed.run(DAY0 + 200, 200, gpus=2)
+    assert feed.transitions() == ["firing"]  # 2 GPUs are within the new quota of 5
+
+
+def test_rule_spec_validates_params_per_kind_and_groups_admin_rules_by_tenant():
+    spec = RuleSpec(name="b", kind="budget", params={"limit_usd": 10, "period": "month"})
+    assert spec.params["warn_at"] == [0.5, 0.75, 0.9] and spec.group_by == ["tenant"]
+    with pytest.raises(ValueError):
+        RuleSpec(name="b", kind="budget", params={"limit_usd": -1})
+    with pytest.raises(ValueError):
+        RuleSpec(name="b", kind="idle_waste", params={"threshold": 0.5, "bogus": 1})
+    spec = RuleSpec(name="a", kind="anomaly", group_by=["service"])
+    assert spec.group_by == ["tenant", "service"]
