@@ -130,11 +130,14 @@ def _decode(raw: bytes, one: TypeAdapter, many: TypeAdapter, kind: str):
 
     try:
         members = json.loads(raw)
+        # Re-encoding a member can exceed the recursion limit where decoding just fit.
+        member_raws = [json.dumps(m, separators=(",", ":")).encode() for m in members]
     except (UnicodeDecodeError, ValueError) as exc:
         return [], [InvalidEvent(f"malformed JSON in {kind} batch: {exc}", raw)]
+    except RecursionError:  # a poison message must be dead-lettered, never crash the worker
+        return [], [InvalidEvent(f"malformed JSON in {kind} batch: nested too deeply", raw)]
     events, rejects = [], []
-    for index, member in enumerate(members):
-        member_raw = json.dumps(member, separators=(",", ":")).encode()
+    for index, member_raw in enumerate(member_raws):
         try:
             events.append(one.validate_json(member_raw))
         except ValidationError as exc:
