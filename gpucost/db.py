@@ -18,6 +18,7 @@ from gpucost.settings import Settings, get_settings
 MODEL_MODULES: list[str] = [
     "api.models",
     "gpucost.pricing.models",
+    "api.alert_models",
     "optimizer.recommend_models",
     "api.keys",
 ]

@@ -57,6 +57,14 @@ class Settings(BaseSettings):
     ws_max_message_bytes: int = 64 * 1024  # client messages on /ws are small subscribe/unsubscribe ops
     events_max_batch: int = 10_000  # events in one POST /events
 
+    # Webhooks (api/webhooks/): private and loopback targets are refused unless allowed
+    webhook_allow_private: bool = False
+    webhook_backoff_base_s: float = 5.0  # first retry after about this, doubling, with jitter
+    webhook_backoff_max_s: float = 3600.0
+    webhook_expire_s: float = 24 * 3600.0  # then the delivery is marked dead
+    webhook_timeout_s: float = 10.0
+    webhook_poll_s: float = 1.0
+
     @property
     def database(self) -> str:
         if self.database_url:

@@ -21,6 +21,7 @@ from gpucost.pricing import UnknownGPUModel, default_catalog
 from gpucost.settings import Settings, get_settings
 from ingest.events import InvalidEvent, UsageEvent, decode_billing, decode_usage
 from streaming.panes import PaneStore, WindowSpec
+from streaming.alerts import AlertEvaluator, follow_rules
 
 log = logging.getLogger("gpucost.worker")
 
@@ -92,6 +93,19 @@ def create_app(settings: Settings | None = None) -> faust.App:
     deadletter_topic = app.topic(settings.deadletter_topic, key_type=bytes, value_type=bytes, value_serializer="raw")
     panes_topic = app.topic(settings.panes_topic, key_type=bytes, value_type=bytes, value_serializer="raw")
     aggregates_topic = app.topic(settings.aggregates_topic, key_type=bytes, value_type=bytes, value_serializer="raw")
+    alerts_topic = app.topic(settings.alerts_topic, key_type=bytes, value_type=bytes, value_serializer="raw")
+    evaluator = AlertEvaluator(settings.window_size_s, settings.window_step_s, settings.allowed_lateness_s)
+    app.gpucost_alerts = evaluator
+
+    async def publish_alerts(alerts: list[dict]) -> None:
+        futures = [await alerts_topic.send(key=a["fingerprint"].encode(), value=json.dumps(a).encode()) for a in alerts]
+        for fut in futures:  # durable before the evaluator moves on (streaming/alerts.py)
+            await fut
+
+    @app.task
+    async def alert_rules():
+        await follow_rules(settings, evaluator, publish_alerts)  # cost.rules, changes without restart
+
     restored = asyncio.Event()
 
     def dead_letter(reason: str, raw: bytes, message, index: int | None = None):
@@ -174,6 +188,7 @@ def create_app(settings: Settings | None = None) -> faust.App:
         for rec in records:
             key = "|".join((rec["tenant"], rec["service"], rec["region"], rec["gpu_model"])).encode()
             await aggregates_topic.send(key=key, value=json.dumps(rec).encode())
+        await publish_alerts(evaluator.observe(records, store.watermark))
 
     @app.timer(interval=30.0)
     async def report_stats():
