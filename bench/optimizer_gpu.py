@@ -23,6 +23,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -81,6 +82,11 @@ def main() -> None:
     ap.add_argument("--sections", default="bandwidth,quant,kv,batching,configs,precision,window,offload")
     ap.add_argument("--budget-s", type=float, default=470.0, help="start no compiled variant past this")
     ap.add_argument("--model", default="1b")
+    ap.add_argument("--big-model", default="7b", help="second model of the bandwidth section")
+    ap.add_argument("--quant-model", default="1b")
+    ap.add_argument("--quant-variants", default=",".join((
+        "bf16+int8-weight-only+compile+cudagraph", "bf16+fp8+cudagraph", "bf16+fp8+compile+cudagraph",
+        "bf16+torchao-int8-weight-only+compile+cudagraph", "bf16+torchao-fp8+compile+cudagraph")))
     args = ap.parse_args()
     sections = args.sections.split(",")
     device = torch.device("cuda")
@@ -138,18 +144,34 @@ def main() -> None:
         return elapsed() < args.budget_s
 
     def bandwidth():
-        rows = [decode_row(base_cfg, V("bf16+cudagraph")), decode_row(base_cfg, V("bf16+compile+cudagraph"))]
+        rows = []
+        doc["sections"]["bandwidth"] = {"rows": rows}
+        for model_name in (args.model, args.big_model):
+            cfg = replace(base_cfg, model=model_name)
+            for name in ("bf16+cudagraph", "bf16+compile+cudagraph"):
+                if "compile" in name and not compiled_ok():
+                    log(f"skip {model_name} {name}: past the time budget")
+                    continue
+                rows.append(decode_row(cfg, V(name)))
+                rows[-1]["inductor_coordinate_descent_tuning"] = inductor_config.coordinate_descent_tuning
+                save()
+        if compiled_ok():  # the same step with cuBLAS GEMVs instead of Inductor's tuned reductions
+            inductor_config.coordinate_descent_tuning = False
+            try:
+                rows.append(decode_row(base_cfg, V("bf16+compile+cudagraph")))
+                rows[-1]["inductor_coordinate_descent_tuning"] = False
+            finally:
+                inductor_config.coordinate_descent_tuning = True
         return {"rows": rows}
 
     def quant():
-        ref = B.gate_reference(args.model, device, 0, 32)
+        qcfg = replace(base_cfg, model=args.quant_model)
+        ref = B.gate_reference(args.quant_model, device, 0, 32)
         rows = []
         doc["sections"]["quant"] = {"rows": rows, "reference_perplexity": ref.perplexity}
-        rows.append(decode_row(base_cfg, V("bf16+compile+cudagraph"), ref))
+        rows.append(decode_row(qcfg, V("bf16+compile+cudagraph"), ref))
         save()
-        for name in ("bf16+int8-weight-only+compile+cudagraph", "bf16+fp8+cudagraph",
-                     "bf16+fp8+compile+cudagraph", "bf16+torchao-int8-weight-only+compile+cudagraph",
-                     "bf16+torchao-fp8+compile+cudagraph"):
+        for name in args.quant_variants.split(","):
             if "torchao" in name and not torchao_available():
                 log(f"skip {name}: torchao not importable")
                 continue
@@ -157,7 +179,7 @@ def main() -> None:
                 log(f"skip {name}: past the time budget")
                 continue
             try:
-                rows.append(decode_row(base_cfg, V(name), ref))
+                rows.append(decode_row(qcfg, V(name), ref))
             except Exception as exc:
                 import traceback
 
@@ -232,7 +254,7 @@ def main() -> None:
 
     # Cheap sections first; the compiled quantized variants last, under the time budget.
     for name, fn in (("bandwidth", bandwidth), ("kv", kv), ("batching", batching), ("configs", configs),
-                     ("precision", precision), ("window", window), ("offload", offload), ("quant", quant)):
+                     ("window", window), ("precision", precision), ("offload", offload), ("quant", quant)):
         section(name, fn)
     log("done")
 

@@ -114,22 +114,23 @@ class BenchConfig:
 
 # -- building ------------------------------------------------------------------------------
 
-_BASE_CACHE: dict[tuple[str, str, int], Transformer] = {}
+_SMOLLM2_CACHE: dict[str, Transformer] = {}
 
 
-def base_model(name: str, device: torch.device | str = "cpu", seed: int = 0) -> Transformer:
-    """The fp32 model a variant starts from: SmolLM2-135M from its GGUF file, or a seeded preset."""
-    key = (name, str(device), seed)
-    if key not in _BASE_CACHE:
-        _BASE_CACHE.clear()  # keep one base at a time: a 1B fp32 model is 4.4 GB
-        gc.collect()
-        if name == SMOLLM2:
-            _BASE_CACHE[key] = load_gguf(device=device)
-        elif name in PRESETS:
-            _BASE_CACHE[key] = build_model(name, seed=seed, device=device)
-        else:
-            raise ValueError(f"unknown model {name!r}; expected {SMOLLM2!r} or one of {list(PRESETS)}")
-    return _BASE_CACHE[key]
+def base_model(name: str, device: torch.device | str = "cpu", seed: int = 0,
+               dtype: torch.dtype = torch.float32) -> Transformer:
+    """A fresh model a variant starts from: SmolLM2-135M from its GGUF file (parsed once per
+    device, then copied), or a seeded preset drawn at `dtype` (the fp32 draw, rounded)."""
+    if name == SMOLLM2:
+        key = str(device)
+        if key not in _SMOLLM2_CACHE:
+            _SMOLLM2_CACHE[key] = load_gguf(device=device)
+        model = copy.deepcopy(_SMOLLM2_CACHE[key])
+        model.clear_caches()
+        return set_precision(model, dtype)
+    if name in PRESETS:
+        return build_model(name, seed=seed, device=device, dtype=dtype)
+    raise ValueError(f"unknown model {name!r}; expected {SMOLLM2!r} or one of {list(PRESETS)}")
 
 
 def build_variant(name: str, variant: Variant, device: torch.device | str, seed: int = 0
@@ -138,9 +139,8 @@ def build_variant(name: str, variant: Variant, device: torch.device | str, seed:
     variant.check(device)
     # Offloaded variants are prepared on the host, where their blocks stay.
     build_on = torch.device("cpu") if variant.offload else device
-    model = copy.deepcopy(base_model(name, build_on, seed))
-    model.clear_caches()
-    set_precision(model, PRECISIONS[variant.precision])
+    model = base_model(name, build_on, seed, PRECISIONS[variant.precision])
+    model.n_params = model_parameters(model)
     model = quantize_model(model, variant.quantization)
     if variant.window is not None:
         model.set_sliding_window(variant.window)
@@ -160,8 +160,7 @@ def random_prompts(vocab_size: int, batch_size: int, length: int, seed: int) -> 
 def gate_reference(name: str, device: torch.device | str, seed: int = 0,
                    new_tokens: int = 32) -> Reference:
     """The fp32 baseline's answers: real prompts and text for SmolLM2, seeded ones otherwise."""
-    baseline = copy.deepcopy(base_model(name, device, seed))
-    baseline.clear_caches()
+    baseline = base_model(name, device, seed)
     if name == SMOLLM2:
         from optimizer.tokenizer import BPETokenizer
 
@@ -272,7 +271,7 @@ def run_variant(cfg: BenchConfig, variant: Variant, ref: Reference | None = None
     """Build, gate (when a reference is given), and measure one variant at `cfg.batch_size`."""
     device = torch.device(cfg.device)
     model, decoder = build_variant(cfg.model, variant, device, cfg.seed)
-    params = model_parameters(base_model(cfg.model, "cpu" if variant.offload else device, cfg.seed))
+    params = model.n_params
     weights = weight_bytes(model) if not variant.offload else _offloaded_weight_bytes(model)
     verdict = None
     if ref is not None:
@@ -294,8 +293,7 @@ def run_variant(cfg: BenchConfig, variant: Variant, ref: Reference | None = None
 def _offloaded_weight_bytes(model: Transformer) -> int:
     streamer = model.offload_streamer
     host = sum(t.numel() * t.element_size() for block in streamer.host for t in block)
-    staged = sum(t.numel() * t.element_size() for slot in streamer.slot_tensors for t in slot)
-    return weight_bytes(model) - staged + host
+    return weight_bytes(model) + host  # the staging blocks are not the model's modules
 
 
 def run_matrix(cfg: BenchConfig, variants: list[Variant], gate_variants: bool = True,

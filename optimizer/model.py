@@ -48,6 +48,8 @@ PRESETS: dict[str, ModelArgs] = {
                       vocab_size=32000),
     "1b": ModelArgs(dim=2048, n_layer=16, n_head=32, n_kv_head=8, ffn_dim=8192, vocab_size=32000,
                     rope_base=500000.0),
+    "7b": ModelArgs(dim=4096, n_layer=32, n_head=32, n_kv_head=8, ffn_dim=14336, vocab_size=32000,
+                    rope_base=500000.0),
     "3b": ModelArgs(dim=3072, n_layer=28, n_head=24, n_kv_head=8, ffn_dim=8192, vocab_size=32000,
                     rope_base=500000.0),
 }
@@ -209,7 +211,10 @@ class Transformer(nn.Module):
         pos = self.slot_pos[:bsz]
         real = self.slot_real[:bsz]
         pos[:, slots] = input_pos.expand(bsz, -1)
-        real[:, slots] = True if pad_mask is None else pad_mask
+        if pad_mask is None:
+            real.index_fill_(1, slots, True)  # no host tensor: this runs inside CUDA graph capture
+        else:
+            real[:, slots] = pad_mask
         q_pos = input_pos.view(1, 1, -1, 1)
         k_pos = pos.view(bsz, 1, 1, -1)
         mask = real.view(bsz, 1, 1, -1) & (k_pos <= q_pos) & (k_pos >= 0)
@@ -251,20 +256,22 @@ def build_model(preset: str | ModelArgs = "test", seed: int = 0, device: str | t
     device = torch.device(device)
     gen = torch.Generator(device=device).manual_seed(seed)
     with torch.device("meta"):
-        model = Transformer(args)
+        model = Transformer(args).to(dtype)
     model = model.to_empty(device=device)
     for name, p in model.named_parameters():
+        # Drawn in fp32 one tensor at a time, then cast: a bf16 model holds exactly the rounded
+        # weights of the fp32 one, and a 7B model never needs its fp32 copy in memory.
         if name.endswith("norm.weight"):
             p.data.fill_(1.0)
-        elif name == "tok_embeddings.weight":
-            p.data.normal_(0.0, 1.0, generator=gen)
-        else:
+            continue
+        scale = 1.0
+        if name != "tok_embeddings.weight":
             scale = 1.0 / math.sqrt(p.shape[1])
             if name == "output.weight":
                 scale *= 4.0
             elif name.endswith(("wo.weight", "w2.weight")):
                 scale /= math.sqrt(2 * args.n_layer)  # residual branches, GPT-2 style
-            p.data.normal_(0.0, scale, generator=gen)
+        p.data.copy_(torch.empty(p.shape, device=device).normal_(0.0, scale, generator=gen))
     return set_precision(model, dtype).eval()
 
 
