@@ -11,6 +11,7 @@ from api.models import AggregateRow
 from gpucost.db import session_scope
 
 router = APIRouter(prefix="/api", tags=["history"])
+INT32_MAX = 2**31 - 1
 
 
 class Aggregate(BaseModel):
@@ -40,9 +41,10 @@ def history(
     service: str | None = None,
     region: str | None = None,
     gpu_model: str | None = None,
-    window_s: int | None = Query(None, gt=0),
-    since: int | None = Query(None, ge=0, description="window_start >= since (epoch s)"),
-    until: int | None = Query(None, ge=0, description="window_start < until (epoch s)"),
+    # Upper bounds: the columns are 32-bit integers; a larger value must be a 422, not a driver error.
+    window_s: int | None = Query(None, gt=0, le=INT32_MAX),
+    since: int | None = Query(None, ge=0, le=INT32_MAX, description="window_start >= since (epoch s)"),
+    until: int | None = Query(None, ge=0, le=INT32_MAX, description="window_start < until (epoch s)"),
     limit: int = Query(5000, gt=0, le=50000),
     p: Principal = Depends(principal),
 ) -> list[dict]:

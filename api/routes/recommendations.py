@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import Path, APIRouter, Depends, HTTPException, Query, Request
 from pydantic import BaseModel, Field, model_validator
 from sqlalchemy import select
 
@@ -220,7 +220,7 @@ def list_recommendations(request: Request, limit: int = Query(20, ge=1, le=500),
 
 
 @router.get("/recommendations/{rec_id}", response_model=RecommendationOut)
-def get_recommendation(rec_id: int, request: Request, p: Principal = Depends(principal)) -> dict:
+def get_recommendation(request: Request, rec_id: int = Path(ge=1, le=2**31 - 1), p: Principal = Depends(principal)) -> dict:
     with session_scope(request.app.state.settings) as session:
         r = session.get(RecommendationRecord, rec_id)
         if r is None or not p.allows(r.tenant or ""):
