@@ -83,12 +83,13 @@ async def partitions_of(c: AIOKafkaConsumer, topic: str) -> set[int]:
     return set(metadata.partitions_for_topic(topic) or ())
 
 
-async def read_to_end(c: AIOKafkaConsumer, topic: str, on_record) -> int:
-    """Assign every partition of topic, read from the beginning to the current end, call
+async def read_to_end(c: AIOKafkaConsumer, topic: str, on_record, partitions: set[int] | None = None) -> int:
+    """Assign every partition of topic (or those given), read from the beginning to the current end, call
     on_record(record) for each; returns the count. For restoring state from compacted topics."""
     from aiokafka import TopicPartition
 
-    tps = [TopicPartition(topic, p) for p in sorted(await partitions_of(c, topic))]
+    tps = [TopicPartition(topic, p) for p in sorted(await partitions_of(c, topic))
+           if partitions is None or p in partitions]
     if not tps:
         return 0
     c.assign(tps)

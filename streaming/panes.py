@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from gpucost.pricing import PricingError
 from ingest.events import UsageEvent
 
 AggKey = tuple[str, str, str, str]  # (tenant, service, region, gpu_model)
@@ -87,7 +88,8 @@ class PaneStore:
 
     # -- hot path ---------------------------------------------------------------------------
     def add(self, events: Iterable[UsageEvent], partition: int, offset: int) -> list[Rejected]:
-        """Fold one message's events in; returns the late ones (never silently dropped)."""
+        """Fold one message's events in; returns those it cannot count (late, or no price for
+        their GPU model) with the reason, for the dead-letter topic: never silently dropped."""
         spec = self.spec
         step = spec.step_s
         # A pane is closed once the last window holding it (ending pane_start + size) is past
@@ -95,6 +97,7 @@ class PaneStore:
         horizon = self.watermark - spec.allowed_lateness_s
         rejected: list[Rejected] = []
         panes = self.panes
+        price = self.price
         newest = 0.0
         for ev in events:
             pane_start = math.floor(ev.ts / step) * step
@@ -103,6 +106,11 @@ class PaneStore:
                     f"late: event time {ev.ts:.3f} is before the oldest open window "
                     f"(watermark {self.watermark:.3f}, allowed lateness {spec.allowed_lateness_s}s)", ev))
                 self.late_events += 1
+                continue
+            try:
+                usd_h, fallback = price(ev)
+            except PricingError as exc:
+                rejected.append(Rejected(f"unpriceable: {exc}", ev))
                 continue
             key = (ev.tenant, ev.service, ev.region, ev.gpu_model)
             by_start = panes.get(key)
@@ -117,7 +125,6 @@ class PaneStore:
             if offset <= sums[RESTORED_OFFSET]:
                 self.replayed_events += 1  # already in this pane's durable state
                 continue
-            usd_h, fallback = self.price(ev)
             interval = ev.interval_s
             cost = usd_h * interval / 3600.0
             util = ev.util
@@ -205,6 +212,23 @@ class PaneStore:
             if not by_start:
                 del self.panes[key]
         return tombstones
+
+    def drop_partitions(self, partitions: set[int]) -> None:
+        """Forget the panes of source partitions this worker no longer owns (after a rebalance
+        the new owner restores them from their durable records)."""
+        for key in list(self.panes):
+            by_start = self.panes[key]
+            for pane_start in list(by_start):
+                for p in partitions:
+                    by_start[pane_start].pop(p, None)
+                if not by_start[pane_start]:
+                    del by_start[pane_start]
+            if not by_start:
+                del self.panes[key]
+        self.dirty = {d for d in self.dirty if d[2] not in partitions}
+        for p in partitions:
+            self.partition_watermarks.pop(p, None)
+            self.partition_seen.pop(p, None)
 
     # -- windows ----------------------------------------------------------------------------
     def window(self, key: AggKey, window_start: int) -> dict | None:
