@@ -25,11 +25,15 @@ ROUTER_MODULES: list[str] = [
     "api.routes.recommendations",
     "api.routes.keys",
     "api.routes.events",
+    "api.routes.rules",
+    "api.routes.webhooks",
 ]
 
 #: Background services started with the app: module paths of `async def start(app)` / `stop(app)`.
 SERVICE_MODULES: list[str] = [
     "api.routes.events",
+    "api.routes.rules",
+    "api.webhooks.service",
 ]
 
 
