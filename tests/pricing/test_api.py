@@ -99,3 +99,35 @@ def test_recommendation_from_a_benchmark_run_uses_it_as_measured(client):
 def test_recommendation_without_demand_is_422(client):
     r = client.post("/api/recommendations", json=dict(params=8e9, kv_bytes_per_token=131072))
     assert r.status_code == 422
+
+
+def test_live_view_sets_what_a_service_pays_beside_its_best_alternative(client):
+    import time
+
+    from api.models import AggregateRow
+    from gpucost.db import session_scope
+
+    settings = client.app.state.settings
+    now = int(time.time()) // 60 * 60
+    with session_scope(settings) as s:
+        # Two tiling 60 s windows ($0.60 and $0.40, 1M tokens in all) and one overlapping window
+        # (start not a multiple of 60) that must not be counted again.
+        for start, spend, tokens in ((now - 120, 0.60, 600_000), (now - 60, 0.40, 400_000),
+                                     (now - 110, 9.99, 999_999)):
+            s.add(AggregateRow(tenant="acme", service="chat", region="us-east-1", gpu_model="H100-80GB",
+                               window_start=start, window_end=start + 60, window_s=60, spend_usd=spend,
+                               spend_rate_usd_h=spend * 60, gpu_seconds=60, util_avg=0.5, idle_usd=0,
+                               events=1, tokens=tokens, requests=0, fallback_priced_events=0))
+    body = dict(params=8e9, n_layers=32, n_kv_heads=8, head_dim=128, tokens_per_s=5000,
+                use_stored_measurements=False, service="chat")
+    rec = client.post("/api/recommendations", json=body).json()
+    [row] = client.get("/api/recommendations/live").json()
+    assert (row["tenant"], row["service"]) == ("acme", "chat")
+    assert row["spend_usd"] == pytest.approx(1.0) and row["tokens"] == 1_000_000
+    assert row["current_usd_per_million_tokens"] == pytest.approx(1.0)
+    assert row["spend_rate_usd_h"] == pytest.approx(30.0)  # $1 over 120 s
+    assert row["current_usd_per_month"] == pytest.approx(30.0 * 730)
+    assert row["recommendation_id"] == rec["id"]
+    best = rec["ranked"][0]
+    assert row["best_usd_per_month"] == pytest.approx(best["usd_per_hour"] * 730)
+    assert row["savings_usd_per_month"] == pytest.approx(30.0 * 730 - best["usd_per_hour"] * 730)
