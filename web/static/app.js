@@ -23,8 +23,21 @@
     xaxis: { gridcolor: "#242c35" }, yaxis: { gridcolor: "#242c35", rangemode: "tozero" },
   };
   const plotCfg = { displayModeBar: false, responsive: true };
-  for (const id of ["chart-tenant", "chart-service", "chart-util", "chart-idle"])
-    Plotly.newPlot(id, [], layoutBase, plotCfg);
+  // Plotly writes into the layout it is given (axis types, ranges): every chart gets its own copy,
+  // with axis types fixed so an empty first draw cannot make a bar chart's axis a date axis.
+  const layout = (xType, yType, extra = {}) => {
+    const l = JSON.parse(JSON.stringify(layoutBase));
+    l.xaxis.type = xType; l.yaxis.type = yType;
+    for (const [k, v] of Object.entries(extra)) l[k] = typeof v === "object" && l[k] ? { ...l[k], ...v } : v;
+    return l;
+  };
+  const layouts = {
+    "chart-tenant": () => layout("date", "linear"),
+    "chart-idle": () => layout("date", "linear"),
+    "chart-service": () => layout("linear", "category", { margin: { l: 170, r: 10, t: 10, b: 30 } }),
+    "chart-util": () => layout("category", "linear", { yaxis: { range: [0, 100], title: { text: "%" } } }),
+  };
+  for (const id of Object.keys(layouts)) Plotly.newPlot(id, [], layouts[id](), plotCfg);
 
   const keyOf = (r) => `${r.tenant}|${r.service}|${r.region}|${r.gpu_model}`;
 
@@ -81,8 +94,8 @@
       for (const [t, v] of idle) { if (!idleByTenant.has(t)) idleByTenant.set(t, { x: [], y: [] }); idleByTenant.get(t).x.push(x); idleByTenant.get(t).y.push(v); }
     }
     const lines = (m) => [...m.entries()].sort().map(([name, d]) => ({ name, x: d.x, y: d.y, type: "scatter", mode: "lines" }));
-    Plotly.react("chart-tenant", lines(byTenant), layoutBase, plotCfg);
-    Plotly.react("chart-idle", lines(idleByTenant).map((t) => ({ ...t, fill: "tozeroy" })), layoutBase, plotCfg);
+    Plotly.react("chart-tenant", lines(byTenant), layouts["chart-tenant"](), plotCfg);
+    Plotly.react("chart-idle", lines(idleByTenant).map((t) => ({ ...t, fill: "tozeroy" })), layouts["chart-idle"](), plotCfg);
 
     const last = starts.length ? state.windows.get(starts[starts.length - 1]) : new Map();
     const svc = new Map(), util = new Map();
@@ -97,10 +110,10 @@
     }
     const svcSorted = [...svc.entries()].sort((a, b) => a[1] - b[1]);
     Plotly.react("chart-service", [{ type: "bar", orientation: "h", x: svcSorted.map((e) => e[1]), y: svcSorted.map((e) => e[0]), marker: { color: "#4cc2ff" } }],
-      { ...layoutBase, margin: { l: 170, r: 10, t: 10, b: 30 } }, plotCfg);
+      layouts["chart-service"](), plotCfg);
     const models = [...util.keys()].sort();
     Plotly.react("chart-util", [{ type: "bar", x: models, y: models.map((m) => util.get(m).u / util.get(m).g * 100), marker: { color: "#3ddc97" } }],
-      { ...layoutBase, yaxis: { ...layoutBase.yaxis, range: [0, 100], title: "%" } }, plotCfg);
+      layouts["chart-util"](), plotCfg);
 
     const usd = (v) => "$" + v.toLocaleString(undefined, { maximumFractionDigits: v < 100 ? 2 : 0 });
     document.getElementById("kpi-rate").textContent = usd(rate);
@@ -153,12 +166,13 @@
     } catch (e) { el.textContent = "not available"; }
   }
 
-  let backoff = 500;
+  let backoff = 500, reconnects = 0;
   function connect() {
     const proto = location.protocol === "https:" ? "wss" : "ws";
     const ws = new WebSocket(`${proto}://${location.host}/ws${apiKey ? "?api_key=" + encodeURIComponent(apiKey) : ""}`);
     const conn = document.getElementById("conn");
     ws.onopen = () => {
+      if (backoff > 500 || reconnects++ > 0) loadHistory();  // windows emitted while away
       backoff = 500;
       conn.textContent = "live"; conn.className = "pill on";
       ws.send(JSON.stringify({ op: "subscribe", channel: "aggregates", filter: {} }));

@@ -1,0 +1,72 @@
+"""The dashboard in a real browser (Debian's headless Chromium through Playwright): it loads with
+Plotly served locally, subscribes over /ws, and draws live points as events arrive."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from ingest.producer import EventProducer
+from ingest.simulator import Fleet
+from tests.support import async_wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.browser]
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture
+def database_url(tmp_path):  # one backend is enough for the browser
+    return f"sqlite:///{tmp_path / 'gpucost-test.db'}"
+
+
+async def test_dashboard_shows_live_points_arriving(stack, tmp_path):
+    from playwright.async_api import async_playwright
+
+    stack.start_worker()
+    stack.start_api()
+    fleet = Fleet.build(seed=3, hosts=6, interval_s=10.0)
+    async with EventProducer(stack.settings) as producer:
+        # Ten minutes of history, ending now, so there are complete windows to draw.
+        now = time.time()
+        for i in range(60):
+            await producer.send_usage(fleet.sample(now - 600 + i * 10))
+
+        key = getattr(stack, "admin_key", None)
+        url = stack.url + "/" + (f"?api_key={key}" if key else "")
+        requests_outside = []
+        async with async_playwright() as pw:
+            browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = await browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.on("request", lambda r: None if r.url.startswith(stack.url) or r.url.startswith("ws://127.0.0.1")
+                    else requests_outside.append(r.url))
+            errors = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            await page.goto(url)
+            assert await page.evaluate("typeof Plotly") == "object"
+            await page.wait_for_function("document.getElementById('conn').textContent === 'live'", timeout=30000)
+            await page.wait_for_function("window.gpucost.points > 0", timeout=60000)
+            before = await page.evaluate("window.gpucost.points")
+            messages_before = await page.evaluate("window.gpucost.messages")
+            # New samples, stamped now: new windows must appear live, without a reload.
+            for i in range(4):
+                await producer.send_usage(fleet.sample(time.time() + i))
+                await asyncio.sleep(0.5)
+            await page.wait_for_function(f"window.gpucost.points > {before}", timeout=30000)
+            assert await page.evaluate("window.gpucost.messages") > messages_before
+            # Something is drawn: the tenant chart has traces with points.
+            n_points = await page.evaluate(
+                "document.getElementById('chart-tenant').data.reduce((n, t) => n + t.x.length, 0)")
+            assert n_points > 0
+            rate = await page.text_content("#kpi-rate")
+            assert rate.startswith("$") and rate != "$0"
+            await page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
+            await browser.close()
+    stats = stack.get("/api/stats")
+    assert stats["deadletters_total"] == 0, stats
+    assert errors == [], errors
+    assert requests_outside == [], f"the dashboard reached outside the server: {requests_outside}"
