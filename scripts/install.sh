@@ -12,6 +12,7 @@ command -v mvn >/dev/null || need_apt+=(maven)
 if [ "${GPUCOST_INSTALL_TEST_DEPS:-0}" = 1 ]; then
   [ -x /usr/bin/chromium ] || need_apt+=(chromium)
   ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
+  command -v docker-compose >/dev/null || docker compose version >/dev/null 2>&1 || need_apt+=(docker-compose)
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "==> apt-get install ${need_apt[*]}"
