@@ -59,10 +59,11 @@ class OverrideIn(BaseModel):
     cloud: str = Field(min_length=1, max_length=64)
     region: str = Field(min_length=1, max_length=64)
     instance_type: str = Field(min_length=1, max_length=128)
-    on_demand_usd_h: float = Field(gt=0, description="price of the whole instance per hour")
-    spot_usd_h: float | None = Field(None, gt=0)
-    gpu_model: str | None = Field(None, description="needed for an instance the catalog lacks")
-    gpu_count: int | None = Field(None, ge=1)
+    on_demand_usd_h: float = Field(gt=0, le=1e6, description="price of the whole instance per hour")
+    spot_usd_h: float | None = Field(None, gt=0, le=1e6)
+    gpu_model: str | None = Field(None, min_length=1, max_length=64,
+                                  description="needed for an instance the catalog lacks")
+    gpu_count: int | None = Field(None, ge=1, le=1024)
     note: str = Field("", max_length=512)
 
 

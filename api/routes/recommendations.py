@@ -27,55 +27,56 @@ router = APIRouter(prefix="/api", tags=["recommendations"])
 
 
 class RequestClassIn(BaseModel):
-    prompt_tokens: int = Field(ge=1)
-    output_tokens: int = Field(ge=1)
-    share: float = Field(gt=0)
+    prompt_tokens: int = Field(ge=1, le=10_000_000)
+    output_tokens: int = Field(ge=1, le=10_000_000)
+    share: float = Field(gt=0, le=1e6)
 
 
 class MeasurementIn(BaseModel):
-    gpu_model: str
-    precision: str = "bf16"
-    params: float = Field(gt=0)
-    batch_size: int = Field(ge=1)
-    prompt_tokens: int = Field(ge=1)
-    output_tokens: int = Field(ge=1)
-    tokens_per_s: float = Field(gt=0)
-    gpus: int = Field(1, ge=1)
-    model_bytes: float | None = Field(None, gt=0)
-    kv_bytes_per_token: float | None = Field(None, gt=0)
-    ttft_ms: float | None = Field(None, gt=0)
-    tpot_ms: float | None = Field(None, gt=0)
-    label: str = ""
+    gpu_model: str = Field(min_length=1, max_length=64)
+    precision: str = Field("bf16", pattern="^(fp32|bf16|fp16|fp8|int8|int4)$")
+    params: float = Field(gt=0, le=1e13)
+    batch_size: int = Field(ge=1, le=1_000_000)
+    prompt_tokens: int = Field(ge=1, le=10_000_000)
+    output_tokens: int = Field(ge=1, le=10_000_000)
+    tokens_per_s: float = Field(gt=0, le=1e12)
+    gpus: int = Field(1, ge=1, le=1024)
+    model_bytes: float | None = Field(None, gt=0, le=1e14)
+    kv_bytes_per_token: float | None = Field(None, gt=0, le=1e9)
+    ttft_ms: float | None = Field(None, gt=0, le=1e9)
+    tpot_ms: float | None = Field(None, gt=0, le=1e9)
+    decode_tokens_per_s: float | None = Field(None, gt=0, le=1e12)
+    label: str = Field("", max_length=200)
 
 
 class RecommendationIn(BaseModel):
-    params: float | None = Field(None, gt=0, description="model parameters (or give benchmark_run)")
+    params: float | None = Field(None, gt=0, le=1e13, description="model parameters (or give benchmark_run)")
     precision: str = Field("bf16", pattern="^(fp32|bf16|fp16|fp8|int8|int4)$")
-    prompt_tokens: int = Field(512, ge=1)
-    output_tokens: int = Field(256, ge=1)
-    tokens_per_s: float | None = Field(None, gt=0, description="demand in output tokens/s")
-    requests_per_s: float | None = Field(None, gt=0)
-    kv_bytes_per_token: float | None = Field(None, gt=0)
-    n_layers: int | None = Field(None, ge=1)
-    n_kv_heads: int | None = Field(None, ge=1)
-    head_dim: int | None = Field(None, ge=1)
-    kv_precision: str | None = None
-    slo_tpot_ms: float | None = Field(None, gt=0)
-    slo_ttft_ms: float | None = Field(None, gt=0)
-    slo_latency_ms: float | None = Field(None, gt=0)
+    prompt_tokens: int = Field(512, ge=1, le=10_000_000)
+    output_tokens: int = Field(256, ge=1, le=10_000_000)
+    tokens_per_s: float | None = Field(None, gt=0, le=1e12, description="demand in output tokens/s")
+    requests_per_s: float | None = Field(None, gt=0, le=1e9)
+    kv_bytes_per_token: float | None = Field(None, gt=0, le=1e9)
+    n_layers: int | None = Field(None, ge=1, le=10_000)
+    n_kv_heads: int | None = Field(None, ge=1, le=10_000)
+    head_dim: int | None = Field(None, ge=1, le=65_536)
+    kv_precision: str | None = Field(None, pattern="^(fp32|bf16|fp16|fp8|int8)$")
+    slo_tpot_ms: float | None = Field(None, gt=0, le=1e9)
+    slo_ttft_ms: float | None = Field(None, gt=0, le=1e9)
+    slo_latency_ms: float | None = Field(None, gt=0, le=1e12)
     spot_allowed: bool = False
-    max_batch_size: int | None = Field(None, ge=1)
-    clouds: list[str] | None = None
-    regions: list[str] | None = None
-    gpu_models: list[str] | None = None
-    request_mix: list[RequestClassIn] | None = None
+    max_batch_size: int | None = Field(None, ge=1, le=1_000_000)
+    clouds: list[str] | None = Field(None, max_length=50)
+    regions: list[str] | None = Field(None, max_length=200)
+    gpu_models: list[str] | None = Field(None, max_length=50)
+    request_mix: list[RequestClassIn] | None = Field(None, max_length=16)
     benchmark_run: MeasurementIn | None = Field(
         None, description="a measured run: the workload is the model and request shape it served")
-    measurements: list[MeasurementIn] = Field(default_factory=list)
+    measurements: list[MeasurementIn] = Field(default_factory=list, max_length=1000)
     use_stored_measurements: bool = True
     cheapest_region_only: bool = True
     limit: int = Field(10, ge=1, le=500)
-    service: str | None = None
+    service: str | None = Field(None, max_length=200)
 
     @model_validator(mode="after")
     def _needs_model_and_demand(self):
