@@ -23,6 +23,10 @@ from pathlib import Path
 from gpucost.settings import Settings, get_settings
 
 
+#: Brokers this process started, so stop() can reap them (no zombie left behind).
+_children: dict[int, subprocess.Popen] = {}
+
+
 class BrokerError(RuntimeError):
     """The local broker could not be fetched, formatted, started or stopped."""
 
@@ -235,6 +239,7 @@ def start(settings: Settings | None = None, timeout_s: float = 90.0) -> BrokerSt
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
         )
         (bdir / "kafka.pid").write_text(str(proc.pid))
+        _children[proc.pid] = proc
         pid = proc.pid
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -265,6 +270,9 @@ def stop(settings: Settings | None = None, timeout_s: float = 30.0) -> bool:
         while _read_pid(bdir) is not None:
             time.sleep(0.1)
     (bdir / "kafka.pid").unlink(missing_ok=True)
+    child = _children.pop(pid, None)
+    if child is not None:
+        child.wait(5)
     return True
 
 
