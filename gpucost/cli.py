@@ -140,8 +140,10 @@ def up(
         procs[name] = subprocess.Popen(cmd, env=os.environ.copy(), start_new_session=True,
                                        stdout=None if name != "simulator" else subprocess.DEVNULL)
         time.sleep(0.5)
-    console.print(f"[bold green]gpucost is up[/]: dashboard on http://{s.api_host}:{s.api_port}/?api_key={admin_key}  "
-                  f"(Kafka {s.kafka_bootstrap}, database {s.database}); Ctrl-C stops everything")
+    # soft_wrap: the URL with its key must stay on one line to be copied or clicked.
+    console.print(f"[bold green]gpucost is up[/]: dashboard on http://{s.api_host}:{s.api_port}/?api_key={admin_key}",
+                  soft_wrap=True)
+    console.print(f"Kafka {s.kafka_bootstrap}, database {s.database}; Ctrl-C stops everything", soft_wrap=True)
 
     stopping = False
 
