@@ -27,6 +27,7 @@ COMMAND_MODULES: list[str] = [
     "gpucost.pricing.cli",
     "optimizer.recommend_cli",
     "gpucost.keys_cli",
+    "optimizer.cli",
 ]
 
 

@@ -21,6 +21,7 @@ MODEL_MODULES: list[str] = [
     "api.alert_models",
     "optimizer.recommend_models",
     "api.keys",
+    "optimizer.models",
 ]
 
 
