@@ -114,6 +114,43 @@ def simulate(
 
 
 @app.command()
+def agent(
+    tenant: str = typer.Option(..., help="Tenant this host's GPUs are billed to."),
+    service: str = typer.Option(..., help="Service running on them."),
+    cloud: str = typer.Option(..., help="aws, gcp, azure, lambda, ..."),
+    region: str = typer.Option(...),
+    instance_type: str = typer.Option(..., help="As in the pricing catalog, e.g. p5.48xlarge."),
+    interval_s: float = typer.Option(10.0, help="Seconds each sample covers (read once a second)."),
+    intervals: int = typer.Option(None, help="Stop after this many intervals."),
+):
+    """Report this host's NVIDIA GPUs (NVML) as usage events."""
+    from gpucost.kafka import ensure_topics
+    from ingest.nvml import NvmlSampler, NvmlUnavailable, run_agent
+    from ingest.producer import EventProducer
+
+    s = get_settings()
+    try:
+        sampler = NvmlSampler()
+    except NvmlUnavailable as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(2)
+
+    async def main():
+        await ensure_topics(s)
+        async with EventProducer(s) as producer:
+            n = await run_agent(producer, sampler, interval_s=interval_s, tenant=tenant, service=service,
+                                cloud=cloud, region=region, instance_type=instance_type, intervals=intervals)
+        console.print(f"sent {n} usage events")
+
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sampler.close()
+
+
+@app.command()
 def up(
     simulate_hosts: int = typer.Option(24, help="Simulated GPU hosts (0: no simulator)."),
     optimizer: bool = typer.Option(True, help="Also run the optimizer's measured workloads."),
