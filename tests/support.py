@@ -96,8 +96,9 @@ class Stack:
         return p.read_text(errors="replace") if p.exists() else ""
 
     def start_worker(self) -> None:
+        seen = len(self.log("worker"))  # a restart appends to the same log: wait for a new "Ready"
         self._spawn("worker", "worker", "--loglevel", "info")
-        wait_for(lambda: "Worker]: Ready" in self.log("worker") or self._dead("worker"), 60, what="worker ready")
+        wait_for(lambda: "Worker]: Ready" in self.log("worker")[seen:] or self._dead("worker"), 60, what="worker ready")
         assert not self._dead("worker"), self.log("worker")[-4000:]
 
     @property

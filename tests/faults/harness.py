@@ -1,0 +1,204 @@
+"""Shared by the fault tests and bench/faults.py: a deterministic fleet of usage events sent tick
+by tick while a fault is injected, the exact windows they must produce (brute force, independent
+of the worker's panes), and the tally of events sent / aggregated / lost / double-counted."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from dataclasses import dataclass, field
+
+from aiokafka import TopicPartition
+
+from gpucost import kafka
+from gpucost.pricing import default_catalog
+from gpucost.settings import Settings
+from ingest.events import UsageEvent
+from ingest.producer import EventProducer
+from tests.support import read_topic
+
+WINDOW_S, STEP_S = 60, 10
+FLEET = [  # (cloud, region, instance_type, gpu_model, gpus per host)
+    ("aws", "us-east-1", "p5.48xlarge", "H100", 4),
+    ("aws", "us-east-1", "g6.xlarge", "L4", 1),
+]
+
+
+def make_ticks(n_ticks: int = 100, hosts: int = 24, seed: int = 11, t0: float | None = None) -> list[list[UsageEvent]]:
+    """n_ticks intervals of a fleet: hosts alternate between 4-GPU hosts (one batch message per
+    tick) and 1-GPU hosts (one single-event message). Event times span n_ticks seconds ending
+    about now, so no window closes or goes late during a test."""
+    rng = random.Random(seed)
+    t0 = float(int(time.time()) - n_ticks - 5) if t0 is None else t0
+    tenants = ["acme", "globex", "initech"]
+    ticks = []
+    for k in range(n_ticks):
+        tick = []
+        for h in range(hosts):
+            cloud, region, itype, model, gpus = FLEET[h % len(FLEET)]
+            tenant = tenants[h % len(tenants)]
+            for g in range(gpus):
+                util = round(rng.random(), 4)
+                tick.append(UsageEvent(
+                    ts=t0 + k + (h % 10) / 10 + g / 100, tenant=tenant, service=f"svc-{h % 2}", cloud=cloud,
+                    region=region, instance_type=itype, gpu_model=model, host=f"host-{h}", gpu_index=g,
+                    interval_s=1.0, util=util, mem_used_gb=1.0, mem_total_gb=80.0 if model == "H100" else 24.0,
+                    power_w=300.0 * util, tokens=rng.randrange(0, 5000)))
+        ticks.append(tick)
+    return ticks
+
+
+def expected_windows(events) -> dict[tuple, dict]:
+    """Every window [ws, ws+60) (ws a multiple of 10) containing each event's ts, summed."""
+    catalog = default_catalog()
+    prices: dict[tuple, float] = {}
+    out: dict[tuple, dict] = {}
+    for e in events:
+        pk = (e.cloud, e.region, e.instance_type, e.gpu_model)
+        if pk not in prices:
+            prices[pk] = catalog.gpu_hour_price(*pk).usd_per_gpu_hour
+        cost = prices[pk] * e.interval_s / 3600
+        last = int(e.ts // STEP_S) * STEP_S
+        for ws in range(last - WINDOW_S + STEP_S, last + 1, STEP_S):
+            w = out.setdefault((e.tenant, e.service, e.region, e.gpu_model, ws),
+                               {"spend_usd": 0.0, "gpu_seconds": 0.0, "idle_usd": 0.0, "events": 0, "tokens": 0})
+            w["spend_usd"] += cost
+            w["gpu_seconds"] += e.interval_s
+            w["idle_usd"] += cost * (1 - e.util)
+            w["events"] += 1
+            w["tokens"] += e.tokens or 0
+    return out
+
+
+@dataclass
+class Tally:
+    fault: str
+    sent: int = 0
+    aggregated: int = 0
+    lost: int = 0
+    double_counted: int = 0
+    windows: int = 0
+    windows_wrong: int = 0
+    notes: dict = field(default_factory=dict)
+
+    @property
+    def exact(self) -> bool:
+        return self.lost == 0 and self.double_counted == 0 and self.windows_wrong == 0 and self.aggregated == self.sent
+
+    def line(self) -> str:
+        extra = "".join(f", {k} {v}" for k, v in self.notes.items())
+        return (f"{self.fault:28} sent {self.sent:6}  aggregated {self.aggregated:6}  lost {self.lost:3}  "
+                f"double-counted {self.double_counted:3}  windows {self.windows} ({self.windows_wrong} wrong){extra}")
+
+
+def tally(fault: str, sent_events: list[UsageEvent], aggregates: dict[tuple, dict]) -> Tally:
+    """Compare the newest record of every window with the expected sums. Events are counted on
+    the windows that start on a multiple of the window size: those tile time, so each event is in
+    exactly one of them."""
+    expected = expected_windows(sent_events)
+    t = Tally(fault, sent=len(sent_events), windows=len(expected))
+    for key, exp in expected.items():
+        got = aggregates.get(key)
+        got_events = got["events"] if got else 0
+        if key[-1] % WINDOW_S == 0:
+            t.aggregated += got_events
+            t.lost += max(0, exp["events"] - got_events)
+            t.double_counted += max(0, got_events - exp["events"])
+        if got is None or got_events != exp["events"] or got["tokens"] != exp["tokens"] or any(
+                abs(got[f] - exp[f]) > 1e-9 * max(1.0, abs(exp[f])) for f in ("spend_usd", "gpu_seconds", "idle_usd")):
+            t.windows_wrong += 1
+    t.windows_wrong += sum(1 for k in aggregates if k not in expected)  # windows that should not exist
+    return t
+
+
+async def latest_aggregates(settings: Settings) -> dict[tuple, dict]:
+    out = {}
+    for r in await read_topic(settings, settings.aggregates_topic):
+        v = json.loads(r.value)
+        if v.get("window_s") == WINDOW_S:
+            out[(v["tenant"], v["service"], v["region"], v["gpu_model"], v["window_start"])] = v
+    return out
+
+
+async def converge(fault: str, settings: Settings, sent: list[UsageEvent], timeout_s: float = 90.0) -> Tally:
+    """Poll cost.aggregates until every window is exact or the time is up; the last tally."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        t = tally(fault, sent, await latest_aggregates(settings))
+        if t.exact or time.monotonic() > deadline:
+            return t
+        await asyncio.sleep(2.0)
+
+
+class TickProducer:
+    """Sends ticks through the one EventProducer, each acknowledged before the next, and records
+    what was acknowledged; `sent_through` lets a test inject its fault at a chosen tick."""
+
+    def __init__(self, settings: Settings, ticks: list[list[UsageEvent]], pace_s: float = 0.1):
+        self.settings, self.ticks, self.pace_s = settings, ticks, pace_s
+        self.sent: list[UsageEvent] = []
+        self.sent_through = -1
+        self.send_retries = 0
+        self.slowest_send_s = 0.0
+
+    async def run(self) -> None:
+        async with EventProducer(self.settings) as producer:
+            for k, tick in enumerate(self.ticks):
+                started = time.monotonic()
+                await producer.send_usage(tick)
+                self.slowest_send_s = max(self.slowest_send_s, time.monotonic() - started)
+                self.sent.extend(tick)
+                self.sent_through = k
+                await asyncio.sleep(self.pace_s)
+
+    async def reached(self, k: int, timeout_s: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while self.sent_through < k:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"producer did not reach tick {k} (at {self.sent_through})")
+            await asyncio.sleep(0.05)
+
+
+async def usage_group_offsets(settings: Settings) -> dict[int, int]:
+    """The worker's committed offsets on the usage topic, by partition."""
+    c = kafka.consumer(settings=settings, group_id=f"{settings.topic_prefix}{settings.worker_id}-usage")
+    await c.start()
+    try:
+        tps = [TopicPartition(settings.usage_topic, p) for p in range(settings.topic_partitions)]
+        return {tp.partition: (await c.committed(tp)) or 0 for tp in tps}
+    finally:
+        await kafka.stop_consumer(c)
+
+
+async def rewind_usage_group(settings: Settings, to: dict[int, int], timeout_s: float = 40.0) -> None:
+    """Move the worker's committed offsets back (the worker must be down): everything after them
+    is delivered again, as after a crash between persisting panes and committing. Retries until
+    the killed member's session has expired and the group accepts a commit from outside."""
+    group = f"{settings.topic_prefix}{settings.worker_id}-usage"
+    deadline = time.monotonic() + timeout_s
+    while True:
+        c = kafka.consumer(settings=settings, group_id=group)
+        await c.start()
+        try:
+            tps = {TopicPartition(settings.usage_topic, p): off for p, off in to.items()}
+            c.assign(list(tps))
+            await c.commit(tps)
+            return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+        finally:
+            await kafka.stop_consumer(c)
+        await asyncio.sleep(1.0)
+
+
+async def pane_offsets(settings: Settings) -> dict[int, int]:
+    """Newest source offset folded into a durable pane record, by source partition."""
+    out: dict[int, int] = {}
+    for r in await read_topic(settings, settings.panes_topic):
+        if r.value is not None:
+            p = int(r.key.decode().split("\x1f", 1)[0])
+            out[p] = max(out.get(p, -1), json.loads(r.value)["last_offset"])
+    return out
