@@ -60,6 +60,7 @@ class Measurement:
     tpot_ms: float | None = None
     decode_tokens_per_s: float | None = None  # decode steps alone (no prefill), when measured
     label: str = ""
+    engine: str = ""  # how it decoded (eager, cudagraph, compile+cudagraph, vllm ...): informational
 
     @classmethod
     def from_run(cls, run) -> Measurement:
@@ -80,7 +81,7 @@ class Measurement:
             model_bytes=float(r["model_bytes"]) if r.get("model_bytes") else None,
             kv_bytes_per_token=float(kv) if kv else None,
             ttft_ms=r.get("ttft_p50_ms"), tpot_ms=extra.get("decode_step_ms"),
-            decode_tokens_per_s=extra.get("decode_tokens_per_s"),
+            decode_tokens_per_s=extra.get("decode_tokens_per_s"), engine=r.get("decode_mode") or "",
             label=f"{r.get('variant', 'run')} on {r['gpu_model']} (batch {batch})")
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from itertools import permutations
 from pathlib import Path
@@ -31,12 +32,14 @@ def comparable(runs: list[dict]) -> list[Measurement]:
             m = Measurement.from_run(r)
         except (KeyError, TypeError, ValueError):
             continue
-        label = f"{r.get('model')} {r.get('precision')} b{m.batch_size} {m.prompt_tokens}+{m.output_tokens}"
+        label = (f"{r.get('model')} {r.get('precision')} {m.engine} b{m.batch_size} "
+                 f"{m.prompt_tokens}+{m.output_tokens}")
         out.append(Measurement(**{**m.__dict__, "label": label}))
     # one measurement per configuration (the first seen)
     seen, unique = set(), []
     for m in out:
-        key = (m.gpu_model, m.precision, m.params, m.batch_size, m.prompt_tokens, m.output_tokens)
+        key = (m.gpu_model, m.precision, m.engine, m.params, m.batch_size, m.prompt_tokens,
+               m.output_tokens)
         if key not in seen:
             seen.add(key)
             unique.append(m)
@@ -44,13 +47,29 @@ def comparable(runs: list[dict]) -> list[Measurement]:
 
 
 def check(measurements: list[Measurement]) -> list[dict]:
+    """Every ordered pair on one GPU, precision and engine; `nearest` marks the pair the recommender
+    itself would use (the same-model measurement closest to the target's configuration)."""
     rows = []
     for source, target in permutations(measurements, 2):
-        if source.gpu_model != target.gpu_model or source.precision != target.precision:
+        if (source.gpu_model, source.precision, source.engine) != \
+                (target.gpu_model, target.precision, target.engine):
             continue
         result = projection_error(source, target)
         result["same_model"] = abs(source.params - target.params) <= 0.05 * target.params
+        result["nearest"] = False
         rows.append(result)
+    for target in measurements:
+        candidates = [r for r in rows if r["target"] == target.label and r["same_model"]]
+        if candidates:
+            sources = {m.label: m for m in measurements}
+
+            def distance(r):
+                m = sources[r["source"]]
+                return (abs(math.log(m.batch_size / target.batch_size))
+                        + abs(math.log(m.prompt_tokens / target.prompt_tokens))
+                        + abs(math.log(m.output_tokens / target.output_tokens)), r["source"])
+
+            min(candidates, key=distance)["nearest"] = True
     return rows
 
 
@@ -72,8 +91,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['source']:34} {r['target']:34} {r['metric']:17} {r['projected']:10.1f} "
               f"{r['measured']:10.1f} {r['error']:+8.1%}")
     same = [r for r in rows if r["same_model"]]
-    for name, subset in (("same model, other batch/lengths", same),
-                         ("across model sizes", [r for r in rows if not r["same_model"]])):
+    for name, subset in (("same model, from the nearest measured configuration (what the "
+                          "recommender uses)", [r for r in rows if r["nearest"]]),
+                         ("same model, from any other configuration", same),
+                         ("across model sizes (the recommender does not project these)",
+                          [r for r in rows if not r["same_model"]])):
         if subset:
             worst = max(abs(r["error"]) for r in subset)
             ok = sum(r["within_15pct"] for r in subset)

@@ -2,6 +2,7 @@
 projection check across them."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -51,3 +52,22 @@ def test_check_projects_each_configuration_from_the_others():
     up = next(r for r in rows if r["target"].endswith("b8 128+128"))
     w, kv = 2.2e9, 32768
     assert up["projected"] == pytest.approx(800 * 8 * (w + 192 * kv) / (w + 8 * 192 * kv), rel=1e-6)
+
+
+H100_FILE = Path(__file__).resolve().parents[2] / "optimizer" / "data" / "h100_measurements.json"
+
+
+@pytest.mark.skipif(not H100_FILE.exists(), reason="no H100 measurements committed")
+def test_h100_projection_between_measured_configurations_is_within_15_percent():
+    """Issue 4's check on real H100 numbers (bench/optimizer_gpu.py): project every measured
+    configuration of the 1B model (batch 1/8/32, prompts 128-1792, outputs 128-256) from the others
+    and compare with what was measured."""
+    from optimizer.recommend_data import _runs_in
+
+    rows = check(comparable(_runs_in(json.loads(H100_FILE.read_text()))))
+    same_model = [r for r in rows if r["same_model"]]
+    nearest = [r for r in rows if r["nearest"]]
+    assert len(same_model) >= 6 and nearest
+    assert all(r["within_15pct"] for r in nearest), [(r["source"], r["target"], r["error"]) for r in nearest]
+    assert all(r["within_15pct"] for r in same_model), \
+        [(r["source"], r["target"], r["error"]) for r in same_model if not r["within_15pct"]]
