@@ -41,7 +41,8 @@ def _runs_in(obj) -> list:
 
 def _add(out: LoadedMeasurements, run: dict, where: str) -> None:
     try:
-        if run.get("gpu_model", "cpu") == "cpu" or float(run.get("tokens_per_s", 0)) <= 0:
+        if (run.get("gpu_model", "cpu") == "cpu" or float(run.get("tokens_per_s", 0)) <= 0
+                or run.get("accepted") is False):  # rejected by the optimizer's accuracy gate
             out.skipped += 1
             return
         m = Measurement.from_run(run)

@@ -71,3 +71,25 @@ def test_h100_projection_between_measured_configurations_is_within_15_percent():
     assert all(r["within_15pct"] for r in nearest), [(r["source"], r["target"], r["error"]) for r in nearest]
     assert all(r["within_15pct"] for r in same_model), \
         [(r["source"], r["target"], r["error"]) for r in same_model if not r["within_15pct"]]
+
+
+def test_stored_benchmark_runs_are_read_and_gate_rejected_ones_skipped():
+    from sqlalchemy import create_engine
+    from sqlalchemy.orm import Session
+
+    from gpucost.db import Base
+    from optimizer.models import BenchmarkRun
+
+    engine = create_engine("sqlite://")
+    Base.metadata.create_all(engine, tables=[BenchmarkRun.__table__])
+    columns = {c.name for c in BenchmarkRun.__table__.columns} - {"id", "created_at"}
+    with Session(engine) as s:
+        for r, accepted in ((run(8, 5000.0, 6000.0), True), (run(1, 700.0, 800.0), False)):
+            row = {k: v for k, v in r.items() if k in columns}
+            s.add(BenchmarkRun(**row, accepted=accepted, source="bench", peak_memory_bytes=1,
+                               peak_memory_source="cuda", requests_per_s=1.0, latency_p50_ms=1.0,
+                               latency_p95_ms=1.0, latency_p99_ms=1.0, result=r))
+        s.commit()
+        loaded = load_measurements(None, session=s)
+    assert [m.batch_size for m in loaded.measurements] == [8] and loaded.skipped == 1
+    assert loaded.measurements[0].decode_tokens_per_s == 6000.0
