@@ -202,3 +202,24 @@ async def pane_offsets(settings: Settings) -> dict[int, int]:
             p = int(r.key.decode().split("\x1f", 1)[0])
             out[p] = max(out.get(p, -1), json.loads(r.value)["last_offset"])
     return out
+
+
+def aggregate_record(tenant: str, service: str, window_start: int, spend_usd: float) -> dict:
+    """A window record as the worker emits it, for tests of the API alone."""
+    return {"kind": "usage", "tenant": tenant, "service": service, "region": "us-east-1", "gpu_model": "H100",
+            "window_start": window_start, "window_end": window_start + WINDOW_S, "window_s": WINDOW_S,
+            "spend_usd": spend_usd, "spend_rate_usd_h": spend_usd * 3600 / WINDOW_S, "gpu_seconds": 60.0,
+            "util_avg": 0.5, "idle_usd": spend_usd / 2, "events": 6, "tokens": 0, "requests": 0,
+            "fallback_priced_events": 0}
+
+
+async def publish_aggregates(settings: Settings, records: list[dict]) -> None:
+    """Put window records on cost.aggregates as the worker would (key: the aggregate key)."""
+    p = kafka.producer(settings)
+    await p.start()
+    try:
+        for rec in records:
+            key = "|".join((rec["tenant"], rec["service"], rec["region"], rec["gpu_model"])).encode()
+            await p.send_and_wait(settings.aggregates_topic, json.dumps(rec).encode(), key=key)
+    finally:
+        await p.stop()
