@@ -102,6 +102,10 @@ class Settings(BaseSettings):
     def rules_topic(self) -> str:
         return self.topic("cost.rules")
 
+    @property
+    def alert_state_topic(self) -> str:  # compacted: the alert evaluator's folded budget totals
+        return self.topic("cost.alertstate")
+
 
 @lru_cache
 def get_settings() -> Settings:

@@ -181,7 +181,9 @@ SPEND, IDLE, GPU_S = range(3)
 @dataclass
 class WindowBook:
     """Per aggregate key: recent windows (start -> (spend_usd, idle_usd, gpu_seconds)) and, for
-    budgets, closed per-period spend totals folded from the aligned windows."""
+    budgets, closed per-period spend totals folded from the aligned windows. The closed totals are
+    the only state panes cannot rebuild, so each key's totals (with the fold point they hold up to)
+    are written to a compacted topic and restored on start (`state_records` / `restore_state`)."""
 
     size_s: int
     step_s: int
@@ -189,15 +191,20 @@ class WindowBook:
     windows: dict[tuple, dict[int, tuple[float, float, float]]] = field(default_factory=dict)
     closed: dict[tuple, dict[tuple[str, int], float]] = field(default_factory=dict)
     frozen_upto: float = -math.inf  # aligned windows starting at or before this are folded
+    frozen_key: dict[tuple, float] = field(default_factory=dict)  # restored fold points, per key
+    dirty: set[tuple] = field(default_factory=set)  # keys whose closed totals changed
     retain_s: int = 3600
+
+    def _frozen(self, key: tuple) -> float:
+        return max(self.frozen_upto, self.frozen_key.get(key, -math.inf))
 
     def add(self, rec: dict) -> None:
         ws = int(rec["window_start"])
         if int(rec["window_s"]) != self.size_s:
             return
-        if ws % self.size_s == 0 and ws <= self.frozen_upto:
-            return  # already folded: the worker can no longer emit it complete
         key = tuple(rec[f] for f in KEY_FIELDS)
+        if ws % self.size_s == 0 and ws <= self._frozen(key):
+            return  # already folded: the worker can no longer emit it complete
         self.windows.setdefault(key, {})[ws] = (float(rec["spend_usd"]), float(rec["idle_usd"]),
                                                 float(rec["gpu_seconds"]))
 
@@ -209,23 +216,57 @@ class WindowBook:
         prune_before = watermark - self.retain_s - self.allowed_lateness_s - 2 * self.size_s
         for key, wins in self.windows.items():
             totals = self.closed.setdefault(key, {})
-            for ws in [w for w in wins if w % self.size_s == 0 and self.frozen_upto < w <= frozen]:
+            done = self._frozen(key)
+            for ws in [w for w in wins if w % self.size_s == 0 and done < w <= frozen]:
                 for p in PERIODS:
                     pk = (p, period_bounds(p, ws)[0])
                     totals[pk] = totals.get(pk, 0.0) + wins[ws][SPEND]
+                self.dirty.add(key)
             for ws in [w for w in wins if w < prune_before and (w % self.size_s or w <= frozen)]:
                 del wins[ws]
+        for key, totals in self.closed.items():
             for pk in [pk for pk in totals if period_bounds(pk[0], pk[1])[1] < prune_before]:
                 del totals[pk]
+                self.dirty.add(key)
+        for key in [k for k, w in self.windows.items() if not w]:
+            del self.windows[key]
+        for key in [k for k, t in self.closed.items() if not t and k not in self.windows]:
+            del self.closed[key]
+            self.dirty.add(key)
+        self.frozen_key = {k: f for k, f in self.frozen_key.items() if f > frozen}
         self.frozen_upto = frozen
+
+    def state_records(self) -> list[tuple[str, dict | None]]:
+        """(record key, value or None for a tombstone) for every key whose totals changed."""
+        out = []
+        for key in self.dirty:
+            totals = self.closed.get(key)
+            value = None if not totals else {
+                "frozen_upto": self._frozen(key), "totals": [[p, start, v] for (p, start), v in totals.items()]}
+            out.append((json.dumps(list(key)), value))
+        self.dirty.clear()
+        return out
+
+    def restore_state(self, record_key: str, value: dict | None) -> None:
+        key = tuple(json.loads(record_key))
+        if value is None:
+            self.closed.pop(key, None)
+            self.frozen_key.pop(key, None)
+            return
+        frozen = float(value["frozen_upto"])
+        self.closed[key] = {(p, int(start)): float(v) for p, start, v in value["totals"]}
+        self.frozen_key[key] = frozen
+        for ws in [w for w in self.windows.get(key, {}) if w % self.size_s == 0 and w <= frozen]:
+            del self.windows[key][ws]  # counted in the restored totals already
 
     def period_spend(self, keys: list[tuple], period: str, ts: float) -> float:
         start, end = period_bounds(period, ts)
         total = 0.0
         for key in keys:
             total += self.closed.get(key, {}).get((period, start), 0.0)
+            done = self._frozen(key)
             for ws, v in self.windows.get(key, {}).items():
-                if start <= ws < end and ws % self.size_s == 0 and ws > self.frozen_upto:
+                if start <= ws < end and ws % self.size_s == 0 and ws > done:
                     total += v[SPEND]
         return total
 
@@ -320,10 +361,12 @@ class AlertEvaluator:
         alert transitions (empty until `ready`)."""
         for rec in records:
             self.book.add(rec)
+        if not self.ready:  # nothing folds before the restored totals are in (follow_rules)
+            return []
         changed = bool(records) or watermark > self.watermark
         self.watermark = max(self.watermark, watermark)
         self.book.advance(self.watermark)
-        if not self.ready or not changed:
+        if not changed:
             return []
         out: list[dict] = []
         for st in list(self.rules.values()):
@@ -538,15 +581,21 @@ class AlertEvaluator:
 
 # -- the worker's side of cost.rules and cost.alerts ------------------------------------------------
 async def follow_rules(settings, evaluator: AlertEvaluator, publish) -> None:
-    """Restore firing alerts from cost.alerts, load every rule from the compacted cost.rules, mark
-    the evaluator ready, then apply rule changes as they come (no restart). `publish(alerts)` sends
-    the transitions a rule change causes (resolving a deleted rule's alerts)."""
-    from gpucost.kafka import consumer, read_to_end, stop_consumer
+    """Restore the evaluator (firing alerts from cost.alerts, folded budget totals from the
+    compacted cost.alertstate), load every rule from the compacted cost.rules, mark it ready, then
+    apply rule changes as they come (no restart) and persist changed totals about every second.
+    `publish(alerts)` sends the transitions a rule change causes (a deleted rule's alerts resolve)."""
+    from gpucost.kafka import consumer, producer, read_to_end, stop_consumer
 
+    await ensure_state_topic(settings)
     c = consumer(settings=settings, group_id=None)
+    p = producer(settings)
     await c.start()
+    await p.start()
     try:
         await read_to_end(c, settings.alerts_topic, lambda r: r.value and evaluator.restore_alert(json.loads(r.value)))
+        await read_to_end(c, settings.alert_state_topic, lambda r: evaluator.book.restore_state(
+            r.key.decode(), json.loads(r.value) if r.value is not None else None))
         rules: dict[str, Rule | None] = {}
         await read_to_end(c, settings.rules_topic, lambda r: rules.__setitem__(r.key.decode(), _rule(r.value)))
         for rule_id, rule in rules.items():
@@ -554,16 +603,51 @@ async def follow_rules(settings, evaluator: AlertEvaluator, publish) -> None:
                 evaluator.set_rule(rule)
         evaluator.ready = True
         await publish(evaluator.orphans())
-        log.info("alert rules loaded: %d, firing alerts restored: %d", len(evaluator.rules), len(evaluator.firing))
+        log.info("alert rules loaded: %d, firing alerts restored: %d, budget totals restored for %d keys",
+                 len(evaluator.rules), len(evaluator.firing), len(evaluator.book.closed))
         while True:
             batches = await c.getmany(timeout_ms=1000)
             for records in batches.values():
                 for r in records:
+                    if r.topic != settings.rules_topic:
+                        continue
                     rule = _rule(r.value)
                     out = evaluator.set_rule(rule) if rule else evaluator.delete_rule(r.key.decode())
                     await publish(out)
+            await _persist_state(p, settings, evaluator)
     finally:
-        await stop_consumer(c)
+        try:
+            await _persist_state(p, settings, evaluator)  # a clean stop loses nothing
+        finally:
+            await p.stop()
+            await stop_consumer(c)
+
+
+async def _persist_state(p, settings, evaluator: AlertEvaluator) -> None:
+    futures = [await p.send(settings.alert_state_topic, key=k.encode(),
+                            value=json.dumps(v).encode() if v is not None else None)
+               for k, v in evaluator.book.state_records()]
+    for fut in futures:
+        await fut
+
+
+async def ensure_state_topic(settings) -> None:
+    from aiokafka.admin import NewTopic
+    from aiokafka.errors import TopicAlreadyExistsError
+
+    from gpucost.kafka import admin
+
+    client = admin(settings)
+    await client.start()
+    try:
+        if settings.alert_state_topic not in set(await client.list_topics()):
+            try:
+                await client.create_topics([NewTopic(settings.alert_state_topic, 1, 1,
+                                                     topic_configs={"cleanup.policy": "compact"})])
+            except TopicAlreadyExistsError:
+                pass
+    finally:
+        await client.close()
 
 
 def _rule(value: bytes | None) -> Rule | None:

@@ -135,3 +135,33 @@ def test_each_rule_kind_fires_once_and_resolves_once_through_the_worker(alert_st
         assert len({(a["fingerprint"], a["state"]) for a in got}) == 16
     finally:
         receiver.close()
+
+
+def test_rule_changes_apply_without_restart_and_a_restarted_worker_neither_repeats_nor_forgets(alert_stack):
+    stack = alert_stack
+    stack.start_worker()
+    stack.start_api()
+    api = httpx.Client(base_url=stack.url, headers=stack.headers, timeout=10)
+    api.post("/api/rules", json={"name": "daily", "kind": "budget", "tenant": "t-b",
+                                 "params": {"period": "1d", "limit_usd": 110 * SAMPLE_USD}}).raise_for_status()
+    quota = api.post("/api/rules", json={"name": "quota", "kind": "gpu_quota", "tenant": "t-q",
+                                         "params": {"max_gpus": 1}}).json()
+
+    asyncio.run(send(stack.settings, phase(T0, T0 + 600, {"t-b": (1, 0.9), "t-q": (2, 0.9)})))
+    wait_for(lambda: len(states(stack)) == 2, 60, what="the quota alert and the 50% budget warning")
+    time.sleep(2.5)  # the worker persists its folded budget totals about every second
+    stack.kill("worker")  # SIGKILL
+    stack.start_worker()
+
+    # another 10 minutes: $120 x SAMPLE in the day now, over the limit only if nothing was forgotten
+    asyncio.run(send(stack.settings, phase(T0 + 600, T0 + 1200, {"t-b": (1, 0.9), "t-q": (2, 0.9)})))
+    wait_for(lambda: len(states(stack)) == 5, 90, what="the 75%, 90% and 100% warnings")
+    assert api.delete(f"/api/rules/{quota['id']}").status_code == 204  # no restart: the alert resolves
+    wait_for(lambda: sum(len(s) for s in states(stack).values()) == 6, 30, what="the quota alert resolved")
+    time.sleep(2.0)
+
+    by_level = {(a["rule_kind"], a["level"]): [] for a in alerts(stack)}
+    for a in alerts(stack):
+        by_level[(a["rule_kind"], a["level"])].append(a["state"])
+    assert by_level == {("budget", "50%"): ["firing"], ("budget", "75%"): ["firing"], ("budget", "90%"): ["firing"],
+                        ("budget", "100%"): ["firing"], ("gpu_quota", ""): ["firing", "resolved"]}
