@@ -194,6 +194,7 @@ class WindowBook:
     frozen_key: dict[tuple, float] = field(default_factory=dict)  # restored fold points, per key
     dirty: set[tuple] = field(default_factory=set)  # keys whose closed totals changed
     retain_s: int = 3600
+    max_ws: int = 0  # newest window start seen
 
     def _frozen(self, key: tuple) -> float:
         return max(self.frozen_upto, self.frozen_key.get(key, -math.inf))
@@ -207,6 +208,8 @@ class WindowBook:
             return  # already folded: the worker can no longer emit it complete
         self.windows.setdefault(key, {})[ws] = (float(rec["spend_usd"]), float(rec["idle_usd"]),
                                                 float(rec["gpu_seconds"]))
+        if ws > self.max_ws:
+            self.max_ws = ws
 
     def advance(self, watermark: float) -> None:
         """Fold aligned windows whose first pane the worker has closed; drop old windows."""
@@ -264,9 +267,18 @@ class WindowBook:
         total = 0.0
         for key in keys:
             total += self.closed.get(key, {}).get((period, start), 0.0)
+            wins = self.windows.get(key)
+            if not wins:
+                continue
             done = self._frozen(key)
-            for ws, v in self.windows.get(key, {}).items():
-                if start <= ws < end and ws % self.size_s == 0 and ws > done:
+            if done == -math.inf:  # nothing folded yet: scan
+                total += sum(v[SPEND] for ws, v in wins.items() if start <= ws < end and ws % self.size_s == 0)
+                continue
+            # only the few aligned windows past the fold point are open
+            first = max(start, (math.floor(done / self.size_s) + 1) * self.size_s)
+            for ws in range(first, min(end, self.max_ws + 1), self.size_s):
+                v = wins.get(ws)
+                if v is not None:
                     total += v[SPEND]
         return total
 

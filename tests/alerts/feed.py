@@ -25,10 +25,12 @@ def rule(kind: str, rule_id: str = "r1", **params) -> Rule:
 
 
 class Feed:
-    """A one-partition worker in miniature: events in, alert transitions out."""
+    """A one-partition worker in miniature: events in, pane records, windows, alert transitions out."""
 
     def __init__(self, *rules: Rule, size_s=60, step_s=10, lateness_s=120):
-        self.store = PaneStore(WindowSpec(size_s, step_s, lateness_s), lambda ev: (USD_PER_GPU_HOUR, False))
+        spec = WindowSpec(size_s, step_s, lateness_s)
+        self.store = PaneStore(spec, lambda ev: (USD_PER_GPU_HOUR, False))  # folds events into panes
+        self.windows = PaneStore(spec, self.store.price)  # sums windows from the pane records
         self.evaluator = AlertEvaluator(size_s, step_s, lateness_s, clock=lambda: 0.0)
         for r in rules:
             self.evaluator.set_rule(r)
@@ -39,9 +41,12 @@ class Feed:
     def send(self, events: list[UsageEvent]) -> list[dict]:
         self.offset += 1
         assert not self.store.add(events, 0, self.offset), "no event may be late in these sequences"
-        self.store.take_dirty()
-        self.store.evict_closed()
-        out = self.evaluator.observe(self.store.take_pending_windows(), self.store.watermark)
+        for record_key, value, _ in self.store.take_dirty():
+            self.windows.restore(record_key, value)
+        records = self.windows.take_pending_windows()
+        for record_key, _ in self.store.evict_closed():
+            self.windows.restore(record_key, None)
+        out = self.evaluator.observe(records, self.windows.watermark)
         self.alerts.extend(out)
         return out
 

@@ -166,23 +166,23 @@ def test_budget_totals_survive_a_worker_restart_exactly():
     state = feed.evaluator.book.state_records()
     assert state and all(v["frozen_upto"] == feed.evaluator.book.frozen_upto for _, v in state)
 
-    # the restarted worker: panes restored from their durable records (re-emitting their windows),
-    # the evaluator from cost.alertstate
-    old = feed.store
-    store = PaneStore(WindowSpec(60, 10, 120), old.price)
+    # the restarted worker: the window stage restored from the pane records (re-emitting their
+    # windows), the evaluator from cost.alertstate
+    old = feed.windows
+    windows = PaneStore(WindowSpec(60, 10, 120), old.price)
     for key, by_start in old.panes.items():
         for pane_start, by_partition in by_start.items():
             for partition, sums in by_partition.items():
                 value = pane_record_value(sums)
                 value["watermark"] = old.partition_watermarks[partition]
-                store.restore(pane_record_key(partition, key, pane_start), value)
+                windows.restore(pane_record_key(partition, key, pane_start), value)
     fresh = AlertEvaluator(clock=lambda: 0.0)
-    fresh.observe(store.take_pending_windows(), store.watermark)  # records may come before the restore
+    fresh.observe(windows.take_pending_windows(), windows.watermark)  # records may come before the restore
     for k, v in state:
         fresh.book.restore_state(k, v)
     fresh.set_rule(rule("budget", period="1d", limit_usd=10.0))
     fresh.ready = True
-    feed.store, feed.evaluator, feed.offset = store, fresh, feed.offset
+    feed.windows, feed.evaluator = windows, fresh
     feed.run(DAY0 + 4800, 600, gpus=2)
     keys = list(fresh.book.windows)
     assert fresh.book.period_spend(keys, "1d", fresh.watermark) == pytest.approx(3.60, abs=1e-9)
