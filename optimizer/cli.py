@@ -14,7 +14,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-console = Console()
+# A wide table even when stdout is a pipe or a CI log (Rich would fold it to 80 columns).
+console = Console(width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True)
 
 MODEL_HELP = "Workload: a seeded preset (test, 10m, 125m, 350m, 1b, 3b, 7b) or smollm2-135m (GGUF)."
@@ -74,7 +75,7 @@ def results_table(rows, title: str) -> Table:
         table.add_column(col, justify="left" if col in ("variant", "gate") else "right")
     for row, ratio in zip(rows, ratios(rows)):
         gate = row.gate or {}
-        verdict = "-" if row.accepted is None else ("[green]accepted" if row.accepted else f"[red]rejected: {gate.get('reason')}")
+        verdict = "-" if row.accepted is None else ("[green]accepted" if row.accepted else f"[red]rejected ({gate.get('reason')})")
         table.add_row(
             row.variant, _fmt(row.tokens_per_s), _fmt(ratio["speedup"], ".2f"), _fmt(row.latency_p50_ms),
             _fmt(row.latency_p99_ms), _fmt(row.ttft_p50_ms), _fmt(row.peak_memory_bytes / 2**20, ".0f"),
