@@ -178,6 +178,7 @@ def up(
         procs[name] = subprocess.Popen(cmd, env=os.environ.copy(), start_new_session=True,
                                        stdout=None if name != "simulator" else subprocess.DEVNULL)
         time.sleep(0.5)
+    _wait_for_api(s, procs["api"])
     # soft_wrap: the URL with its key must stay on one line to be copied or clicked.
     console.print(f"[bold green]gpucost is up[/]: dashboard on http://{s.api_host}:{s.api_port}/?api_key={admin_key}",
                   soft_wrap=True)
@@ -211,6 +212,21 @@ def up(
         with console.status("stopping Kafka ..."):
             broker.stop(s)
         console.print("stopped")
+
+
+def _wait_for_api(s, proc: subprocess.Popen, timeout_s: float = 90.0) -> None:
+    """Print the dashboard's address only once it answers."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    with console.status("waiting for the API ..."):
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if httpx.get(f"http://{s.api_host}:{s.api_port}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
 
 
 def _has_command(name: str) -> bool:

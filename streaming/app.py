@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import time
+import zlib
 
 import faust
 import mode
@@ -21,7 +22,7 @@ from gpucost.kafka import read_to_end, stop_consumer
 from gpucost.pricing import default_catalog
 from gpucost.settings import Settings, get_settings
 from ingest.events import InvalidEvent, UsageEvent, decode_billing, decode_usage
-from streaming.panes import PaneStore, WindowSpec
+from streaming.panes import PaneStore, WindowSpec, parse_pane_record_key
 from streaming.alerts import AlertEvaluator, follow_rules
 
 log = logging.getLogger("gpucost.worker")
@@ -114,25 +115,36 @@ def create_app(settings: Settings | None = None) -> faust.App:
             headers["batch_index"] = str(index).encode()
         return deadletter_topic.send(key=message.key, value=raw, headers=headers)
 
+    def pane_partition(key) -> int:
+        """Pane records are partitioned by aggregate key, so one window-stage member holds every
+        pane of a key (crc32: the same on every worker, unlike hash())."""
+        return zlib.crc32("|".join(key).encode()) % settings.topic_partitions
+
     async def restore_panes(partitions: set[int]) -> None:
-        """Rebuild the pane state of these source partitions from `cost.panes` (compacted; a
-        pane record lives in the partition of its source) before any of their messages is folded in."""
+        """Rebuild the panes of these source partitions from `cost.panes` before any of their
+        messages is folded in (records of other partitions are skipped)."""
+        def apply(r):
+            if parse_pane_record_key(r.key.decode())[0] in partitions:
+                store.restore(r.key.decode(), json.loads(r.value) if r.value is not None else None)
+
         c = kafka_consumer(settings=settings, group_id=None)
         await c.start()
         try:
-            n = await read_to_end(c, settings.panes_topic, lambda r: store.restore(
-                r.key.decode(), json.loads(r.value) if r.value is not None else None), partitions=partitions)
-            log.info("restored %d pane records for partitions %s, watermark %.3f", n, sorted(partitions), store.watermark)
+            n = await read_to_end(c, settings.panes_topic, apply)
+            store.pending_windows.clear()  # windows are the window stage's business
+            log.info("stage 1: read %d pane records for source partitions %s, watermark %.3f",
+                     n, sorted(partitions), store.watermark)
         finally:
             await stop_consumer(c)
         restored.set()
 
     async def persist_dirty() -> list:
         futures = []
-        for key, value, partition in store.take_dirty():
-            futures.append(await panes_topic.send(key=key.encode(), value=json.dumps(value).encode(), partition=partition))
-        for key, partition in store.evict_closed():
-            futures.append(await panes_topic.send(key=key.encode(), value=None, partition=partition))
+        for record_key, value, key in store.take_dirty():
+            futures.append(await panes_topic.send(key=record_key.encode(), value=json.dumps(value).encode(),
+                                                  partition=pane_partition(key)))
+        for record_key, key in store.evict_closed():
+            futures.append(await panes_topic.send(key=record_key.encode(), value=None, partition=pane_partition(key)))
         return futures
 
     def fold(records, pending: list) -> None:
@@ -204,6 +216,59 @@ def create_app(settings: Settings | None = None) -> faust.App:
 
     app.service(UsageMeter)
 
+    class WindowStage(mode.Service):
+        """Stage 2: a consumer-group member on `cost.panes` (partitioned by aggregate key) that
+        holds the panes of its keys from every worker and sums their windows. Its state is the
+        compacted topic itself: on each assignment it reads its partitions from the beginning,
+        emitting nothing until it has caught up, so it never publishes a half-rebuilt window."""
+
+        async def on_start(self) -> None:
+            from aiokafka import ConsumerRebalanceListener
+
+            stage = window_stage["current"] = self
+            self.combined = PaneStore(spec, metering)
+            self.caught_up_at: dict | None = None
+
+            class Rebuild(ConsumerRebalanceListener):
+                async def on_partitions_revoked(self, revoked):
+                    pass
+
+                async def on_partitions_assigned(self, assigned):
+                    stage.combined = PaneStore(spec, metering)
+                    stage.caught_up_at = await stage.consumer.end_offsets(list(assigned)) if assigned else {}
+                    if assigned:
+                        await stage.consumer.seek_to_beginning(*assigned)
+
+            self.consumer = kafka_consumer(
+                settings=settings, group_id=f"{settings.topic_prefix}{settings.worker_id}-windows",
+                enable_auto_commit=False, auto_offset_reset="earliest")
+            self.consumer.subscribe([settings.panes_topic], listener=Rebuild())
+            await self.consumer.start()
+
+        async def on_stop(self) -> None:
+            await stop_consumer(self.consumer)
+
+        @property
+        def ready(self) -> bool:
+            return self.caught_up_at is not None and not self.caught_up_at
+
+        @mode.Service.task
+        async def _run(self) -> None:
+            c = self.consumer
+            while not self.should_stop:
+                batches = await c.getmany(timeout_ms=200, max_records=20000)
+                combined = self.combined
+                for records in batches.values():
+                    for r in records:
+                        combined.restore(r.key.decode(), json.loads(r.value) if r.value is not None else None)
+                if self.caught_up_at:
+                    for tp in list(self.caught_up_at):
+                        if await c.position(tp) >= self.caught_up_at[tp]:
+                            del self.caught_up_at[tp]
+
+    window_stage: dict[str, WindowStage] = {}  # the running instance, for the emit timer
+    app.service(WindowStage)
+
     @app.agent(billing_topic, name="check-billing")
     async def check_billing(stream):
         async for events in stream.take_events(1000, within=settings.flush_interval_s):
@@ -218,13 +283,14 @@ def create_app(settings: Settings | None = None) -> faust.App:
 
     @app.timer(interval=settings.emit_interval_s)
     async def emit_aggregates():
-        if not restored.is_set():
+        stage = window_stage.get("current")
+        if stage is None or not stage.ready:
             return
-        records = store.take_pending_windows()
+        records = stage.combined.take_pending_windows()
         for rec in records:
             key = "|".join((rec["tenant"], rec["service"], rec["region"], rec["gpu_model"])).encode()
             await aggregates_topic.send(key=key, value=json.dumps(rec).encode())
-        await publish_alerts(evaluator.observe(records, store.watermark))
+        await publish_alerts(evaluator.observe(records, stage.combined.watermark))
 
     @app.timer(interval=30.0)
     async def report_stats():

@@ -7,6 +7,11 @@ per source partition with the last source offset folded into them: a pane's dura
 pane only if its offset is past the offset that pane was restored with. That makes the aggregation
 exactly-once on top of Faust's at-least-once delivery (faust issue #502), with no transactions.
 
+Two stages: a worker folds events of the source partitions it owns into panes (stage 1) and writes
+each changed pane's absolute record to `cost.panes`, partitioned by aggregate key; the window stage
+(a consumer-group member on `cost.panes`) holds every pane of its keys, whichever worker wrote them,
+and sums windows from them. With one worker or many, each key's windows are summed in one place.
+
 Cost model (DESIGN.md): metered cost = price_per_gpu_hour * interval_s / 3600; idle waste =
 metered cost * (1 - util); util_avg is weighted by GPU-seconds."""
 
@@ -162,25 +167,31 @@ class PaneStore:
             self.watermark = candidate
 
     # -- durable state ----------------------------------------------------------------------
-    def take_dirty(self) -> list[tuple[str, dict, int]]:
-        """Pane records to persist (key, value, partition) for every pane changed since the last
-        call; marks the windows they belong to for emission."""
+    def take_dirty(self) -> list[tuple[str, dict, AggKey]]:
+        """Pane records to persist (record key, value, aggregate key) for every pane changed since
+        the last call. Windows are summed from these records (see `restore`), not from here, so
+        that the panes of one key held by several workers meet in one place."""
         out = []
         for key, pane_start, partition in self.dirty:
             sums = self.panes[key][pane_start][partition]
             value = pane_record_value(sums)
             value["watermark"] = self.partition_watermarks.get(partition, 0.0)
-            out.append((pane_record_key(partition, key, pane_start), value, partition))
-            for ws in self.spec.window_starts(pane_start):
-                self.pending_windows.add((key, ws))
+            out.append((pane_record_key(partition, key, pane_start), value, key))
         self.dirty.clear()
         return out
 
     def restore(self, record_key: str, value: dict | None) -> None:
-        """Load one durable pane record (None = tombstone) before processing starts."""
+        """Load one durable pane record (None = tombstone): a stage-1 store restores its own
+        partitions' panes before folding; the window stage applies every record of its keys
+        (absolute values: a record read twice changes nothing) and marks their windows."""
         partition, key, pane_start = parse_pane_record_key(record_key)
         if value is None:
-            self.panes.get(key, {}).get(pane_start, {}).pop(partition, None)
+            by_start = self.panes.get(key, {})
+            by_start.get(pane_start, {}).pop(partition, None)
+            if pane_start in by_start and not by_start[pane_start]:
+                del by_start[pane_start]
+            if key in self.panes and not by_start:
+                del self.panes[key]
             return
         sums = new_sums(int(value["last_offset"]))
         sums[SPEND] = value["spend_usd"]
@@ -200,15 +211,15 @@ class PaneStore:
         for ws in self.spec.window_starts(pane_start):
             self.pending_windows.add((key, ws))
 
-    def evict_closed(self) -> list[tuple[str, int]]:
-        """Drop panes no open window needs; returns (record key, partition) tombstones."""
+    def evict_closed(self) -> list[tuple[str, AggKey]]:
+        """Drop panes no open window needs; returns (record key, aggregate key) tombstones."""
         horizon = self.watermark - self.spec.allowed_lateness_s
         tombstones = []
         for key in list(self.panes):
             by_start = self.panes[key]
             for pane_start in [s for s in by_start if s + self.spec.size_s <= horizon]:
                 for partition in by_start.pop(pane_start):
-                    tombstones.append((pane_record_key(partition, key, pane_start), partition))
+                    tombstones.append((pane_record_key(partition, key, pane_start), key))
             if not by_start:
                 del self.panes[key]
         return tombstones

@@ -30,11 +30,19 @@ def test_window_spec_rejects_size_not_multiple_of_step():
         WindowSpec(60, 7)
 
 
+def window_stage(*stage1_stores):
+    """The window stage: a store fed only the durable pane records the stage-1 stores wrote."""
+    w = store()
+    for s in stage1_stores:
+        for record_key, value, _key in s.take_dirty():
+            w.restore(record_key, value)
+    return w
+
+
 def test_event_counts_wholly_in_every_window_containing_its_ts():
     s = store()
     s.add([ev(T0 + 25)], partition=0, offset=0)
-    s.take_dirty()
-    recs = s.take_pending_windows()
+    recs = window_stage(s).take_pending_windows()
     # windows [T0-30, T0+30) ... [T0+20, T0+80) contain T0+25: starts T0-30..T0+20 step 10
     assert sorted(r["window_start"] for r in recs) == [T0 - 30, T0 - 20, T0 - 10, T0, T0 + 10, T0 + 20]
     assert all(r["events"] == 1 and r["spend_usd"] == pytest.approx(0.01) for r in recs)
@@ -43,8 +51,7 @@ def test_event_counts_wholly_in_every_window_containing_its_ts():
 def test_spend_idle_util_follow_the_cost_model():
     s = store()
     s.add([ev(T0 + 1, util=0.25, interval_s=10), ev(T0 + 2, util=1.0, interval_s=30)], 0, 0)
-    s.take_dirty()
-    w = s.window(("acme", "chat", "us-east-1", "H100-80GB"), T0)
+    w = window_stage(s).window(("acme", "chat", "us-east-1", "H100-80GB"), T0)
     assert w["spend_usd"] == pytest.approx(0.01 + 0.03)
     assert w["spend_rate_usd_h"] == pytest.approx(0.04 * 3600 / 60)
     assert w["gpu_seconds"] == pytest.approx(40)
@@ -59,12 +66,32 @@ def test_keys_are_aggregated_separately():
                             ("b", "chat", "us-east-1", "L4")}
 
 
-def test_panes_from_several_partitions_sum_into_one_window():
+def test_panes_of_one_key_from_two_workers_sum_into_one_window():
+    worker_a, worker_b = store(), store()  # each owns one source partition
+    worker_a.add([ev(T0 + 1)], 0, 5)
+    worker_b.add([ev(T0 + 2), ev(T0 + 3)], 1, 9)
+    w = window_stage(worker_a, worker_b).window(("acme", "chat", "us-east-1", "H100-80GB"), T0)
+    assert w["events"] == 3 and w["spend_usd"] == pytest.approx(0.03)
+
+
+def test_the_window_stage_reading_a_record_twice_changes_nothing():
     s = store()
-    s.add([ev(T0 + 1)], 0, 5)
-    s.add([ev(T0 + 2)], 1, 9)
-    w = s.window(("acme", "chat", "us-east-1", "H100-80GB"), T0)
-    assert w["events"] == 2 and w["spend_usd"] == pytest.approx(0.02)
+    s.add([ev(T0 + 1), ev(T0 + 2)], 0, 0)
+    records = s.take_dirty()
+    w = store()
+    for r in records + records:
+        w.restore(r[0], r[1])
+    assert w.window(("acme", "chat", "us-east-1", "H100-80GB"), T0)["events"] == 2
+
+
+def test_a_tombstone_removes_the_pane_from_the_window_stage():
+    s = store(lateness=0)
+    s.add([ev(T0)], 0, 0)
+    w = window_stage(s)
+    s.add([ev(T0 + 120)], 0, 1)
+    for record_key, _ in s.evict_closed():
+        w.restore(record_key, None)
+    assert w.window(("acme", "chat", "us-east-1", "H100-80GB"), T0) is None
 
 
 def test_replayed_messages_are_not_counted_twice_after_restore():
@@ -74,7 +101,7 @@ def test_replayed_messages_are_not_counted_twice_after_restore():
     durable = s.take_dirty()
     # A new worker restores the durable pane records, then Kafka redelivers offsets 0..2.
     t = store()
-    for key, value, _partition in durable:
+    for key, value, _agg_key in durable:
         t.restore(key, value)
     t.add([ev(T0 + 1), ev(T0 + 11)], 0, 0)
     t.add([ev(T0 + 2)], 0, 1)
