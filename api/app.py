@@ -20,6 +20,7 @@ from gpucost.settings import Settings, get_settings
 ROUTER_MODULES: list[str] = [
     "api.routes.health",
     "api.routes.history",
+    "api.routes.reconciliation",
     "api.ws",
     "api.routes.pricing",
     "api.routes.recommendations",

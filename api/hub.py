@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import select
 
 from api.auth import Principal
-from api.models import AggregateRow
+from api.models import AggregateRow, BilledLineItem
 from gpucost import kafka
 from gpucost.db import get_engine, session_scope
 from gpucost.settings import Settings
@@ -97,6 +97,7 @@ class Hub:
             asyncio.create_task(self._consume_aggregates(), name="aggregates"),
             asyncio.create_task(self._consume_deadletters(), name="deadletters"),
             asyncio.create_task(self._consume_alerts(), name="alerts"),
+            asyncio.create_task(self._consume_billed(), name="billed"),
             asyncio.create_task(self._persist_loop(), name="persist"),
         ]
 
@@ -202,6 +203,36 @@ class Hub:
         finally:
             await kafka.stop_consumer(c)
 
+    async def _consume_billed(self) -> None:
+        """Validated billing line items into their table (upsert by line item, then commit)."""
+        s = self.settings
+        c = kafka.consumer(s.billed_topic, settings=s, group_id=f"{s.topic_prefix}gpucost-api-billed",
+                           auto_offset_reset="earliest")
+        await c.start()
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                batches = await c.getmany(timeout_ms=1000, max_records=5000)
+                rows = []
+                for records in batches.values():
+                    for r in records:
+                        if r.value is None:
+                            continue
+                        try:
+                            item = json.loads(r.value)
+                            row = {f: item[f] for f in BilledLineItem.FIELDS}
+                            row["period_start"], row["period_end"] = int(row["period_start"]), int(row["period_end"])
+                            rows.append(row)
+                        except (ValueError, KeyError) as exc:
+                            log.warning("skipping malformed billed item at offset %s: %s", r.offset, exc)
+                if rows:
+                    await loop.run_in_executor(None, self._upsert, BilledLineItem, rows,
+                                               ["cloud", "instance_id", "period_start", "source"])
+                if batches:
+                    await c.commit()
+        finally:
+            await kafka.stop_consumer(c)
+
     # -- persistence ----------------------------------------------------------------------
     def _take_persist(self) -> list[dict]:
         rows = list(self._to_persist.values())
@@ -217,19 +248,20 @@ class Hub:
                 await loop.run_in_executor(None, self._persist, rows)
 
     def _persist(self, rows: list[dict]) -> None:
-        if not rows:
-            return
+        if rows:
+            self._upsert(AggregateRow, [{f: r.get(f, 0) for f in AggregateRow.FIELDS} for r in rows],
+                         ["tenant", "service", "region", "gpu_model", "window_s", "window_start"])
+
+    def _upsert(self, model, values: list[dict], conflict: list[str]) -> None:
+        """Insert or update by the unique columns: re-reading a topic after a restart is harmless."""
         engine = get_engine(self.settings)
-        values = [{f: r.get(f, 0) for f in AggregateRow.FIELDS} for r in rows]
         if engine.dialect.name == "postgresql":
             from sqlalchemy.dialects.postgresql import insert
         else:
             from sqlalchemy.dialects.sqlite import insert
-        stmt = insert(AggregateRow)
-        update = {f: stmt.excluded[f] for f in AggregateRow.FIELDS if f not in
-                  ("tenant", "service", "region", "gpu_model", "window_s", "window_start")}
-        stmt = stmt.on_conflict_do_update(index_elements=["tenant", "service", "region", "gpu_model", "window_s", "window_start"],
-                                          set_=update)
+        stmt = insert(model)
+        stmt = stmt.on_conflict_do_update(index_elements=conflict,
+                                          set_={f: stmt.excluded[f] for f in model.FIELDS if f not in conflict})
         with engine.begin() as conn:
             for i in range(0, len(values), 500):
                 conn.execute(stmt, values[i:i + 500])

@@ -42,3 +42,32 @@ class AggregateRow(Base):
         d = {f: getattr(self, f) for f in self.FIELDS}
         d["kind"] = "usage"
         return d
+
+
+class BilledLineItem(Base):
+    """A validated billing line item (from `cost.billed`); one row per line item, however often
+    it was sent."""
+
+    __tablename__ = "billed_line_items"
+    __table_args__ = (
+        UniqueConstraint("cloud", "instance_id", "period_start", "source", name="uq_billed_line_item"),
+        Index("ix_billed_tenant_period", "tenant", "period_start"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    tenant: Mapped[str] = mapped_column(String(200))
+    service: Mapped[str] = mapped_column(String(200))
+    cloud: Mapped[str] = mapped_column(String(200))
+    region: Mapped[str] = mapped_column(String(200))
+    instance_type: Mapped[str] = mapped_column(String(200))
+    instance_id: Mapped[str] = mapped_column(String(200))
+    gpu_model: Mapped[str] = mapped_column(String(200))
+    gpu_count: Mapped[int] = mapped_column(Integer)
+    period_start: Mapped[int] = mapped_column(Integer)
+    period_end: Mapped[int] = mapped_column(Integer)
+    cost_usd: Mapped[float] = mapped_column(Float)
+    pricing: Mapped[str] = mapped_column(String(20))
+    source: Mapped[str] = mapped_column(String(200))
+
+    FIELDS = ("tenant", "service", "cloud", "region", "instance_type", "instance_id", "gpu_model", "gpu_count",
+              "period_start", "period_end", "cost_usd", "pricing", "source")

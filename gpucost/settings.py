@@ -103,6 +103,10 @@ class Settings(BaseSettings):
         return self.topic("cost.rules")
 
     @property
+    def billed_topic(self) -> str:
+        return self.topic("cost.billed")
+
+    @property
     def alert_state_topic(self) -> str:  # compacted: the alert evaluator's folded budget totals
         return self.topic("cost.alertstate")
 

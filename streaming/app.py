@@ -29,7 +29,8 @@ log = logging.getLogger("gpucost.worker")
 
 
 class Metering:
-    """Prices usage with the catalog; memoised per (cloud, region, instance_type, gpu_model)."""
+    """Prices usage with the catalog (shipped rows plus the price overrides stored through the
+    API); memoised per (cloud, region, instance_type, gpu_model), reset when the catalog changes."""
 
     def __init__(self):
         self.catalog = default_catalog()
@@ -42,6 +43,15 @@ class Metering:
             q = self.catalog.gpu_hour_price(*k)  # raises UnknownGPUModel
             hit = self._cache[k] = (q.usd_per_gpu_hour, q.fallback)
         return hit
+
+    async def refresh(self, settings: Settings) -> None:
+        """Pick up price overrides without a restart (read off the event loop)."""
+        from gpucost.pricing.effective import effective_catalog
+
+        catalog = await asyncio.get_running_loop().run_in_executor(None, effective_catalog, settings)
+        if catalog is not self.catalog:
+            self.catalog = catalog
+            self._cache = {}
 
 
 class WorkerStats:
@@ -86,6 +96,7 @@ def create_app(settings: Settings | None = None) -> faust.App:
     billing_topic = app.topic(settings.billing_topic, key_type=bytes, value_type=bytes, value_serializer="raw")
     deadletter_topic = app.topic(settings.deadletter_topic, key_type=bytes, value_type=bytes, value_serializer="raw")
     panes_topic = app.topic(settings.panes_topic, key_type=bytes, value_type=bytes, value_serializer="raw")
+    billed_topic = app.topic(settings.billed_topic, key_type=bytes, value_type=bytes, value_serializer="raw")
     aggregates_topic = app.topic(settings.aggregates_topic, key_type=bytes, value_type=bytes, value_serializer="raw")
     alerts_topic = app.topic(settings.alerts_topic, key_type=bytes, value_type=bytes, value_serializer="raw")
     evaluator = AlertEvaluator(settings.window_size_s, settings.window_step_s, settings.allowed_lateness_s)
@@ -185,6 +196,7 @@ def create_app(settings: Settings | None = None) -> faust.App:
                         await restore_panes({tp.partition for tp in assigned})
 
             self.batch_lock = asyncio.Lock()
+            await metering.refresh(settings)  # stored price overrides apply from the first event
             self.consumer = kafka_consumer(
                 settings=settings, group_id=f"{settings.topic_prefix}{settings.worker_id}-usage",
                 enable_auto_commit=False, auto_offset_reset="earliest",
@@ -271,13 +283,19 @@ def create_app(settings: Settings | None = None) -> faust.App:
 
     @app.agent(billing_topic, name="check-billing")
     async def check_billing(stream):
+        """Billing line items are few (one per instance and hour): a plain Faust agent validates
+        them, forwards the good ones to `cost.billed` keyed by line item (a re-sent or replayed
+        item overwrites itself downstream) and dead-letters the rest."""
         async for events in stream.take_events(1000, within=settings.flush_interval_s):
             pending = []
             for event in events:
                 message = event.message
-                _good, bad = decode_billing(message.value if message.value is not None else b"")
+                good, bad = decode_billing(message.value if message.value is not None else b"")
                 for reject in bad:
                     pending.append(await dead_letter(reject.reason, reject.raw, message))
+                for item in good:
+                    line_key = f"{item.cloud}/{item.instance_id}/{item.period_start:.0f}/{item.source}"
+                    pending.append(await billed_topic.send(key=line_key.encode(), value=item.model_dump_json().encode()))
             for fut in pending:
                 await fut
 
@@ -291,6 +309,10 @@ def create_app(settings: Settings | None = None) -> faust.App:
             key = "|".join((rec["tenant"], rec["service"], rec["region"], rec["gpu_model"])).encode()
             await aggregates_topic.send(key=key, value=json.dumps(rec).encode())
         await publish_alerts(evaluator.observe(records, stage.combined.watermark))
+
+    @app.timer(interval=30.0)
+    async def refresh_prices():
+        await metering.refresh(settings)
 
     @app.timer(interval=30.0)
     async def report_stats():

@@ -170,3 +170,21 @@ async def test_websocket_rejects_bad_subscriptions_with_a_message(stack):
         assert json.loads(await ws.recv())["type"] == "subscribed"
         snap = json.loads(await ws.recv())
         assert snap["type"] == "snapshot" and snap["data"] == []
+
+
+async def test_a_price_override_set_through_the_api_meters_new_usage(stack):
+    stack.start_api()
+    r = httpx.put(stack.url + "/api/pricing/overrides", headers=stack.headers, timeout=5, json={
+        "cloud": "aws", "region": "us-east-1", "instance_type": "p5.48xlarge", "on_demand_usd_h": 80.0,
+        "note": "negotiated discount"})
+    assert r.status_code == 200, r.text
+    stack.start_worker()  # reads the stored overrides before its first event
+    T = (int(time.time()) // 60) * 60 - 120
+    async with EventProducer(stack.settings) as producer:
+        await producer.send_usage([usage(T + 1, "acme", "chat", "p5.48xlarge", "H100-80GB", 0.5)])
+
+    def priced_at_override():
+        rows = httpx.get(stack.url + "/api/history", params={"since": T - 60}, headers=stack.headers, timeout=5).json()
+        return rows and all(x["spend_usd"] == pytest.approx(80.0 / 8 * 10 / 3600, rel=1e-9) for x in rows)
+
+    await async_wait_for(priced_at_override, 60, what="usage metered at the override price")

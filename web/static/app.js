@@ -36,6 +36,7 @@
     "chart-idle": () => layout("date", "linear"),
     "chart-service": () => layout("linear", "category", { margin: { l: 170, r: 10, t: 10, b: 30 } }),
     "chart-util": () => layout("category", "linear", { yaxis: { range: [0, 100], title: { text: "%" } } }),
+    "chart-reconcile": () => layout("category", "linear", { barmode: "group" }),
   };
   for (const id of Object.keys(layouts)) Plotly.newPlot(id, [], layouts[id](), plotCfg);
 
@@ -166,6 +167,20 @@
     } catch (e) { el.textContent = "not available"; }
   }
 
+  // Billing line items arrive hours late: a slow poll is enough.
+  async function loadReconciliation() {
+    try {
+      const res = await fetch("/api/reconciliation?days=7", { headers });
+      if (!res.ok) return;
+      const rows = (await res.json()).filter((r) => !state.tenantFilter || r.tenant === state.tenantFilter);
+      const x = rows.map((r) => `${r.tenant} ${r.day.slice(5)}`);
+      Plotly.react("chart-reconcile", [
+        { type: "bar", name: "metered (usage x catalog)", x, y: rows.map((r) => r.metered_usd), marker: { color: "#4cc2ff" } },
+        { type: "bar", name: "billed (line items)", x, y: rows.map((r) => r.billed_usd), marker: { color: "#f5a524" } },
+      ], layouts["chart-reconcile"](), plotCfg);
+    } catch (e) { /* shown on the next poll */ }
+  }
+
   let backoff = 500, reconnects = 0;
   function connect() {
     const proto = location.protocol === "https:" ? "wss" : "ws";
@@ -196,4 +211,6 @@
   loadHistory().then(connect);
   loadRecommendations();
   setInterval(loadRecommendations, 60000);
+  loadReconciliation();
+  setInterval(loadReconciliation, 60000);
 })();
