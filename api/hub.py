@@ -87,7 +87,6 @@ class Hub:
         self.records_in = 0
         self._to_persist: dict[tuple, dict] = {}
         self._tasks: list[asyncio.Task] = []
-        self._ready = asyncio.Event()
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -149,89 +148,71 @@ class Hub:
             if c.wants("alerts", alert):
                 c.offer(("alert", fp, alert.get("state")), message)
 
-    async def _consume_aggregates(self) -> None:
+    async def _consume(self, topic: str, on_record, group: str | None = None, after_batch=None,
+                       timeout_ms: int = 1000) -> None:
+        """Read a topic forever, calling on_record(record) for each record. With a group: after
+        each batch, await after_batch() (persist) and then commit, so a restart re-reads what was
+        not stored yet and the upserts make the re-read harmless. Without one: read from the start
+        on every start (fan-out and counters only)."""
         s = self.settings
-        c = kafka.consumer(s.aggregates_topic, settings=s, group_id=f"{s.topic_prefix}gpucost-api",
+        c = kafka.consumer(topic, settings=s, group_id=f"{s.topic_prefix}{group}" if group else None,
                            auto_offset_reset="earliest")
         await c.start()
         try:
             while True:
-                batches = await c.getmany(timeout_ms=500, max_records=5000)
+                batches = await c.getmany(timeout_ms=timeout_ms, max_records=5000)
                 for records in batches.values():
                     for r in records:
                         try:
-                            self.ingest_aggregate(json.loads(r.value))
-                        except (ValueError, KeyError) as exc:
-                            log.warning("skipping malformed aggregate at offset %s: %s", r.offset, exc)
-                if batches:
-                    # Persist before committing: a restart re-reads, the upsert makes that harmless.
-                    await asyncio.get_running_loop().run_in_executor(None, self._persist, self._take_persist())
+                            on_record(r)
+                        except (ValueError, KeyError, TypeError) as exc:
+                            log.warning("skipping malformed record on %s at offset %s: %s", topic, r.offset, exc)
+                if batches and group:
+                    if after_batch is not None:
+                        await after_batch()
                     await c.commit()
-                self._ready.set()
         finally:
             await kafka.stop_consumer(c)
 
-    async def _consume_deadletters(self) -> None:
-        s = self.settings
-        c = kafka.consumer(s.deadletter_topic, settings=s, group_id=None, auto_offset_reset="earliest")
-        await c.start()
-        try:
-            while True:
-                batches = await c.getmany(timeout_ms=1000)
-                for records in batches.values():
-                    for r in records:
-                        reason = dict(r.headers or ()).get("reason", b"unknown").decode(errors="replace")
-                        kind = reason.split(":", 1)[0]
-                        self.deadletters[kind] = self.deadletters.get(kind, 0) + 1
-        finally:
-            await kafka.stop_consumer(c)
+    def _consume_aggregates(self):
+        async def persist():
+            await asyncio.get_running_loop().run_in_executor(None, self._persist, self._take_persist())
 
-    async def _consume_alerts(self) -> None:
+        return self._consume(self.settings.aggregates_topic, lambda r: self.ingest_aggregate(json.loads(r.value)),
+                             group="gpucost-api", after_batch=persist, timeout_ms=500)
+
+    def _consume_deadletters(self):
+        def count(r):
+            reason = dict(r.headers or ()).get("reason", b"unknown").decode(errors="replace")
+            kind = reason.split(":", 1)[0]
+            self.deadletters[kind] = self.deadletters.get(kind, 0) + 1
+
+        return self._consume(self.settings.deadletter_topic, count)
+
+    def _consume_alerts(self):
         """Fan-out only (webhook delivery has its own consumer group and outbox)."""
-        s = self.settings
-        c = kafka.consumer(s.alerts_topic, settings=s, group_id=None, auto_offset_reset="earliest")
-        await c.start()
-        try:
-            while True:
-                batches = await c.getmany(timeout_ms=1000)
-                for records in batches.values():
-                    for r in records:
-                        try:
-                            self.ingest_alert(json.loads(r.value))
-                        except ValueError as exc:
-                            log.warning("skipping malformed alert at offset %s: %s", r.offset, exc)
-        finally:
-            await kafka.stop_consumer(c)
+        return self._consume(self.settings.alerts_topic, lambda r: self.ingest_alert(json.loads(r.value)))
 
-    async def _consume_billed(self) -> None:
+    def _consume_billed(self):
         """Validated billing line items into their table (upsert by line item, then commit)."""
-        s = self.settings
-        c = kafka.consumer(s.billed_topic, settings=s, group_id=f"{s.topic_prefix}gpucost-api-billed",
-                           auto_offset_reset="earliest")
-        await c.start()
-        loop = asyncio.get_running_loop()
-        try:
-            while True:
-                batches = await c.getmany(timeout_ms=1000, max_records=5000)
-                rows = []
-                for records in batches.values():
-                    for r in records:
-                        if r.value is None:
-                            continue
-                        try:
-                            item = json.loads(r.value)
-                            row = {f: item[f] for f in BilledLineItem.FIELDS}
-                            row["period_start"], row["period_end"] = int(row["period_start"]), int(row["period_end"])
-                            rows.append(row)
-                        except (ValueError, KeyError) as exc:
-                            log.warning("skipping malformed billed item at offset %s: %s", r.offset, exc)
-                if rows:
-                    await loop.run_in_executor(None, self._upsert, BilledLineItem, rows,
-                                               ["cloud", "instance_id", "period_start", "source"])
-                if batches:
-                    await c.commit()
-        finally:
-            await kafka.stop_consumer(c)
+        rows: list[dict] = []
+
+        def collect(r):
+            if r.value is None:
+                return
+            item = json.loads(r.value)
+            row = {f: item[f] for f in BilledLineItem.FIELDS}
+            row["period_start"], row["period_end"] = int(row["period_start"]), int(row["period_end"])
+            rows.append(row)
+
+        async def store():
+            if rows:
+                batch = rows[:]
+                rows.clear()
+                await asyncio.get_running_loop().run_in_executor(
+                    None, self._upsert, BilledLineItem, batch, ["cloud", "instance_id", "period_start", "source"])
+
+        return self._consume(self.settings.billed_topic, collect, group="gpucost-api-billed", after_batch=store)
 
     # -- persistence ----------------------------------------------------------------------
     def _take_persist(self) -> list[dict]:
