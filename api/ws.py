@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import OrderedDict
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
@@ -15,6 +16,20 @@ from api.auth import ws_principal
 from api.hub import CHANNELS, FILTER_FIELDS, Client, Subscription
 
 router = APIRouter()
+
+# The hub offers one message object to every matching client: encode it once, not once per client.
+_encoded: OrderedDict[int, tuple[dict, str]] = OrderedDict()
+
+
+def _encode(message: dict) -> str:
+    hit = _encoded.get(id(message))
+    if hit is not None and hit[0] is message:
+        return hit[1]
+    text = json.dumps(message)
+    _encoded[id(message)] = (message, text)  # holding the object keeps its id from being reused
+    if len(_encoded) > 4096:
+        _encoded.popitem(last=False)
+    return text
 
 
 def _parse_subscription(msg: dict) -> Subscription:
@@ -57,7 +72,7 @@ async def websocket_endpoint(ws: WebSocket):
                                     "dropped": client.dropped + client.overflow})
                 continue
             for message in client.drain():
-                await ws.send_text(json.dumps(message))
+                await ws.send_text(_encode(message))
                 client.sent += 1
 
     send_task = asyncio.create_task(sender())

@@ -11,6 +11,8 @@ wins, and the fast clients' latency must not move).
 from __future__ import annotations
 
 import argparse
+import base64
+import random
 import asyncio
 import json
 import os
@@ -37,6 +39,12 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+def cpu_s(pid: int) -> float:
+    """utime + stime of a process, seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def pct(values: list[float], p: float) -> float:
@@ -98,7 +106,7 @@ async def publish(settings, tenants: int, keys_per_tenant: int, rate: float, dur
     now = int(time.time()) // 60 * 60
     n = 0
     started = time.monotonic()
-    pad = "x" * pad_bytes
+    rng = random.Random(1)
     try:
         while time.monotonic() - started < duration_s and not stop.is_set():
             due = started + n / rate
@@ -111,8 +119,8 @@ async def publish(settings, tenants: int, keys_per_tenant: int, rate: float, dur
                    "spend_usd": float(n), "spend_rate_usd_h": float(n) * 60, "gpu_seconds": 60.0, "util_avg": 0.5,
                    "idle_usd": 0.0, "events": 1, "tokens": 0, "requests": 0, "fallback_priced_events": 0,
                    "bench_seq": n, "bench_sent_ts": time.time()}
-            if pad:
-                rec["bench_pad"] = pad
+            if pad_bytes:  # incompressible: permessage-deflate must not shrink it
+                rec["bench_pad"] = base64.b64encode(rng.randbytes(pad_bytes * 3 // 4)).decode()
             await p.send(settings.aggregates_topic, json.dumps(rec).encode(), key=f"{t}|{k}".encode())
             latest_seq[(f"tenant-{t}", f"svc-{k}", now)] = n
             n += 1
@@ -157,6 +165,7 @@ async def run(args) -> dict:
         await asyncio.sleep(min(3.0, args.duration / 5))  # warm-up: not measured
         measuring.set()
         cpu0 = resource.getrusage(resource.RUSAGE_SELF)
+        api_cpu0, measured_from = cpu_s(api_pid), time.monotonic()
         peak_rss = 0.0
         while not pub.done():
             peak_rss = max(peak_rss, rss_mb(api_pid))
@@ -164,10 +173,12 @@ async def run(args) -> dict:
         published = pub.result()
         await asyncio.sleep(2.0)  # let the last updates land
         measuring.clear()
+        out["api_cpu_share"] = round((cpu_s(api_pid) - api_cpu0) / (time.monotonic() - measured_from), 2)
         out["api_rss_peak_mb"] = round(peak_rss, 1)
         out["published"] = published
         lat = [x for c in fast for x in c.latencies_ms]
         out["delivered_fast"] = sum(c.received for c in fast)
+        out["load_avg_1m"] = os.getloadavg()[0]
         out["latency_ms"] = {"p50": round(pct(lat, 50), 1), "p95": round(pct(lat, 95), 1),
                              "p99": round(pct(lat, 99), 1), "max": round(max(lat), 1) if lat else None,
                              "mean": round(statistics.fmean(lat), 1) if lat else None, "samples": len(lat)}
@@ -206,7 +217,8 @@ def main() -> None:
     parser.add_argument("--keys-per-tenant", type=int, default=5)
     parser.add_argument("--rate", type=float, default=50.0, help="window records published per second")
     parser.add_argument("--duration", type=float, default=30.0)
-    parser.add_argument("--pad-bytes", type=int, default=0, help="extra bytes per record")
+    parser.add_argument("--pad-bytes", type=int, default=0,
+                        help="extra incompressible bytes per record (fills a stuck client's socket buffers sooner)")
     parser.add_argument("--json", help="also write the result here")
     args = parser.parse_args()
     out = asyncio.run(run(args))

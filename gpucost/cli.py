@@ -75,7 +75,7 @@ def api(host: str = typer.Option(None), port: int = typer.Option(None)):
 
     s = get_settings()
     uvicorn.run(create_app(s), host=host or s.api_host, port=port or s.api_port, log_level="warning",
-                ws_ping_interval=20, ws_max_size=s.ws_max_message_bytes)
+                ws_ping_interval=20, ws_max_size=s.ws_max_message_bytes, ws_per_message_deflate=False)
 
 
 @app.command()
