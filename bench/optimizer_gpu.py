@@ -188,6 +188,36 @@ def main() -> None:
             save()
         return {"rows": rows, "reference_perplexity": ref.perplexity}
 
+    def quant_gemv():
+        """int8 weight-only through the Triton GEMV against bf16, both compiled + graphed."""
+        from optimizer import int8_gemv
+
+        rows = []
+        doc["sections"]["quant_gemv"] = {"rows": rows}
+        plan = [(args.model, "bf16+compile+cudagraph", True), (args.model, "bf16+int8-weight-only+compile+cudagraph", True),
+                (args.model, "bf16+int8-weight-only+cudagraph", True), (args.model, "bf16+fp8+cudagraph", True),
+                (args.big_model, "bf16+compile+cudagraph", True), (args.big_model, "bf16+int8-weight-only+compile+cudagraph", True),
+                (args.model, "bf16+int8-weight-only+compile+cudagraph", False)]
+        ref = B.gate_reference(args.model, device, 0, 32)
+        for model_name, name, gemv in plan:
+            if "compile" in name and not compiled_ok():
+                log(f"skip {model_name} {name}: past the time budget")
+                continue
+            int8_gemv.ENABLED = gemv
+            try:
+                rows.append(decode_row(replace(base_cfg, model=model_name), V(name),
+                                       ref if model_name == args.model else None))
+                rows[-1]["int8_triton_gemv"] = gemv and "int8" in name
+            except Exception as exc:
+                import traceback
+
+                traceback.print_exc()
+                rows.append({"model": model_name, "variant": name, "error": repr(exc)})
+            finally:
+                int8_gemv.ENABLED = True
+            save()
+        return {"rows": rows, "reference_perplexity": ref.perplexity}
+
     def kv():
         model, _ = B.build_variant(args.model, V("bf16"), device)
         sizes = {}
@@ -253,7 +283,7 @@ def main() -> None:
         return {"rows": [decode_row(cfg, V("bf16")), decode_row(cfg, V("bf16+offload"))]}
 
     # Cheap sections first; the compiled quantized variants last, under the time budget.
-    for name, fn in (("bandwidth", bandwidth), ("kv", kv), ("batching", batching), ("configs", configs),
+    for name, fn in (("quant_gemv", quant_gemv), ("bandwidth", bandwidth), ("kv", kv), ("batching", batching), ("configs", configs),
                      ("window", window), ("precision", precision), ("offload", offload), ("quant", quant)):
         section(name, fn)
     log("done")

@@ -1,8 +1,9 @@
 """Weight quantization: small pure primitives first, then each scheme as a module swap.
 
 Schemes (`quantize_model(model, scheme)`):
-- "int8-weight-only": per-output-channel int8 weights, bf16/fp32 activations. Its forward is one
-  line that `torch.compile` fuses into the matmul, so a decode step reads half the bytes of bf16.
+- "int8-weight-only": per-output-channel int8 weights, bf16/fp32 activations. Its forward is
+  gpt-fast's one line, which `torch.compile` fuses into the matmul; at decode sizes on a GPU it is
+  the Triton GEMV of int8_gemv.py instead, which reads each int8 weight once at full bandwidth.
 - "fp8": per-channel float8 e4m3 weights and per-token float8 activations through
   `torch._scaled_mm` on a GPU with fp8 units; elsewhere the same rounding, emulated in fp32.
 - "int8-dynamic": `torch.ao.quantization.quantize_dynamic` (CPU only; int8 activations too).
@@ -17,6 +18,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
+
+from optimizer import int8_gemv
 
 FP8_MAX = 448.0  # largest finite float8_e4m3fn
 
@@ -53,6 +56,8 @@ class WeightOnlyInt8Linear(nn.Module):
         return module
 
     def forward(self, x: Tensor) -> Tensor:
+        if int8_gemv.ENABLED and int8_gemv.gemv_applies(x, self.weight):
+            return torch.ops.gpucost.int8_gemv(x, self.weight, self.scales)
         return F.linear(x, self.weight.to(x.dtype)) * self.scales
 
 
