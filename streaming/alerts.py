@@ -371,8 +371,12 @@ class AlertEvaluator:
     def observe(self, records: list[dict], watermark: float) -> list[dict]:
         """Take one batch of emitted window records and the worker's watermark; returns the
         alert transitions (empty until `ready`)."""
+        # A window whose first pane the watermark has closed may come out partial (re-emitted
+        # after a restart, or after the worker evicted some of its panes): never trust it.
+        partial_upto = watermark - self.book.allowed_lateness_s - self.size_s
         for rec in records:
-            self.book.add(rec)
+            if rec["window_start"] > partial_upto:
+                self.book.add(rec)
         if not self.ready:  # nothing folds before the restored totals are in (follow_rules)
             return []
         changed = bool(records) or watermark > self.watermark
