@@ -148,6 +148,16 @@ def test_the_api_killed_mid_delivery_still_delivers_after_a_restart(hook_stack, 
     assert {r.json()["data"]["fingerprint"] for r in receiver.requests} == {"mid-delivery", "while-down"}
 
 
+@pytest.mark.parametrize("receiver", [{"statuses": [500, 500, 200]}], indirect=True)
+def test_a_resolution_waits_for_its_firing_to_be_delivered_first(hook_stack, receiver):
+    hook_stack.start_api()
+    create_hook(hook_stack, receiver.url)
+    publish(hook_stack, an_alert(fingerprint="fp"), an_alert(state="resolved", fingerprint="fp"))
+    wait_for(lambda: len(receiver.acknowledged()) == 2, 30, what="both transitions")
+    assert [(r.json()["data"]["state"], r.status) for r in receiver.requests] == [
+        ("firing", 500), ("firing", 500), ("firing", 200), ("resolved", 200)]
+
+
 @pytest.mark.parametrize("receiver", [{"statuses": [429, 200], "headers": {"Retry-After": "2"}}], indirect=True)
 def test_retry_after_is_honoured(hook_stack, receiver):
     hook_stack.start_api()
