@@ -65,6 +65,7 @@ class BurnRateParams(_Params):
     horizon: Literal["day", "month"] = "day"
     limit_usd: float = Field(gt=0)
     lookback_s: int = Field(3600, ge=60, le=7 * 86400)
+    hysteresis: float = Field(0.05, ge=0, lt=1, description="resolves once the projection is this share under the limit")
 
 
 class IdleWasteParams(_Params):
@@ -499,7 +500,7 @@ class AlertEvaluator:
                             f"{rule.name}: end-of-{p['horizon']} spend projected at ${projected:.2f} "
                             f"(bounds ${low:.2f}-${high:.2f}) above the ${limit:.2f} limit", now, "warning", details)
             return [a] if a else []
-        if fp in self.firing and projected <= limit:
+        if fp in self.firing and projected <= limit * (1 - p["hysteresis"]):
             return [self._resolve(fp, now, projected, f"{rule.name}: end-of-{p['horizon']} spend projected at "
                                   f"${projected:.2f}, within the ${limit:.2f} limit")]
         return []
@@ -511,7 +512,10 @@ class AlertEvaluator:
         last = self._last_completed()
         out: list[dict] = []
         if gs.next_ws is None:
-            first = self.book.next_data_window(keys, -1, last)
+            # a new rule (or a restarted worker) looks back only as far as its condition needs
+            p = st.rule.params
+            since = last - max(p.get("for_s", 0), p.get("baseline_s", 0)) - self.size_s
+            first = self.book.next_data_window(keys, since - 1, last)
             if first is None:
                 return out
             gs.next_ws = first

@@ -186,3 +186,23 @@ def test_budget_totals_survive_a_worker_restart_exactly():
     feed.run(DAY0 + 4800, 600, gpus=2)
     keys = list(fresh.book.windows)
     assert fresh.book.period_spend(keys, "1d", fresh.watermark) == pytest.approx(3.60, abs=1e-9)
+
+
+def test_a_rule_added_later_looks_back_only_as_far_as_its_condition_needs():
+    feed = Feed()
+    feed.run(DAY0, 600, gpus=6)  # over the quota long ago...
+    feed.run(DAY0 + 600, 600, gpus=1)  # ...but not for the last ten minutes
+    feed.evaluator.set_rule(rule("gpu_quota", max_gpus=3))
+    feed.run(DAY0 + 1200, 60, gpus=1)
+    assert feed.alerts == []  # no fire-and-resolve pair for history
+
+
+def test_burn_rate_resolves_only_clearly_under_the_limit():
+    feed = Feed(rule("burn_rate", horizon="day", limit_usd=0.8, lookback_s=300, hysteresis=0.5))
+    noon = DAY0 + 12 * 3600
+    feed.run(noon, 600, gpus=1)  # $0.60 spent, ~$43 projected
+    assert feed.transitions() == ["firing"]
+    feed.run(noon + 600, 600, tenant="other")  # acme stops: projected = spent = $0.60, under $0.80
+    assert feed.transitions() == ["firing"]  # but not under $0.40: no flapping around the limit
+    feed.run(DAY0 + 86400, 120, tenant="other")  # a new day: nothing spent, nothing projected
+    assert feed.transitions() == ["firing", "resolved"]
