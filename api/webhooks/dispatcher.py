@@ -134,7 +134,7 @@ class Dispatcher:
         t0 = time.monotonic()
         status_code = error = retry_after = None
         try:
-            check_url(job.url, self.settings.webhook_allow_private)
+            await run_in_threadpool(check_url, job.url, self.settings.webhook_allow_private)  # resolves: off the loop
             body = json.dumps(render(job.fmt, job.alert, job.webhook_name), separators=(",", ":"))
             headers = signed_headers(job.secrets, job.msg_id, body, time.time())
             r = await self.client.post(job.url, content=body.encode(), headers=headers)
