@@ -22,6 +22,7 @@ import logging
 import math
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Literal
@@ -322,6 +323,9 @@ class AlertEvaluator:
         self.watermark = 0.0
         self.ready = False  # rules and firing alerts restored; until then records are only kept
         self.clock = clock
+        # With several workers each evaluates the tenants whose windows it sums; a restored firing
+        # alert of a tenant held elsewhere is not this evaluator's to resolve. Default: one worker.
+        self.owns: Callable[[dict], bool] = lambda alert: True
 
     # -- rules -------------------------------------------------------------------------------------
     def set_rule(self, rule: Rule) -> list[dict]:
@@ -366,7 +370,7 @@ class AlertEvaluator:
     def orphans(self) -> list[dict]:
         """Firing alerts whose rule no longer exists (deleted while the worker was down)."""
         return [self._resolve(fp, self.watermark, None, f"{a['summary']} (resolved: rule deleted)")
-                for fp, a in list(self.firing.items()) if a.get("rule_id") not in self.rules]
+                for fp, a in list(self.firing.items()) if a.get("rule_id") not in self.rules and self.owns(a)]
 
     # -- records -----------------------------------------------------------------------------------
     def observe(self, records: list[dict], watermark: float) -> list[dict]:
@@ -393,7 +397,7 @@ class AlertEvaluator:
                 out.extend(evaluate(st, group, keys))
             # Firing groups that vanished from the book (no data left at all) still resolve.
             for fp, a in list(self.firing.items()):
-                if a["rule_id"] == st.rule.id:
+                if a["rule_id"] == st.rule.id and self.owns(a):
                     group = tuple(a["group"].get(f) for f in st.rule.group_by)
                     if group not in groups:
                         if st.rule.kind in ("budget", "burn_rate"):
