@@ -351,7 +351,7 @@ class AlertEvaluator:
     def _resolve_rule(self, rule_id: str, reason: str) -> list[dict]:
         now = self.watermark
         return [self._resolve(fp, now, None, f"{a['summary']} (resolved: {reason})")
-                for fp, a in list(self.firing.items()) if a["rule_id"] == rule_id]
+                for fp, a in list(self.firing.items()) if a["rule_id"] == rule_id and self.owns(a)]
 
     def _update_retention(self) -> None:
         need = 3600
