@@ -12,7 +12,7 @@ from fastapi.responses import FileResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
 from api.hub import Hub
-from api.limits import BodySizeLimit
+from api.limits import RequestLimits
 from gpucost.db import init_db
 from gpucost.settings import Settings, get_settings
 
@@ -65,7 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   description="Real-time GPU cost monitor: live spend, history, alerts, pricing and recommendations.")
     app.state.settings = settings
     app.state.hub = Hub(settings)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+    app.add_middleware(RequestLimits, max_bytes=settings.max_request_bytes)
     for name in ROUTER_MODULES:
         app.include_router(importlib.import_module(name).router)
 

@@ -1,23 +1,32 @@
-"""Request size limit for the whole API, as plain ASGI middleware: a declared Content-Length over
-the limit is refused before the body is read, and a chunked body is cut off as soon as it passes
-the limit; both answer 413 with a message saying what the limit is."""
+"""Request limits for the whole API, as plain ASGI middleware:
+- body size: a declared Content-Length over the limit is refused before the body is read, and a
+  chunked body is cut off as soon as it passes the limit (413); bodies are read whole (at most
+  the limit) before the app runs;
+- NUL characters, in the path, the query or the body (raw or as a JSON \\u0000 escape), are refused
+  (400): no text field means anything with one, and PostgreSQL cannot store one (it would be a 500)."""
 
 from __future__ import annotations
 
 import json
+from urllib.parse import unquote_to_bytes
+
+NUL_ESCAPE = b"\\u0000"
 
 
-class BodyTooLarge(Exception):
-    pass
-
-
-class BodySizeLimit:
+class RequestLimits:
     def __init__(self, app, max_bytes: int):
         self.app = app
         self.max_bytes = max_bytes
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
+        if scope["type"] not in ("http", "websocket"):
+            return await self.app(scope, receive, send)
+        raw_path = scope.get("raw_path") or scope.get("path", "").encode()
+        if b"\x00" in unquote_to_bytes(raw_path) or b"\x00" in unquote_to_bytes(scope.get("query_string", b"")):
+            if scope["type"] == "websocket":
+                return await send({"type": "websocket.close", "code": 1008})
+            return await _reject(send, 400, "NUL characters are not allowed in the path or query")
+        if scope["type"] == "websocket":
             return await self.app(scope, receive, send)
         for name, value in scope.get("headers", ()):
             if name == b"content-length":
@@ -26,32 +35,36 @@ class BodySizeLimit:
                 except ValueError:
                     return await _reject(send, 400, "Content-Length is not a number")
                 if declared > self.max_bytes:
-                    return await _reject(send, 413, self._message())
-        received = 0
-        started = False
-
-        async def limited_receive():
-            nonlocal received
+                    return await _reject(send, 413, self._too_large())
+        # Read the body before the app sees it (at most max_bytes), so a refusal is ours to word,
+        # not a framework's "error parsing the body".
+        chunks, received = [], 0
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise BodyTooLarge
-            return message
+            if message["type"] != "http.request":  # disconnected
+                return
+            body = message.get("body", b"")
+            received += len(body)
+            if received > self.max_bytes:
+                return await _reject(send, 413, self._too_large())
+            chunks.append(body)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        if b"\x00" in body or NUL_ESCAPE in body:
+            return await _reject(send, 400, "NUL characters (\\u0000) are not allowed in request bodies")
+        replayed = False
 
-        async def tracking_send(message):
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
+        async def buffered_receive():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # after the body: wait for the disconnect
 
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except BodyTooLarge:
-            if not started:
-                await _reject(send, 413, self._message())
+        await self.app(scope, buffered_receive, send)
 
-    def _message(self) -> str:
+    def _too_large(self) -> str:
         return f"request body larger than {self.max_bytes} bytes; split it into smaller requests"
 
 

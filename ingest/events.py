@@ -15,7 +15,9 @@ SCHEMA_VERSION = 1
 #: How far ahead of the receiver's clock an event's `ts` may be (clock skew allowance).
 MAX_FUTURE_SKEW_S = 300.0
 
-Name = Annotated[str, Field(min_length=1, max_length=200)]
+# Names carry no control characters: PostgreSQL cannot store NUL, and the worker's pane record
+# keys join names with the unit separator (streaming/panes.py).
+Name = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")]
 NonNegative = Annotated[float, Field(ge=0)]
 EpochSeconds = Annotated[float, Field(gt=0)]
 

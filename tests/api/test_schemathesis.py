@@ -68,3 +68,9 @@ def test_no_request_generated_from_the_openapi_spec_gets_a_server_error(stack):
                          ("/api/recommendations/0", {})):
         r = httpx.get(stack.url + path, params=params, headers=headers)
         assert 400 <= r.status_code < 500, (path, params, r.status_code, r.text)
+    # NUL cannot be stored by PostgreSQL: refused up front, in the query and in any JSON body.
+    r = httpx.get(stack.url + "/api/latest", params={"tenant": "a\x00"}, headers=headers)
+    assert r.status_code == 400 and "NUL" in r.json()["detail"]
+    r = httpx.post(stack.url + "/api/keys", content=b'{"tenant": "a\\u0000"}',
+                   headers={**headers, "content-type": "application/json"})
+    assert r.status_code == 400 and "NUL" in r.json()["detail"], r.text

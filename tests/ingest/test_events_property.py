@@ -16,7 +16,7 @@ from ingest.events import BillingEvent, UsageEvent, decode_billing, decode_usage
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
-names = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=40)
+names = st.text(st.characters(codec="utf-8", exclude_categories=("Cs", "Cc")), min_size=1, max_size=40)
 finite = dict(allow_nan=False, allow_infinity=False)
 NOW_S = time.time()  # fixed, so the strategies do not depend on the clock between draws
 past_ts = st.floats(min_value=1.0, max_value=NOW_S, **finite)
@@ -181,3 +181,17 @@ def test_unknown_extra_fields_are_kept(ev, extra):
     assert rejects == []
     for k, v in extra.items():
         assert events[0].model_extra[k] == v
+
+
+NAME_FIELDS = ["tenant", "service", "cloud", "region", "instance_type", "gpu_model", "host"]
+
+
+@FAST
+@given(usage_events(), st.sampled_from(NAME_FIELDS), st.sampled_from([chr(c) for c in range(32)] + ["\x7f"]),
+       st.integers(0, 5))
+def test_names_with_control_characters_are_rejected(ev, field, control, at):
+    # NUL cannot be stored by PostgreSQL; the unit separator would split the worker's pane keys.
+    doc = json.loads(encode(ev))
+    doc[field] = doc[field][:at] + control + doc[field][at:]
+    events, rejects = decode_usage(json.dumps(doc).encode())
+    assert events == [] and field in rejects[0].reason
