@@ -200,6 +200,9 @@ def test_webhooks_and_deliveries_are_limited_to_the_keys_tenant(hook_stack, rece
     assert deliveries(hook_stack, headers=other) == []
     assert httpx.get(f"{hook_stack.url}/api/webhooks/{acme_hook['id']}", headers=other, timeout=10).status_code == 404
     assert httpx.get(hook_stack.url + "/api/webhooks", headers=other, timeout=10).json() == []
+    assert httpx.delete(f"{hook_stack.url}/api/webhooks/{acme_hook['id']}", headers=other, timeout=10).status_code == 404
+    assert httpx.delete(f"{hook_stack.url}/api/webhooks/{acme_hook['id']}", headers=acme, timeout=10).status_code == 204
+    assert deliveries(hook_stack) == []  # its deliveries and their attempt log go with it
 
 
 @pytest.mark.parametrize("hook_stack", [{"GPUCOST_WEBHOOK_ALLOW_PRIVATE": "false"}], indirect=True)
