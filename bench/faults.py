@@ -4,11 +4,12 @@ events sent, aggregated, lost and double-counted (lost and double-counted must b
   worker SIGKILL x2 + replay   the stream worker killed twice mid-stream; before the second
                                restart its committed offsets are rewound half way (a crash
                                between durable panes and the commit), so folded messages replay
-  broker SIGTERM / SIGKILL     a second broker of its own restarted mid-stream
+  broker SIGTERM / SIGKILL     a second broker of its own restarted mid-stream (and once kept
+                               down ~45 s, past the producer's 30 s request timeout)
   API SIGKILL                  window records published before, during and after an API restart;
                                a reconnecting WebSocket client and REST history must hold them all
 
-    python -m bench.faults            (needs `gpucost kafka start`; ~3 minutes on 2 cores)
+    python -m bench.faults            (needs `gpucost kafka start`; ~4 minutes on 2 cores)
 """
 
 from __future__ import annotations
@@ -50,15 +51,18 @@ async def worker_fault(tmp: Path) -> Tally:
         stack.stop()
 
 
-async def broker_fault(tmp: Path, hard: bool) -> Tally:
-    name = "sigkill" if hard else "sigterm"
+async def broker_fault(tmp: Path, hard: bool, down_s: float = 2.0) -> Tally:
+    name = ("sigkill" if hard else "sigterm") + f"-{down_s:.0f}s"
     bs = Settings(data_dir=tmp / f"broker-{name}", kafka_bootstrap=f"127.0.0.1:{free_port()}",
                   kafka_controller_port=free_port())
     await asyncio.to_thread(broker.start, bs)
     stack = Stack(tmp / f"stack-{name}", GPUCOST_KAFKA_BOOTSTRAP=bs.kafka_bootstrap,
                   BROKER_SESSION_TIMEOUT="10", BROKER_HEARTBEAT_INTERVAL="1")
     try:
-        return await run_broker_restart(stack, bs, hard=hard)
+        t = await run_broker_restart(stack, bs, hard=hard, down_s=down_s)
+        if down_s > 30:  # past the producer's 30 s request timeout: sends must still not give up
+            t.fault += f" {down_s:.0f}s"
+        return t
     finally:
         stack.stop()
         await asyncio.to_thread(broker.stop, bs)
@@ -128,7 +132,8 @@ async def main(args) -> int:
             print("needs the local broker: gpucost kafka start", file=sys.stderr)
             return 2
         runs = [("worker", lambda: worker_fault(tmp)), ("broker", lambda: broker_fault(tmp, hard=False)),
-                ("broker", lambda: broker_fault(tmp, hard=True)), ("api", lambda: api_fault(tmp))]
+                ("broker", lambda: broker_fault(tmp, hard=True)),
+                ("broker", lambda: broker_fault(tmp, hard=True, down_s=45.0)), ("api", lambda: api_fault(tmp))]
         for name, run in runs:
             if args.only and name not in args.only:
                 continue

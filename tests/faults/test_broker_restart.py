@@ -28,7 +28,8 @@ def own_broker(tmp_path, kafka_broker):  # kafka_broker: the jars are fetched, t
         broker.stop(settings)
 
 
-async def run_broker_restart(stack, broker_settings: Settings, n_ticks: int = 80, hard: bool = False):
+async def run_broker_restart(stack, broker_settings: Settings, n_ticks: int = 80, hard: bool = False,
+                             down_s: float = 2.0):
     await asyncio.to_thread(stack.start_worker)
     producer = TickProducer(stack.settings, make_ticks(n_ticks, seed=23), pace_s=0.1)
     sending = asyncio.create_task(producer.run())
@@ -43,7 +44,7 @@ async def run_broker_restart(stack, broker_settings: Settings, n_ticks: int = 80
         await asyncio.to_thread(broker.stop, broker_settings)  # reaps it, removes the pid file
     else:
         await asyncio.to_thread(broker.stop, broker_settings)
-    await asyncio.sleep(2.0)  # down for a while: sends pile up behind it
+    await asyncio.sleep(down_s)  # down for a while: sends pile up behind it
     await asyncio.to_thread(broker.start, broker_settings)
     downtime_s = time.monotonic() - down_at
     await sending  # raises if any send was given up on
