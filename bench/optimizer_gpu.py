@@ -31,7 +31,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from optimizer import bench as B  # noqa: E402
-from optimizer.accuracy import gate  # noqa: E402
 from optimizer.measure import gpu_model_name, kv_cache_bytes, peak_bandwidth_bytes_s  # noqa: E402
 from optimizer.quantize import torchao_available  # noqa: E402
 

@@ -15,9 +15,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
 
-from optimizer.generate import ensure_caches, generate, left_pad
+from optimizer.generate import ensure_caches, generate, left_pad, prefill
 from optimizer.model import Transformer
 
 MIN_AGREEMENT = 0.95
@@ -75,25 +74,12 @@ class GateResult:
 
 
 @torch.no_grad()
-def _logits_all(model: Transformer, idx: Tensor, pad_mask: Tensor | None = None) -> Tensor:
-    """Logits at every position [B, T, V], through the KV cache (chunked under a window)."""
-    seqlen = idx.shape[1]
-    chunk = getattr(model, "prefill_chunk", seqlen) or seqlen
-    out = []
-    for start in range(0, seqlen, chunk):
-        end = min(seqlen, start + chunk)
-        pos = torch.arange(start, end, device=idx.device)
-        out.append(model(idx[:, start:end], pos, None if pad_mask is None else pad_mask[:, start:end]).float())
-    return torch.cat(out, dim=1)
-
-
-@torch.no_grad()
 def perplexity(model: Transformer, tokens: list[int]) -> float:
     device = model.rope.device
     ensure_caches(model, 1, len(tokens))
     model.reset_cache_state()
     idx = torch.tensor([tokens], device=device)
-    logits = _logits_all(model, idx)[0, :-1]
+    logits = prefill(model, idx, None, all_positions=True)[0, :-1].float()
     return math.exp(F.cross_entropy(logits, idx[0, 1:]).item())
 
 
@@ -105,7 +91,7 @@ def forced_agreement(model: Transformer, prompts: list[list[int]], continuations
     idx, real = left_pad(prompts, 0, device)
     ensure_caches(model, len(prompts), idx.shape[1] + cont.shape[1])
     model.reset_cache_state()
-    hits = (_logits_all(model, idx, real)[:, -1].argmax(-1) == cont[:, 0]).sum().item()
+    hits = (prefill(model, idx, real).argmax(-1) == cont[:, 0]).sum().item()
     pos = torch.tensor([idx.shape[1]], device=device)
     for i in range(cont.shape[1] - 1):
         logits = model(cont[:, i:i + 1], pos)[:, -1]

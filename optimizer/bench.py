@@ -16,7 +16,7 @@ import random
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import torch
 
@@ -176,11 +176,6 @@ def gate_reference(name: str, device: torch.device | str, seed: int = 0,
 
 
 # -- measuring -----------------------------------------------------------------------------
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
 
 def measure_decode(model: Transformer, decoder: Decoder, batch_size: int, prompt_tokens: int,
                    new_tokens: int, repeats: int = 3, seed: int = 0) -> dict:
@@ -357,7 +352,3 @@ def default_variants(device: torch.device | str) -> list[Variant]:
     return [Variant.parse(v) for v in (
         "fp32", "bf16", "fp16", "fp32+int8-dynamic", "fp32+int8-weight-only", "fp32+fp8",
         "fp32+kv-int8", "fp32+kv-int4", "fp32+window-64")]
-
-
-def with_mode(variant: Variant, mode: str) -> Variant:
-    return replace(variant, decode_mode=mode)

@@ -15,6 +15,8 @@ from torch import Tensor
 
 from optimizer.model import Transformer
 
+PREFILL_CHUNK = 128  # prompt tokens a windowed model takes per forward
+
 
 @dataclass
 class Generation:
@@ -57,10 +59,13 @@ def sample(logits: Tensor, temperature: float = 0.0, top_k: int | None = None,
 def ensure_caches(model: Transformer, batch_size: int, seq_len: int, kind: str | None = None) -> None:
     """(Re)allocate the KV caches when there are none, they are too small, or of another kind."""
     kind = kind or model.kv_cache_kind
+    # A windowed cache is a ring: it needs the window plus one prefill chunk, or the whole sequence.
+    chunk = model.prefill_chunk if model.caches is not None and model.window is not None else PREFILL_CHUNK
+    slots = seq_len if model.window is None else min(seq_len, model.window + chunk)
     if (model.caches is None or model.kv_cache_kind != kind or model.slot_pos.shape[0] < batch_size
-            or (model.window is None and model.cache_slots < seq_len)):
+            or model.cache_slots < slots):
         model.clear_caches()
-        model.setup_caches(batch_size, seq_len, kind)
+        model.setup_caches(batch_size, seq_len, kind, prefill_chunk=chunk)
 
 
 class Decoder:
@@ -139,18 +144,18 @@ def _sync(device: torch.device) -> None:
 
 
 @torch.no_grad()
-def prefill(model: Transformer, idx: Tensor, pad_mask: Tensor | None) -> Tensor:
-    """Run the prompts through the model (in chunks when a sliding window bounds the cache);
-    returns the last position's logits [B, V]."""
+def prefill(model: Transformer, idx: Tensor, pad_mask: Tensor | None, all_positions: bool = False) -> Tensor:
+    """Run the prompts through the model and its caches (in chunks when a sliding window bounds
+    the cache); returns the last position's logits [B, V], or every position's [B, T, V]."""
     seqlen = idx.shape[1]
     chunk = getattr(model, "prefill_chunk", seqlen) or seqlen
-    logits = None
+    out = []
     for start in range(0, seqlen, chunk):
         end = min(seqlen, start + chunk)
         pos = torch.arange(start, end, device=idx.device)
-        mask = None if pad_mask is None else pad_mask[:, start:end]
-        logits = model(idx[:, start:end], pos, mask)[:, -1]
-    return logits
+        logits = model(idx[:, start:end], pos, None if pad_mask is None else pad_mask[:, start:end])
+        out.append(logits if all_positions else logits[:, -1])
+    return torch.cat(out, dim=1) if all_positions else out[-1]
 
 
 @torch.no_grad()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import threading
-import time
 from dataclasses import asdict, dataclass, field
 
 import psutil
@@ -203,7 +202,3 @@ class RunMetrics:
 
     def as_dict(self) -> dict:
         return asdict(self)
-
-
-def now_s() -> float:
-    return time.time()

@@ -1,7 +1,5 @@
 """The accuracy gate accepts faithful variants and rejects broken ones."""
 
-import copy
-
 import pytest
 
 from optimizer.accuracy import forced_agreement, gate, perplexity, random_workload, reference

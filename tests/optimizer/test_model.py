@@ -80,6 +80,7 @@ def test_sliding_window_ring_cache_matches_windowed_attention_and_stays_small():
     assert ringed.cache_slots == window + 8
     prompts = [list(range(1, 41)), [7, 8, 9]]
     out = generate(ringed, prompts, 30).tokens
+    assert ringed.cache_slots == window + 8  # 70 tokens went through a ring of 24 slots
     reference = build_model("test")
     reference.set_sliding_window(window)
     for prompt, tokens in zip(prompts, out):
