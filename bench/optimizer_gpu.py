@@ -10,6 +10,7 @@ Sections, in priority order, each saved to the JSON file as soon as it is measur
   kv         KV cache full / int8 / int4: bytes for 32 x 2048 tokens and decode speed
   batching   32 concurrent clients through the dynamic batcher vs one at a time
   configs    the same model at batch 1 / 8 / 32 and three model sizes at batch 1 (roofline data)
+  configs_compiled  the same with torch.compile + CUDA graph (1b and 7b at batch 1 and 8, 3b, 1b b32)
   precision  fp16 and fp32 against bf16
   window     sliding window 256 against full attention at a 2k context
   offload    layer-by-layer from pinned host memory against resident weights
@@ -268,6 +269,21 @@ def main() -> None:
             rows.append(decode_row(cfg, V("bf16+cudagraph")))
         return {"rows": rows}
 
+    def configs_compiled():
+        """The roofline data again with torch.compile + CUDA graph: sizes and batches, memory-bound."""
+        rows = []
+        doc["sections"]["configs_compiled"] = {"rows": rows}
+        for size, bs in ((args.model, 1), (args.model, 8), (args.big_model, 1), (args.big_model, 8),
+                         ("3b", 1), (args.model, 32)):
+            if not compiled_ok():
+                log(f"skip {size} b{bs}: past the time budget")
+                continue
+            cfg = B.BenchConfig(model=size, device="cuda", batch_size=bs, prompt_tokens=128,
+                                new_tokens=128, repeats=2)
+            rows.append(decode_row(cfg, V("bf16+compile+cudagraph")))
+            save()
+        return {"rows": rows}
+
     def precision():
         return {"rows": [decode_row(base_cfg, V(v)) for v in ("bf16+cudagraph", "fp16+cudagraph", "fp32+cudagraph")]}
 
@@ -282,7 +298,7 @@ def main() -> None:
         return {"rows": [decode_row(cfg, V("bf16")), decode_row(cfg, V("bf16+offload"))]}
 
     # Cheap sections first; the compiled quantized variants last, under the time budget.
-    for name, fn in (("quant_gemv", quant_gemv), ("bandwidth", bandwidth), ("kv", kv), ("batching", batching), ("configs", configs),
+    for name, fn in (("quant_gemv", quant_gemv), ("configs_compiled", configs_compiled), ("bandwidth", bandwidth), ("kv", kv), ("batching", batching), ("configs", configs),
                      ("window", window), ("precision", precision), ("offload", offload), ("quant", quant)):
         section(name, fn)
     log("done")
