@@ -56,6 +56,7 @@ class Settings(BaseSettings):
     max_request_bytes: int = 4 * 1024 * 1024  # whole API; larger bodies get 413
     ws_max_message_bytes: int = 64 * 1024  # client messages on /ws are small subscribe/unsubscribe ops
     events_max_batch: int = 10_000  # events in one POST /events
+    events_ack_timeout_s: float = 10.0  # POST /events waits this long for Kafka's acknowledgement
 
     # Webhooks (api/webhooks/): private and loopback targets are refused unless allowed
     webhook_allow_private: bool = False

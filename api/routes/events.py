@@ -1,8 +1,8 @@
 """`POST /events`: batch ingest into Kafka for producers that speak HTTP, not Kafka. The batch is
 validated against the event contract (ingest/events.py) and the key's tenant, all or nothing: one
 bad or foreign event rejects the request (422 / 403, every problem listed by index) and nothing is
-sent. Accepted events go through the one EventProducer and are acknowledged by Kafka (acks=all)
-before the 202."""
+sent. Accepted events go through the one EventProducer; the 202 says whether Kafka acknowledged
+them (acks=all) in time or they are queued for delivery. A 503 means nothing was queued."""
 
 from __future__ import annotations
 
@@ -20,10 +20,6 @@ from ingest.producer import EventProducer
 
 router = APIRouter(tags=["ingest"])
 
-#: Seconds a batch may wait on Kafka before the client is told to retry (503).
-SEND_TIMEOUT_S = 15.0
-
-
 def _batch_schema() -> dict:
     def members(model):
         schema = model.model_json_schema()
@@ -39,6 +35,8 @@ class Accepted(BaseModel):
     accepted: int
     usage: int
     billing: int
+    durable: bool  # acknowledged by Kafka (acks=all); False: queued in this API, delivered later
+    message: str | None = None
 
 
 async def start(app) -> None:
@@ -87,7 +85,7 @@ def _validate(members: Any, kind: str, decode, p: Principal, errors: list[dict])
              responses={403: {"description": "An event of another tenant"},
                         413: {"description": "Body or batch too large"},
                         422: {"description": "Events that break the contract, by index"},
-                        503: {"description": "Kafka did not acknowledge in time; retry"}})
+                        503: {"description": "Kafka unavailable and nothing queued; resend later"}})
 async def ingest(request: Request, p: Principal = Depends(principal)) -> dict:
     settings = request.app.state.settings
     try:
@@ -114,14 +112,25 @@ async def ingest(request: Request, p: Principal = Depends(principal)) -> dict:
                                      "errors": errors[:100]})
     if not usage and not billing:
         raise HTTPException(422, "no events: send a non-empty 'usage' or 'billing' array")
-    producer = await _producer(request.app)
     try:
-        async with asyncio.timeout(SEND_TIMEOUT_S):
-            if usage:
-                await producer.send_usage(usage)
-            if billing:
-                await producer.send_billing(billing)
-    except (TimeoutError, OSError, KafkaError) as exc:
-        raise HTTPException(503, "Kafka did not acknowledge the batch in time; retry the request",
-                            headers={"Retry-After": "5"}) from exc
-    return {"accepted": len(usage) + len(billing), "usage": len(usage), "billing": len(billing)}
+        producer = await _producer(request.app)
+    except (OSError, KafkaError) as exc:  # nothing was queued: safe to resend
+        raise HTTPException(503, f"Kafka is unavailable ({exc.__class__.__name__}); nothing was queued, "
+                                 "resend the request later", headers={"Retry-After": "5"}) from exc
+    # Once queued, the idempotent producer delivers the events whenever Kafka is back (it does not
+    # give up on an outage). Telling the client to resend then would count them twice, so a slow
+    # acknowledgement is a 202 that says so, never a 503.
+    try:
+        futures = (await producer.send_usage(usage, wait=False) if usage else []) + \
+                  (await producer.send_billing(billing, wait=False) if billing else [])
+    except (OSError, KafkaError) as exc:
+        raise HTTPException(503, f"Kafka is unavailable ({exc.__class__.__name__}) and only part of the batch "
+                                 "may have been queued; check before resending") from exc
+    acked = asyncio.gather(*futures)
+    done, _ = await asyncio.wait({acked}, timeout=settings.events_ack_timeout_s)
+    if not done:
+        acked.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieve, never log as unhandled
+        return {"accepted": len(usage) + len(billing), "usage": len(usage), "billing": len(billing), "durable": False,
+                "message": "queued; Kafka has not acknowledged yet and will get it when it is back: do not resend"}
+    acked.result()  # raises if Kafka refused a message outright
+    return {"accepted": len(usage) + len(billing), "usage": len(usage), "billing": len(billing), "durable": True}

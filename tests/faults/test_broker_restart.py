@@ -5,6 +5,7 @@ on a second broker of its own (own data dir and ports); the shared test broker i
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import pytest
@@ -69,3 +70,47 @@ async def test_broker_restart_mid_stream_loses_nothing(tmp_path, own_broker, dat
     assert (t.lost, t.double_counted) == (0, 0), t.line() + "\n" + stack.log("worker")[-4000:]
     assert t.aggregated == t.sent and t.windows_wrong == 0, t.line()
     assert t.notes["worker alive"], stack.log("worker")[-4000:]
+
+
+async def test_post_events_during_a_broker_outage_is_queued_once_not_bounced(tmp_path, own_broker, database_url):
+    """A 503 would make clients resend events the producer still delivers later (counted twice):
+    while Kafka is down, POST /events answers 202 with durable=false, and after the restart each
+    event is on the topic exactly once."""
+    import httpx
+
+    from tests.api.test_auth import usage_event
+    from tests.support import Stack, async_wait_for, read_topic
+
+    stack = Stack(tmp_path, database_url=database_url, GPUCOST_KAFKA_BOOTSTRAP=own_broker.kafka_bootstrap,
+                  GPUCOST_EVENTS_ACK_TIMEOUT_S="2")
+    try:
+        stack.start_api()
+        url, headers = stack.url + "/events", stack.headers
+        first = [usage_event("acme", gpu_index=i, host="before") for i in range(3)]
+        r = httpx.post(url, headers=headers, json={"usage": first}, timeout=30)
+        assert r.status_code == 202 and r.json()["durable"] is True, r.text
+        await asyncio.to_thread(broker.stop, own_broker)
+        during = [usage_event("acme", gpu_index=i, host="during") for i in range(5)]
+        r = httpx.post(url, headers=headers, json={"usage": during}, timeout=30)
+        assert r.status_code == 202, r.text
+        assert r.json()["durable"] is False and "do not resend" in r.json()["message"]
+        await asyncio.to_thread(broker.start, own_broker)
+
+        async def hosts():
+            out = []
+            for rec in await read_topic(stack.settings, stack.settings.usage_topic):
+                payload = json.loads(rec.value)
+                out += [(e["host"], e["gpu_index"]) for e in (payload if isinstance(payload, list) else [payload])]
+            return sorted(out)
+
+        expected = sorted([("before", i) for i in range(3)] + [("during", i) for i in range(5)])
+        await async_wait_for(lambda: hosts(), 60, what="events on the topic")
+        await async_wait_for(lambda: _eq(hosts(), expected), 60, what="every queued event delivered")
+        await asyncio.sleep(3)
+        assert await hosts() == expected  # once each
+    finally:
+        stack.stop()
+
+
+async def _eq(coro, expected) -> bool:
+    return (await coro) == expected
