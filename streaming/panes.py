@@ -106,6 +106,15 @@ class PaneStore:
         newest = 0.0
         for ev in events:
             pane_start = math.floor(ev.ts / step) * step
+            key = (ev.tenant, ev.service, ev.region, ev.gpu_model)
+            by_start = panes.get(key)
+            by_partition = by_start.get(pane_start) if by_start is not None else None
+            sums = by_partition.get(partition) if by_partition is not None else None
+            # A replay first: an event already in the pane's durable state is neither late nor
+            # unpriceable now, whatever the restored watermark or prices say.
+            if sums is not None and offset <= sums[RESTORED_OFFSET]:
+                self.replayed_events += 1
+                continue
             if pane_start + spec.size_s <= horizon:
                 rejected.append(Rejected(
                     f"late: event time {ev.ts:.3f} is before the oldest open window "
@@ -117,19 +126,12 @@ class PaneStore:
             except PricingError as exc:
                 rejected.append(Rejected(f"unpriceable: {exc}", ev))
                 continue
-            key = (ev.tenant, ev.service, ev.region, ev.gpu_model)
-            by_start = panes.get(key)
-            if by_start is None:
-                by_start = panes[key] = {}
-            by_partition = by_start.get(pane_start)
-            if by_partition is None:
-                by_partition = by_start[pane_start] = {}
-            sums = by_partition.get(partition)
             if sums is None:
+                if by_start is None:
+                    by_start = panes[key] = {}
+                if by_partition is None:
+                    by_partition = by_start[pane_start] = {}
                 sums = by_partition[partition] = new_sums()
-            if offset <= sums[RESTORED_OFFSET]:
-                self.replayed_events += 1  # already in this pane's durable state
-                continue
             interval = ev.interval_s
             cost = usd_h * interval / 3600.0
             util = ev.util
