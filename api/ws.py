@@ -53,7 +53,7 @@ def _sub_id(sub: Subscription) -> str:
 
 @router.websocket("/ws")
 async def websocket_endpoint(ws: WebSocket):
-    principal = ws_principal(ws)
+    principal = await asyncio.to_thread(ws_principal, ws)  # a cache miss reads the database
     if principal is None:
         await ws.close(code=4401, reason="missing or unknown API key")
         return

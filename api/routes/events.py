@@ -89,7 +89,7 @@ def _validate(members: Any, kind: str, decode, p: Principal, errors: list[dict])
 async def ingest(request: Request, p: Principal = Depends(principal)) -> dict:
     settings = request.app.state.settings
     try:
-        body = json.loads(await request.body())
+        body = await asyncio.to_thread(json.loads, await request.body())
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise HTTPException(400, f"body is not valid JSON: {exc}") from exc
     if not isinstance(body, dict):
@@ -101,9 +101,13 @@ async def ingest(request: Request, p: Principal = Depends(principal)) -> dict:
     if total > settings.events_max_batch:
         raise HTTPException(413, f"{total} events in one request; at most {settings.events_max_batch}")
     errors: list[dict] = []
+
+    def validate():  # ~20 µs an event: off the event loop, which serves the WebSocket fan-out
+        return (_validate(body.get("usage"), "usage", decode_usage, p, errors),
+                _validate(body.get("billing"), "billing", decode_billing, p, errors))
+
     try:
-        usage = _validate(body.get("usage"), "usage", decode_usage, p, errors)
-        billing = _validate(body.get("billing"), "billing", decode_billing, p, errors)
+        usage, billing = await asyncio.to_thread(validate)
     except ValueError as exc:  # NaN/Infinity in the JSON, which the contract forbids
         raise HTTPException(422, f"non-finite number in the body: {exc}") from exc
     if errors:
