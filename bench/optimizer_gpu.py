@@ -301,6 +301,13 @@ def main() -> None:
     for name, fn in (("quant_gemv", quant_gemv), ("configs_compiled", configs_compiled), ("bandwidth", bandwidth), ("kv", kv), ("batching", batching), ("configs", configs),
                      ("window", window), ("precision", precision), ("offload", offload), ("quant", quant)):
         section(name, fn)
+    # Side by side: each row against the first row of its section with the same model and batch.
+    for name, section_doc in doc["sections"].items():
+        rows = [r for r in section_doc.get("rows", []) if "error" not in r] if isinstance(section_doc, dict) else []
+        for r in rows:
+            base = next(b for b in rows if b["model"] == r["model"] and b["batch_size"] == r["batch_size"])
+            ratio = r["extra"]["decode_tokens_per_s"] / base["extra"]["decode_tokens_per_s"]
+            print(f"{name:16s} {r['model']:4s} b{r['batch_size']:<3d} {r['variant']:48s} {ratio:5.2f}x {base['variant']}")
     log("done")
 
 
