@@ -318,3 +318,31 @@ async def test_every_get_in_the_spec_shows_a_tenant_key_only_its_tenant(api_stac
     print("\ntenant sweep checked:", sorted(checked))
     assert {"/api/latest", "/api/history", "/api/rules", "/api/webhooks"} <= set(checked), checked
     assert "globex" in admin_seen  # the sweep would have seen globex data had it leaked
+
+
+def test_cli_creates_lists_and_revokes_keys(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from tests.support import ROOT
+
+    env = {**os.environ, "GPUCOST_DATA_DIR": str(tmp_path / "data")}
+    env.pop("GPUCOST_DATABASE_URL", None)
+
+    def cli(*args, ok=True):
+        r = subprocess.run([sys.executable, "-m", "gpucost.cli", "keys", *args], env=env, cwd=ROOT,
+                           capture_output=True, text=True, timeout=60)
+        assert (r.returncode == 0) == ok, (args, r.returncode, r.stdout, r.stderr)
+        return r
+
+    key = cli("create", "--tenant", "acme", "--name", "ci").stdout.strip()
+    assert key.startswith("gpc_") and "only its hash is kept" in cli("create", "--admin").stderr
+    key_id = key.split("_")[1]
+    listed = cli("list").stdout
+    assert key_id in listed and "tenant=acme" in listed and "admin" in listed and key not in listed
+    assert "give exactly one" in cli("create", ok=False).stderr
+    assert cli("revoke", key_id).stdout.strip() == f"revoked {key_id}"
+    assert key_id not in cli("list").stdout and "REVOKED" in cli("list", "--all").stdout
+    cli("revoke", key_id, ok=False)
+    assert keys.lookup(Settings(data_dir=tmp_path / "data"), key) is None
