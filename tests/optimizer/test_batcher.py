@@ -32,7 +32,8 @@ async def test_a_lone_request_flushes_after_the_delay():
         result = await batcher.submit([5], 2)
     assert result.tokens == [5, 5]
     assert [(b.size, b.reason) for b in batcher.batches] == [(1, "delay")]
-    assert result.queue_s >= 0.05  # it waited out the delay for company that never came
+    # it waited out the 50 ms delay for company that never came (less the event loop's clock slack)
+    assert result.queue_s >= 0.045
 
 
 @pytest.mark.asyncio
