@@ -346,3 +346,51 @@ def test_cli_creates_lists_and_revokes_keys(tmp_path):
     assert key_id not in cli("list").stdout and "REVOKED" in cli("list", "--all").stdout
     cli("revoke", key_id, ok=False)
     assert keys.lookup(Settings(data_dir=tmp_path / "data"), key) is None
+
+
+@pytest.mark.integration
+async def test_alert_subscriptions_are_filtered_by_the_keys_tenant(api_stack):
+    s = api_stack
+
+    async def publish_alerts(alerts):
+        p = kafka_producer(s.settings)
+        await p.start()
+        try:
+            for a in alerts:
+                await p.send_and_wait(s.settings.alerts_topic, json.dumps(a).encode(), key=a["fingerprint"].encode())
+        finally:
+            await p.stop()
+
+    def alert(tenant, n):
+        return {"fingerprint": f"fp-{tenant}-{n}", "state": "firing", "tenant": tenant, "service": "train",
+                "rule_id": "r1", "rule_kind": "budget", "summary": f"{tenant} over budget"}
+
+    await publish_alerts([alert("globex", 0), alert("acme", 0)])
+    ws = await websockets.connect(s.ws_url + "?api_key=" + s.acme_key)
+    await ws.send(json.dumps({"op": "subscribe", "channel": "alerts", "filter": {}}))
+    assert json.loads(await ws.recv())["type"] == "subscribed"
+
+    async def snapshot():
+        while True:
+            m = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            if m["type"] == "snapshot":
+                return m["data"]
+
+    snap = await snapshot()
+    await publish_alerts([alert("globex", 1), alert("acme", 1)])
+    live = []
+    while len(live) < 1:
+        m = json.loads(await asyncio.wait_for(ws.recv(), 15))
+        if m["type"] == "alert":
+            live.append(m["data"])
+    await asyncio.sleep(1.0)  # anything else queued would show up now
+    try:
+        while True:
+            m = json.loads(await asyncio.wait_for(ws.recv(), 0.5))
+            if m["type"] == "alert":
+                live.append(m["data"])
+    except TimeoutError:
+        pass
+    await ws.close()
+    assert {a["tenant"] for a in snap} <= {"acme"}
+    assert [a["fingerprint"] for a in live] == ["fp-acme-1"]
