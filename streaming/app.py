@@ -127,9 +127,10 @@ def create_app(settings: Settings | None = None) -> faust.App:
         return deadletter_topic.send(key=message.key, value=raw, headers=headers)
 
     def pane_partition(key) -> int:
-        """Pane records are partitioned by aggregate key, so one window-stage member holds every
-        pane of a key (crc32: the same on every worker, unlike hash())."""
-        return zlib.crc32("|".join(key).encode()) % settings.topic_partitions
+        """Pane records are partitioned by tenant, so one window-stage member holds every pane of a
+        key and every key of a tenant (tenant-wide alert rules see all of it); crc32 is the same
+        on every worker, unlike hash()."""
+        return zlib.crc32(key[0].encode()) % settings.topic_partitions
 
     async def restore_panes(partitions: set[int]) -> None:
         """Rebuild the panes of these source partitions from `cost.panes` before any of their
@@ -277,6 +278,8 @@ def create_app(settings: Settings | None = None) -> faust.App:
                     for tp in list(self.caught_up_at):
                         if await c.position(tp) >= self.caught_up_at[tp]:
                             del self.caught_up_at[tp]
+                    if not self.caught_up_at:
+                        combined.forget_closed_pending()
 
     window_stage: dict[str, WindowStage] = {}  # the running instance, for the emit timer
     app.service(WindowStage)

@@ -76,6 +76,8 @@ class PaneStore:
     panes: dict[AggKey, dict[int, dict[int, list]]] = field(default_factory=dict)
     dirty: set[tuple[AggKey, int, int]] = field(default_factory=set)  # (key, pane_start, partition)
     pending_windows: set[tuple[AggKey, int]] = field(default_factory=set)
+    ready_windows: list[dict] = field(default_factory=list)  # completed by an eviction, to emit
+    evicted_upto: dict[AggKey, int] = field(default_factory=dict)  # newest evicted pane per key
     # Event-time watermark: the minimum over source partitions of the newest event time each has
     # delivered (a partition read ahead of the others must not make their events look late).
     # Partitions silent for idle_partition_s of wall time stop holding it back.
@@ -188,6 +190,16 @@ class PaneStore:
         (absolute values: a record read twice changes nothing) and marks their windows."""
         partition, key, pane_start = parse_pane_record_key(record_key)
         if value is None:
+            # An evicted pane's windows are closed: emit what is pending for them as it stands now
+            # (complete), and never emit them again (any later value would lack this pane).
+            for ws in self.spec.window_starts(pane_start):
+                if (key, ws) in self.pending_windows:
+                    self.pending_windows.discard((key, ws))
+                    rec = self.window(key, ws)
+                    if rec is not None:
+                        self.ready_windows.append(rec)
+            if pane_start > self.evicted_upto.get(key, -1):
+                self.evicted_upto[key] = pane_start
             by_start = self.panes.get(key, {})
             by_start.get(pane_start, {}).pop(partition, None)
             if pane_start in by_start and not by_start[pane_start]:
@@ -261,13 +273,23 @@ class PaneStore:
         return window_record(key, window_start, spec.size_s, total)
 
     def take_pending_windows(self) -> list[dict]:
-        records = []
+        """Window records to emit: those completed by an eviction first, then every window marked
+        since the last call, except windows that lost a pane to eviction (closed and emitted)."""
+        records, self.ready_windows = self.ready_windows, []
         for key, ws in sorted(self.pending_windows, key=lambda kw: (kw[1], kw[0])):
+            if ws <= self.evicted_upto.get(key, -1):
+                continue
             rec = self.window(key, ws)
             if rec is not None:
                 records.append(rec)
         self.pending_windows.clear()
         return records
+
+    def forget_closed_pending(self) -> None:
+        """After a rebuild from the compacted topic, whose tombstones may be gone: drop pending
+        windows already closed (they were emitted whole before; now some panes may be missing)."""
+        horizon = self.watermark - self.spec.allowed_lateness_s
+        self.pending_windows = {(k, ws) for k, ws in self.pending_windows if ws + self.spec.size_s > horizon}
 
 
 def window_record(key: AggKey, window_start: int, window_s: int, total: list) -> dict:

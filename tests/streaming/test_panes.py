@@ -162,3 +162,24 @@ def test_tokens_and_requests_are_summed():
     s.add([ev(T0, tokens=100, requests=2), ev(T0 + 1, tokens=50)], 0, 0)
     w = s.window(("acme", "chat", "us-east-1", "H100-80GB"), T0)
     assert (w["tokens"], w["requests"]) == (150, 2)
+
+
+def test_a_window_closed_by_an_eviction_is_emitted_whole_once_and_never_partial():
+    """Catch-up: the tombstone of a window's first pane reaches the window stage before the emit
+    timer. The window goes out complete, and a later update of its other panes does not re-emit
+    it without the evicted pane."""
+    s = store(lateness=0)
+    s.add([ev(T0), ev(T0 + 10)], 0, 0)
+    w = window_stage(s)
+    s.add([ev(T0 + 200)], 0, 1)
+    for record_key, _ in s.evict_closed():
+        w.restore(record_key, None)
+    recs = {r["window_start"]: r for r in w.take_pending_windows()}
+    assert recs[T0]["events"] == 2  # [T0, T0+60) held both panes
+    assert T0 - 50 in recs and recs[T0 - 50]["events"] == 1
+    # A straggler for pane T0+10 (still open in stage 1's eyes in a slower partition):
+    s.add([ev(T0 + 11)], 1, 0)
+    for record_key, value, _ in s.take_dirty():
+        w.restore(record_key, value)
+    later = {r["window_start"] for r in w.take_pending_windows()}
+    assert T0 not in later and T0 - 50 not in later
