@@ -16,6 +16,8 @@ from api.auth import ws_principal
 from api.hub import CHANNELS, FILTER_FIELDS, Client, Subscription
 
 router = APIRouter()
+#: Each subscription is checked against every record fanned out: bound what one client can ask.
+MAX_SUBSCRIPTIONS = 100
 
 # The hub offers one message object to every matching client: encode it once, not once per client.
 _encoded: OrderedDict[int, tuple[dict, str]] = OrderedDict()
@@ -91,6 +93,8 @@ async def websocket_endpoint(ws: WebSocket):
                             raise ValueError(f"this key is bound to tenant {principal.tenant!r}")
                         sub.filter["tenant"] = principal.tenant
                     sid = str(msg.get("id") or _sub_id(sub))
+                    if sid not in client.subscriptions and len(client.subscriptions) >= MAX_SUBSCRIPTIONS:
+                        raise ValueError(f"at most {MAX_SUBSCRIPTIONS} subscriptions per connection")
                     client.subscriptions[sid] = sub
                     # Snapshot and subscription in one step: nothing arrives between them, and a
                     # live update queued after it is newer than the snapshot.

@@ -188,3 +188,15 @@ async def test_a_price_override_set_through_the_api_meters_new_usage(stack):
         return rows and all(x["spend_usd"] == pytest.approx(80.0 / 8 * 10 / 3600, rel=1e-9) for x in rows)
 
     await async_wait_for(priced_at_override, 60, what="usage metered at the override price")
+
+
+async def test_a_connection_may_hold_at_most_100_subscriptions(stack):
+    stack.start_api()
+    async with websockets.connect(stack.ws_url, additional_headers=stack.headers) as ws:
+        for i in range(101):
+            await ws.send(json.dumps({"op": "subscribe", "channel": "aggregates", "filter": {"service": f"s{i}"}}))
+        replies = []
+        while len(replies) < 201:  # 100 x (subscribed, snapshot) + 1 error
+            replies.append(json.loads(await ws.recv()))
+        assert [r["type"] for r in replies].count("subscribed") == 100
+        assert "at most 100 subscriptions" in replies[-1]["error"]

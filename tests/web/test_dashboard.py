@@ -70,3 +70,21 @@ async def test_dashboard_shows_live_points_arriving(stack, tmp_path):
     assert stats["deadletters_total"] == 0, stats
     assert errors == [], errors
     assert requests_outside == [], f"the dashboard reached outside the server: {requests_outside}"
+
+
+async def test_without_a_key_the_dashboard_asks_for_one_instead_of_retrying(stack):
+    from playwright.async_api import async_playwright
+
+    stack.start_api()
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = await browser.new_page()
+        await page.goto(stack.url + "/?api_key=gpc_not_a_real_key")
+        await page.wait_for_selector("#auth:not([hidden])", timeout=15000)
+        assert "not accepted" in await page.text_content("#auth-why")
+        assert await page.text_content("#conn") == "no key"
+        # Pasting a good key makes it live.
+        await page.fill("#auth-key", stack.admin_key)
+        await page.click("#auth-form button")
+        await page.wait_for_function("document.getElementById('conn').textContent === 'live'", timeout=30000)
+        await browser.close()

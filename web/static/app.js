@@ -208,7 +208,25 @@
       backoff = Math.min(backoff * 2, 10000);
     };
   }
-  loadHistory().then(connect);
+  // Without a valid key the WebSocket handshake is refused, which a browser cannot tell from a
+  // network error: ask the API who we are first, and say what is missing instead of retrying.
+  async function checkKey() {
+    const res = await fetch("/api/keys/me", { headers }).catch(() => null);
+    if (res && res.status === 401) {
+      document.getElementById("auth").hidden = false;
+      document.getElementById("auth-why").textContent = apiKey ? "The key given was not accepted (revoked or mistyped)." : "";
+      const conn = document.getElementById("conn");
+      conn.textContent = "no key"; conn.className = "pill off";
+      return false;
+    }
+    return true;
+  }
+  document.getElementById("auth-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    localStorage.setItem("gpucost_api_key", document.getElementById("auth-key").value.trim());
+    location.search = "";
+  });
+  checkKey().then((ok) => { if (ok) loadHistory().then(connect); });
   loadRecommendations();
   setInterval(loadRecommendations, 60000);
   loadReconciliation();
