@@ -23,8 +23,10 @@ def test_compose_runs_every_box_on_apache_kafka_in_kraft_mode():
 
 
 def test_compose_file_validates_with_the_docker_compose_client():
-    cmd = (["docker", "compose"] if subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0
-           else ["docker-compose"] if shutil.which("docker-compose") else None) if shutil.which("docker") or shutil.which("docker-compose") else None
+    if shutil.which("docker") and subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
+        cmd = ["docker", "compose"]
+    else:
+        cmd = ["docker-compose"] if shutil.which("docker-compose") else None
     assert cmd is not None, "no docker compose client: scripts/install.sh installs docker-compose for the tests"
     proc = subprocess.run([*cmd, "-f", str(ROOT / "docker-compose.yml"), "config", "-q"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
