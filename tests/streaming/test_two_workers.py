@@ -11,12 +11,9 @@ from ingest.producer import EventProducer
 from tests.api.test_live_pipeline import H100_P5_USD_H, expected_windows, matches, usage
 from tests.support import async_wait_for, last_aggregates, read_topic, wait_for
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.one_database]  # no database involved: worker only
 
 
-@pytest.fixture
-def database_url(tmp_path):  # no database involved: worker only
-    return f"sqlite:///{tmp_path / 'unused.db'}"
 
 
 async def test_two_workers_emit_exact_windows_for_a_key_spread_over_their_partitions(stack):

@@ -12,16 +12,13 @@ from ingest.producer import EventProducer
 from ingest.simulator import Fleet
 from tests.support import async_wait_for
 
-pytestmark = [pytest.mark.integration, pytest.mark.browser]
+pytestmark = [pytest.mark.integration, pytest.mark.browser, pytest.mark.one_database]  # one backend is enough for the browser
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
-@pytest.fixture
-def database_url(tmp_path):  # one backend is enough for the browser
-    return f"sqlite:///{tmp_path / 'gpucost-test.db'}"
 
 
 async def test_dashboard_shows_live_points_arriving(stack, tmp_path):
