@@ -36,7 +36,7 @@ export GPUCOST_TEST_REQUIRE_PG=1
 
 echo "==> pytest"
 set +e
-python -m pytest -q -p no:cacheprovider -o console_output_style=classic "$@"
+python -m pytest -q -p no:cacheprovider -o console_output_style=classic --durations=15 "$@"
 rc=$?
 set -e
 if [ $rc -eq 5 ]; then
