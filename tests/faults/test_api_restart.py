@@ -78,6 +78,7 @@ async def test_websocket_client_reconnects_and_resubscribes_after_api_restart(st
 
 
 @pytest.mark.browser
+@pytest.mark.one_database
 async def test_dashboard_reconnects_and_resubscribes_after_api_restart(stack):
     from playwright.async_api import async_playwright
 

@@ -15,7 +15,7 @@ from gpucost.settings import Settings
 from tests.faults.harness import TickProducer, converge, make_ticks
 from tests.support import free_port
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300), pytest.mark.one_database]  # the worker and the broker are under test, not the database
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ import websockets
 
 from tests.faults.harness import publish_aggregates
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120), pytest.mark.one_database]  # the worker and the broker are under test, not the database
 
 KEYS = 10
 # Big, incompressible records (permessage-deflate would shrink repeated bytes to nothing) fill

@@ -13,7 +13,7 @@ import pytest
 
 from tests.faults.harness import TickProducer, converge, make_ticks, pane_offsets, rewind_usage_group, usage_group_offsets
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240), pytest.mark.one_database]  # the worker and the broker are under test, not the database
 
 
 async def run_worker_crash(stack, n_ticks: int = 100) -> "Tally":  # noqa: F821 (harness.Tally)
