@@ -34,11 +34,17 @@ class _Event(BaseModel):
     instance_type: Name
     gpu_model: Name
 
+    # One after-validator per model (each is a Python call per event on the worker's hot path):
+    # it checks what field constraints cannot, here and in the subclass's _check_fields.
     @model_validator(mode="after")
-    def _not_in_the_future(self):
+    def _meaningful(self):
         if self.ts > time.time() + MAX_FUTURE_SKEW_S:
             raise ValueError(f"ts {self.ts} is more than {MAX_FUTURE_SKEW_S:.0f}s in the future")
+        self._check_fields()
         return self
+
+    def _check_fields(self) -> None:
+        pass
 
 
 class UsageEvent(_Event):
@@ -55,12 +61,10 @@ class UsageEvent(_Event):
     requests: Annotated[int, Field(ge=0)] | None = None
     model_version: Name | None = None
 
-    @model_validator(mode="after")
-    def _memory_fits(self):
+    def _check_fields(self) -> None:
         # 1 % slack: drivers report used and total from different counters.
         if self.mem_used_gb > self.mem_total_gb * 1.01:
             raise ValueError(f"mem_used_gb {self.mem_used_gb} exceeds mem_total_gb {self.mem_total_gb}")
-        return self
 
     @property
     def kafka_key(self) -> str:
@@ -78,11 +82,9 @@ class BillingEvent(_Event):
     pricing: Literal["on_demand", "spot", "reserved"]
     source: Name
 
-    @model_validator(mode="after")
-    def _period_is_ordered(self):
+    def _check_fields(self) -> None:
         if self.period_end <= self.period_start:
             raise ValueError("period_end must be after period_start")
-        return self
 
     @property
     def kafka_key(self) -> str:

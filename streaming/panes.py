@@ -94,7 +94,7 @@ class PaneStore:
     accepted_events: int = 0
 
     # -- hot path ---------------------------------------------------------------------------
-    def add(self, events: Iterable[UsageEvent], partition: int, offset: int) -> list[Rejected]:
+    def add(self, events: Iterable[UsageEvent], partition: int, offset: int, advance: bool = True) -> list[Rejected]:
         """Fold one message's events in; returns those it cannot count (late, or no price for
         their GPU model) with the reason, for the dead-letter topic: never silently dropped."""
         spec = self.spec
@@ -106,34 +106,49 @@ class PaneStore:
         panes = self.panes
         price = self.price
         newest = 0.0
+        # A message is usually one host's GPUs for one interval: same key, pane and price. The
+        # last ones are kept so those events skip the lookups (this loop is the worker's hot path).
+        last_key = last_pane = last_sums = last_pkey = None
+        usd_h = fallback = None
         for ev in events:
-            pane_start = math.floor(ev.ts / step) * step
+            ts = ev.ts
+            pane_start = int(ts // step) * step
             key = (ev.tenant, ev.service, ev.region, ev.gpu_model)
-            by_start = panes.get(key)
-            by_partition = by_start.get(pane_start) if by_start is not None else None
-            sums = by_partition.get(partition) if by_partition is not None else None
-            # A replay first: an event already in the pane's durable state is neither late nor
-            # unpriceable now, whatever the restored watermark or prices say.
-            if sums is not None and offset <= sums[RESTORED_OFFSET]:
-                self.replayed_events += 1
-                continue
-            if pane_start + spec.size_s <= horizon:
-                rejected.append(Rejected(
-                    f"late: event time {ev.ts:.3f} is before the oldest open window "
-                    f"(watermark {self.watermark:.3f}, allowed lateness {spec.allowed_lateness_s}s)", ev))
-                self.late_events += 1
-                continue
-            try:
-                usd_h, fallback = price(ev)
-            except PricingError as exc:
-                rejected.append(Rejected(f"unpriceable: {exc}", ev))
-                continue
+            if last_sums is not None and pane_start == last_pane and key == last_key:
+                sums = last_sums  # same pane as the previous event: already checked below
+            else:
+                by_start = panes.get(key)
+                by_partition = by_start.get(pane_start) if by_start is not None else None
+                sums = by_partition.get(partition) if by_partition is not None else None
+                # A replay first: an event already in the pane's durable state is neither late
+                # nor unpriceable now, whatever the restored watermark or prices say.
+                if sums is not None and offset <= sums[RESTORED_OFFSET]:
+                    self.replayed_events += 1
+                    continue
+                if pane_start + spec.size_s <= horizon:
+                    rejected.append(Rejected(
+                        f"late: event time {ts:.3f} is before the oldest open window "
+                        f"(watermark {self.watermark:.3f}, allowed lateness {spec.allowed_lateness_s}s)", ev))
+                    self.late_events += 1
+                    continue
+            pkey = (ev.cloud, ev.region, ev.instance_type, ev.gpu_model)
+            if pkey != last_pkey:
+                try:
+                    usd_h, fallback = price(ev)
+                except PricingError as exc:
+                    rejected.append(Rejected(f"unpriceable: {exc}", ev))
+                    last_pkey = None
+                    continue
+                last_pkey = pkey
             if sums is None:
                 if by_start is None:
                     by_start = panes[key] = {}
                 if by_partition is None:
                     by_partition = by_start[pane_start] = {}
                 sums = by_partition[partition] = new_sums()
+            if sums is not last_sums:
+                self.dirty.add((key, pane_start, partition))
+                last_sums, last_key, last_pane = sums, key, pane_start
             interval = ev.interval_s
             cost = usd_h * interval / 3600.0
             util = ev.util
@@ -149,15 +164,22 @@ class PaneStore:
             if fallback:
                 sums[FALLBACK] += 1
             sums[LAST_OFFSET] = offset
-            self.dirty.add((key, pane_start, partition))
             self.accepted_events += 1
-            if ev.ts > newest:
-                newest = ev.ts
+            if ts > newest:
+                newest = ts
         if newest > self.partition_watermarks.get(partition, 0.0):
             self.partition_watermarks[partition] = newest
-        self.partition_seen[partition] = time.monotonic()
-        self._advance_watermark()
+        if advance:  # the worker advances once per batch of messages instead (advance_watermark)
+            self.partition_seen[partition] = time.monotonic()
+            self._advance_watermark()
         return rejected
+
+    def advance_watermark(self, partitions: Iterable[int]) -> None:
+        """After a batch folded with advance=False: these partitions just delivered."""
+        now = time.monotonic()
+        for p in partitions:
+            self.partition_seen[p] = now
+        self._advance_watermark()
 
     def _advance_watermark(self) -> None:
         now = time.monotonic()
