@@ -59,6 +59,7 @@ async def test_dashboard_shows_live_points_arriving(stack, tmp_path):
             n_points = await page.evaluate(
                 "document.getElementById('chart-tenant').data.reduce((n, t) => n + t.x.length, 0)")
             assert n_points > 0
+            assert not await page.is_visible("#auth"), "the key prompt shows although the key is good"
             rate = await page.text_content("#kpi-rate")
             assert rate.startswith("$") and rate != "$0"
             await page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
@@ -80,8 +81,10 @@ async def test_without_a_key_the_dashboard_asks_for_one_instead_of_retrying(stac
         await page.wait_for_selector("#auth:not([hidden])", timeout=15000)
         assert "not accepted" in await page.text_content("#auth-why")
         assert await page.text_content("#conn") == "no key"
+        assert await page.is_visible("#auth")
         # Pasting a good key makes it live.
         await page.fill("#auth-key", stack.admin_key)
         await page.click("#auth-form button")
         await page.wait_for_function("document.getElementById('conn').textContent === 'live'", timeout=30000)
+        assert not await page.is_visible("#auth")
         await browser.close()

@@ -162,7 +162,7 @@
       if (!rows.length) { el.textContent = "no services with token counts yet"; return; }
       const t = document.createElement("table");
       t.innerHTML = "<tr><th>service</th><th>now $/1M tok</th><th>best alternative</th><th>saves / month</th></tr>" +
-        rows.map((r) => `<tr><td>${r.tenant}/${r.service}</td><td>${(r.current_usd_per_1m_tokens ?? 0).toFixed(2)}</td><td>${r.best_alternative || "–"}</td><td>${r.monthly_savings_usd != null ? "$" + Math.round(r.monthly_savings_usd).toLocaleString() : "–"}</td></tr>`).join("");
+        rows.map((r) => `<tr><td>${r.tenant}/${r.service}</td><td>${r.current_usd_per_million_tokens != null ? "$" + r.current_usd_per_million_tokens.toFixed(2) : "–"}</td><td>${r.best_alternative || "no recommendation yet"}</td><td>${r.savings_usd_per_month != null ? "$" + Math.round(r.savings_usd_per_month).toLocaleString() : "–"}</td></tr>`).join("");
       el.replaceChildren(t);
     } catch (e) { el.textContent = "not available"; }
   }
