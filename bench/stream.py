@@ -91,7 +91,6 @@ async def raw_read(settings: Settings, total_messages: int) -> tuple[float, int]
                 for r in records:
                     doc = json.loads(r.value)
                     events += len(doc) if isinstance(doc, list) else 1
-                seen += sum(len(rs) for rs in batches.values()) if False else 0
             seen += sum(len(rs) for rs in batches.values())
         return time.perf_counter() - start, events
     finally:
