@@ -21,7 +21,7 @@ from gpucost.kafka import consumer as kafka_consumer
 from gpucost.kafka import read_to_end, stop_consumer
 from gpucost.pricing import default_catalog
 from gpucost.settings import Settings, get_settings
-from ingest.events import InvalidEvent, UsageEvent, decode_billing, decode_usage
+from ingest.events import UsageEvent, decode_billing, decode_usage
 from streaming.panes import PaneStore, WindowSpec, parse_pane_record_key
 from streaming.alerts import AlertEvaluator, follow_rules
 
@@ -111,9 +111,7 @@ def create_app(settings: Settings | None = None) -> faust.App:
     async def alert_rules():
         await follow_rules(settings, evaluator, publish_alerts)  # cost.rules, changes without restart
 
-    restored = asyncio.Event()
-
-    def dead_letter(reason: str, raw: bytes, message, index: int | None = None):
+    def dead_letter(reason: str, raw: bytes, message):
         """Send a bad event on with its raw bytes and why (an awaitable giving a delivery future)."""
         stats.dead(reason)
         headers = {
@@ -122,8 +120,6 @@ def create_app(settings: Settings | None = None) -> faust.App:
             "source_partition": str(message.partition).encode(),
             "source_offset": str(message.offset).encode(),
         }
-        if index is not None:
-            headers["batch_index"] = str(index).encode()
         return deadletter_topic.send(key=message.key, value=raw, headers=headers)
 
     def pane_partition(key) -> int:
@@ -148,7 +144,6 @@ def create_app(settings: Settings | None = None) -> faust.App:
                      n, sorted(partitions), store.watermark)
         finally:
             await stop_consumer(c)
-        restored.set()
 
     async def persist_dirty() -> list:
         futures = []
