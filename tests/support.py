@@ -170,10 +170,42 @@ async def read_topic(settings: Settings, topic: str, idle_ms: int = 1500) -> lis
     return out
 
 
-def last_aggregates(records) -> dict:
-    """Latest aggregate per (tenant, service, region, gpu_model, window_start)."""
+def last_aggregates(records, window_s: int | None = None) -> dict:
+    """Latest aggregate per (tenant, service, region, gpu_model, window_start) among the records
+    of `cost.aggregates` (of one window size, if given)."""
     out = {}
     for r in records:
         v = json.loads(r.value)
-        out[(v["tenant"], v["service"], v["region"], v["gpu_model"], v["window_start"])] = v
+        if window_s is None or v.get("window_s") == window_s:
+            out[(v["tenant"], v["service"], v["region"], v["gpu_model"], v["window_start"])] = v
+    return out
+
+
+def expected_windows(events, price: dict[str, float] | None = None, size: int = 60, step: int = 10) -> dict:
+    """Brute force, independent of the worker's panes: every window [ws, ws + size) that contains
+    each event's ts, summed per key. `price`: USD per GPU-hour by GPU model (hand-written in a
+    test), or None to price each event's instance from the catalog."""
+    from gpucost.pricing import default_catalog
+
+    catalog = default_catalog()
+    out = {}
+    for e in events:
+        usd_h = price[e.gpu_model] if price is not None else catalog.gpu_hour_price(
+            e.cloud, e.region, e.instance_type, e.gpu_model).usd_per_gpu_hour
+        cost = usd_h * e.interval_s / 3600
+        first = (int(e.ts) // step) * step - size + step
+        for ws in range(first, int(e.ts) + 1, step):
+            if not ws <= e.ts < ws + size:
+                continue
+            w = out.setdefault((e.tenant, e.service, e.region, e.gpu_model, ws), {
+                "spend_usd": 0.0, "gpu_seconds": 0.0, "util_s": 0.0, "idle_usd": 0.0, "events": 0, "tokens": 0})
+            w["spend_usd"] += cost
+            w["gpu_seconds"] += e.interval_s
+            w["util_s"] += e.util * e.interval_s
+            w["idle_usd"] += cost * (1 - e.util)
+            w["events"] += 1
+            w["tokens"] += e.tokens or 0
+    for w in out.values():
+        w["util_avg"] = w.pop("util_s") / w["gpu_seconds"]
+        w["spend_rate_usd_h"] = w["spend_usd"] * 3600 / size
     return out

@@ -14,7 +14,7 @@ import websockets
 
 from ingest.events import UsageEvent
 from ingest.producer import EventProducer
-from tests.support import async_wait_for, read_topic
+from tests.support import async_wait_for, expected_windows, read_topic
 
 pytestmark = pytest.mark.integration
 
@@ -27,28 +27,6 @@ def usage(ts, tenant, service, instance_type, gpu_model, util, interval_s=10.0, 
                       instance_type=instance_type, gpu_model=gpu_model, host=host or f"{tenant}-host",
                       gpu_index=gpu_index, interval_s=interval_s, util=util, mem_used_gb=1.0,
                       mem_total_gb=80.0 if gpu_model.startswith("H100") else 24.0, power_w=200.0, **kw)
-
-
-def expected_windows(events, price, size=60, step=10):
-    """Brute force, independent of the worker's panes: every window containing each event's ts."""
-    out = {}
-    for e in events:
-        first = (int(e.ts) // step) * step - size + step
-        for ws in range(first, int(e.ts) + 1, step):
-            if not ws <= e.ts < ws + size:
-                continue
-            key = (e.tenant, e.service, e.region, e.gpu_model, ws)
-            w = out.setdefault(key, {"spend_usd": 0.0, "gpu_seconds": 0.0, "util_s": 0.0, "idle_usd": 0.0, "events": 0})
-            cost = price[e.gpu_model] * e.interval_s / 3600
-            w["spend_usd"] += cost
-            w["gpu_seconds"] += e.interval_s
-            w["util_s"] += e.util * e.interval_s
-            w["idle_usd"] += cost * (1 - e.util)
-            w["events"] += 1
-    for w in out.values():
-        w["util_avg"] = w.pop("util_s") / w["gpu_seconds"]
-        w["spend_rate_usd_h"] = w["spend_usd"] * 3600 / size
-    return out
 
 
 def matches(rec: dict, exp: dict) -> bool:

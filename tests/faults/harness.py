@@ -13,13 +13,12 @@ from dataclasses import dataclass, field
 from aiokafka import TopicPartition
 
 from gpucost import kafka
-from gpucost.pricing import default_catalog
 from gpucost.settings import Settings
 from ingest.events import UsageEvent
 from ingest.producer import EventProducer
-from tests.support import read_topic
+from tests.support import expected_windows, last_aggregates, read_topic
 
-WINDOW_S, STEP_S = 60, 10
+WINDOW_S = 60
 FLEET = [  # (cloud, region, instance_type, gpu_model, gpus per host)
     ("aws", "us-east-1", "p5.48xlarge", "H100", 4),
     ("aws", "us-east-1", "g6.xlarge", "L4", 1),
@@ -48,28 +47,6 @@ def make_ticks(n_ticks: int = 100, hosts: int = 24, seed: int = 11, t0: float | 
                     power_w=300.0 * util, tokens=rng.randrange(0, 5000)))
         ticks.append(tick)
     return ticks
-
-
-def expected_windows(events) -> dict[tuple, dict]:
-    """Every window [ws, ws+60) (ws a multiple of 10) containing each event's ts, summed."""
-    catalog = default_catalog()
-    prices: dict[tuple, float] = {}
-    out: dict[tuple, dict] = {}
-    for e in events:
-        pk = (e.cloud, e.region, e.instance_type, e.gpu_model)
-        if pk not in prices:
-            prices[pk] = catalog.gpu_hour_price(*pk).usd_per_gpu_hour
-        cost = prices[pk] * e.interval_s / 3600
-        last = int(e.ts // STEP_S) * STEP_S
-        for ws in range(last - WINDOW_S + STEP_S, last + 1, STEP_S):
-            w = out.setdefault((e.tenant, e.service, e.region, e.gpu_model, ws),
-                               {"spend_usd": 0.0, "gpu_seconds": 0.0, "idle_usd": 0.0, "events": 0, "tokens": 0})
-            w["spend_usd"] += cost
-            w["gpu_seconds"] += e.interval_s
-            w["idle_usd"] += cost * (1 - e.util)
-            w["events"] += 1
-            w["tokens"] += e.tokens or 0
-    return out
 
 
 @dataclass
@@ -114,12 +91,7 @@ def tally(fault: str, sent_events: list[UsageEvent], aggregates: dict[tuple, dic
 
 
 async def latest_aggregates(settings: Settings) -> dict[tuple, dict]:
-    out = {}
-    for r in await read_topic(settings, settings.aggregates_topic):
-        v = json.loads(r.value)
-        if v.get("window_s") == WINDOW_S:
-            out[(v["tenant"], v["service"], v["region"], v["gpu_model"], v["window_start"])] = v
-    return out
+    return last_aggregates(await read_topic(settings, settings.aggregates_topic), window_s=WINDOW_S)
 
 
 async def converge(fault: str, settings: Settings, sent: list[UsageEvent], timeout_s: float = 90.0) -> Tally:

@@ -8,8 +8,8 @@ import time
 import pytest
 
 from ingest.producer import EventProducer
-from tests.api.test_live_pipeline import H100_P5_USD_H, expected_windows, matches, usage
-from tests.support import async_wait_for, last_aggregates, read_topic, wait_for
+from tests.api.test_live_pipeline import H100_P5_USD_H, matches, usage
+from tests.support import async_wait_for, expected_windows, last_aggregates, read_topic, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.one_database]  # no database involved: worker only
 
