@@ -133,13 +133,13 @@ def create_app(settings: Settings | None = None) -> faust.App:
         messages is folded in (records of other partitions are skipped)."""
         def apply(r):
             if parse_pane_record_key(r.key.decode())[0] in partitions:
-                store.restore(r.key.decode(), json.loads(r.value) if r.value is not None else None)
+                store.restore(r.key.decode(), json.loads(r.value) if r.value is not None else None,
+                              mark_windows=False)
 
         c = kafka_consumer(settings=settings, group_id=None)
         await c.start()
         try:
             n = await read_to_end(c, settings.panes_topic, apply)
-            store.pending_windows.clear()  # windows are the window stage's business
             log.info("stage 1: read %d pane records for source partitions %s, watermark %.3f",
                      n, sorted(partitions), store.watermark)
         finally:

@@ -206,7 +206,7 @@ class PaneStore:
         self.dirty.clear()
         return out
 
-    def restore(self, record_key: str, value: dict | None) -> None:
+    def restore(self, record_key: str, value: dict | None, mark_windows: bool = True) -> None:
         """Load one durable pane record (None = tombstone): a stage-1 store restores its own
         partitions' panes before folding; the window stage applies every record of its keys
         (absolute values: a record read twice changes nothing) and marks their windows."""
@@ -244,8 +244,9 @@ class PaneStore:
             self.partition_watermarks[partition] = wm
             self.partition_seen[partition] = time.monotonic()
         self._advance_watermark()
-        for ws in self.spec.window_starts(pane_start):
-            self.pending_windows.add((key, ws))
+        if mark_windows:  # the window stage; stage 1 only needs the sums and offsets back
+            for ws in self.spec.window_starts(pane_start):
+                self.pending_windows.add((key, ws))
 
     def evict_closed(self) -> list[tuple[str, AggKey]]:
         """Drop panes no open window needs; returns (record key, aggregate key) tombstones."""
