@@ -3,7 +3,6 @@ served from the installed `plotly` package, never from a CDN)."""
 
 from __future__ import annotations
 
-import importlib
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -11,32 +10,13 @@ from fastapi import FastAPI, HTTPException
 from fastapi.responses import FileResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
+from api import ws
 from api.hub import Hub
+from api.routes import events, health, history, keys, pricing, recommendations, reconciliation, rules, webhooks
+from api.webhooks import service as webhook_service
 from api.limits import RequestLimits
-from gpucost.db import init_db
-from gpucost.settings import Settings, get_settings
-
-#: Modules that define a FastAPI `router`; included in this order.
-ROUTER_MODULES: list[str] = [
-    "api.routes.health",
-    "api.routes.history",
-    "api.routes.reconciliation",
-    "api.ws",
-    "api.routes.pricing",
-    "api.routes.recommendations",
-    "api.routes.keys",
-    "api.routes.events",
-    "api.routes.rules",
-    "api.routes.webhooks",
-]
-
-#: Background services started with the app: module paths of `async def start(app)` / `stop(app)`.
-SERVICE_MODULES: list[str] = [
-    "api.routes.events",
-    "api.routes.rules",
-    "api.webhooks.service",
-]
-
+from core.db import init_db
+from core.settings import Settings, get_settings
 
 def _plotly_js() -> Path:
     import plotly
@@ -51,7 +31,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         init_db(settings)
         await app.state.hub.start()
-        services = [importlib.import_module(m) for m in SERVICE_MODULES]
+        services = [events, rules, webhook_service]  # background tasks: each has start(app) / stop(app)
         for svc in services:
             await svc.start(app)
         try:
@@ -66,8 +46,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.hub = Hub(settings)
     app.add_middleware(RequestLimits, max_bytes=settings.max_request_bytes)
-    for name in ROUTER_MODULES:
-        app.include_router(importlib.import_module(name).router)
+    for module in (health, history, reconciliation, ws, pricing, recommendations, keys, events, rules, webhooks):
+        app.include_router(module.router)
 
     import web
 

@@ -3,35 +3,11 @@ one tenant or to admin, and every query is filtered by it."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from fastapi import Depends, HTTPException, Request, WebSocket
 
-from gpucost.settings import Settings
-
-
-@dataclass(frozen=True)
-class Principal:
-    tenant: str | None  # None: admin, sees every tenant
-    key_id: str | None = None
-
-    @property
-    def is_admin(self) -> bool:
-        return self.tenant is None
-
-    def allows(self, tenant: str) -> bool:
-        return self.tenant is None or self.tenant == tenant
-
-    def scope_tenant(self, requested: str | None) -> str | None:
-        """The tenant a query is limited to; a tenant key asking for another tenant gets 403."""
-        if self.tenant is None:
-            return requested
-        if requested is not None and requested != self.tenant:
-            raise HTTPException(403, f"this key is bound to tenant {self.tenant!r}, not {requested!r}")
-        return self.tenant
-
-
-ADMIN = Principal(tenant=None)
+from api import keys
+from api.principal import ADMIN, Principal
+from core.settings import Settings
 
 
 def get_settings_dep(request: Request) -> Settings:
@@ -51,8 +27,6 @@ def resolve_key(settings: Settings, key: str | None) -> Principal | None:
         return ADMIN
     if not key:
         return None
-    from api import keys  # issue #6: hashed keys in the database
-
     return keys.lookup(settings, key)
 
 

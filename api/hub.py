@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from sqlalchemy import select
 
 from api.auth import Principal
-from api.models import AggregateRow, BilledLineItem
-from gpucost import kafka
-from gpucost.db import get_engine, session_scope
-from gpucost.settings import Settings
+from core.tables.history import AggregateRow, BilledLineItem
+from core import kafka
+from core.db import get_engine, session_scope
+from core.settings import Settings
 
 log = logging.getLogger("gpucost.api")
 

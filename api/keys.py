@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from sqlalchemy import DateTime, String, select
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy import select
 
-from api.auth import Principal
-from gpucost.db import Base, init_db, session_scope
-from gpucost.settings import Settings
+from api.principal import Principal
+from core.db import init_db, session_scope
+from core.tables.keys import ApiKey
+from core.settings import Settings
 
 PREFIX = "gpc"
 #: Seconds a lookup answer (found or not) is reused; a revocation made elsewhere shows after this.
@@ -30,22 +30,6 @@ _CACHE_MAX = 10_000
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
-
-
-class ApiKey(Base):
-    __tablename__ = "api_keys"
-
-    key_id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    key_sha256: Mapped[str] = mapped_column(String(64))
-    tenant: Mapped[str | None] = mapped_column(String(200), nullable=True, index=True)  # None: admin
-    name: Mapped[str] = mapped_column(String(200), default="")
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
-    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-
-    def to_dict(self) -> dict:
-        return {"key_id": self.key_id, "tenant": self.tenant, "admin": self.tenant is None,
-                "name": self.name, "created_at": self.created_at.isoformat() if self.created_at else None,
-                "revoked": self.revoked_at is not None}
 
 
 @dataclass(frozen=True)

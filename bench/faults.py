@@ -28,8 +28,8 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from gpucost import broker  # noqa: E402
-from gpucost.settings import Settings  # noqa: E402
+from core import broker  # noqa: E402
+from core.settings import Settings  # noqa: E402
 from tests.faults.harness import Tally, aggregate_record, publish_aggregates  # noqa: E402
 from tests.faults.test_api_restart import ReconnectingClient  # noqa: E402
 from tests.faults.test_broker_restart import run_broker_restart  # noqa: E402

@@ -26,8 +26,8 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from gpucost import kafka
-from gpucost.settings import Settings
+from core import kafka
+from core.settings import Settings
 
 console = Console()
 ROOT = Path(__file__).resolve().parent.parent

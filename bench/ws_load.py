@@ -30,7 +30,7 @@ import websockets
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from gpucost import kafka  # noqa: E402
+from core import kafka  # noqa: E402
 from tests.support import Stack  # noqa: E402
 
 

@@ -4,7 +4,6 @@ broker (`kafka start|stop|status`) and `up`, which runs the whole embedded defau
 from __future__ import annotations
 
 import asyncio
-import importlib
 import os
 import signal
 import subprocess
@@ -15,26 +14,17 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from gpucost.settings import get_settings
+from core.settings import get_settings
 
 app = typer.Typer(help="gpucost: real-time GPU cost monitor.", no_args_is_help=True, add_completion=False)
 kafka_app = typer.Typer(help="The local Apache Kafka broker (KRaft, one node).", no_args_is_help=True)
 app.add_typer(kafka_app, name="kafka")
 console = Console(stderr=True)
 
-#: Modules that add their own commands: each defines register(app: typer.Typer).
-COMMAND_MODULES: list[str] = [
-    "gpucost.pricing.cli",
-    "optimizer.recommend_cli",
-    "gpucost.keys_cli",
-    "optimizer.cli",
-]
-
-
 @kafka_app.command("start")
 def kafka_start():
     """Fetch Kafka from Maven Central if needed, format storage once, start, wait until it answers."""
-    from gpucost import broker
+    from core import broker
 
     with console.status("starting Kafka ..."):
         st = broker.start()
@@ -44,14 +34,14 @@ def kafka_start():
 @kafka_app.command("stop")
 def kafka_stop():
     """Stop the local broker (nothing is left running)."""
-    from gpucost import broker
+    from core import broker
 
     console.print("kafka: stopped" if broker.stop() else "kafka: was not running")
 
 
 @kafka_app.command("status")
 def kafka_status():
-    from gpucost import broker
+    from core import broker
 
     st = broker.status()
     console.print(str(st))
@@ -89,7 +79,7 @@ def simulate(
     start_ts: float = typer.Option(None, help="--fast: first interval's start (epoch s)."),
 ):
     """Feed simulated fleet usage and billing into Kafka."""
-    from gpucost.kafka import ensure_topics
+    from core.kafka import ensure_topics
     from ingest.producer import EventProducer
     from ingest.simulator import Fleet, run
 
@@ -124,7 +114,7 @@ def agent(
     intervals: int = typer.Option(None, help="Stop after this many intervals."),
 ):
     """Report this host's NVIDIA GPUs (NVML) as usage events."""
-    from gpucost.kafka import ensure_topics
+    from core.kafka import ensure_topics
     from ingest.nvml import NvmlSampler, NvmlUnavailable, run_agent
     from ingest.producer import EventProducer
 
@@ -157,8 +147,8 @@ def up(
 ):
     """The embedded default in one command: local Kafka, the stream worker, the API with the
     dashboard, the simulator and the optimizer. Ctrl-C stops all of it."""
-    from gpucost import broker
-    from gpucost.db import init_db
+    from core import broker
+    from core.db import init_db
 
     s = get_settings()
     with console.status("starting Kafka (first run fetches it from Maven Central) ..."):
@@ -234,13 +224,17 @@ def _has_command(name: str) -> bool:
                for c in app.registered_commands)
 
 
-def _register_modules() -> None:
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(app)
+def _register_commands() -> None:
+    from gpucost import keys_cli, pricing_cli
+    from optimizer import cli as optimizer_cli
+    from optimizer import recommend_cli
+
+    for module in (pricing_cli, recommend_cli, keys_cli, optimizer_cli):
+        module.register(app)
 
 
 def main():
-    _register_modules()
+    _register_commands()
     app()
 
 

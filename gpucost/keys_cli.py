@@ -15,7 +15,7 @@ def register(app: typer.Typer) -> None:
                name: str = typer.Option("", help="A label for the key list.")):
         """Create a key and print it (it is shown only this once)."""
         from api.keys import InvalidKeyRequest, create_key
-        from gpucost.settings import get_settings
+        from core.settings import get_settings
 
         try:
             new = create_key(get_settings(), tenant=tenant, admin=admin, name=name)
@@ -30,7 +30,7 @@ def register(app: typer.Typer) -> None:
     def list_(tenant: str = typer.Option(None), all_: bool = typer.Option(False, "--all", help="Include revoked keys.")):
         """Keys by id (never the keys themselves)."""
         from api.keys import list_keys
-        from gpucost.settings import get_settings
+        from core.settings import get_settings
 
         for k in list_keys(get_settings(), tenant=tenant):
             if k["revoked"] and not all_:
@@ -42,7 +42,7 @@ def register(app: typer.Typer) -> None:
     def revoke(key_id: str):
         """Revoke a key by its id (running APIs stop accepting it within a few seconds)."""
         from api.keys import revoke_key
-        from gpucost.settings import get_settings
+        from core.settings import get_settings
 
         if not revoke_key(get_settings(), key_id):
             typer.echo(f"error: no active key with id {key_id!r}", err=True)

@@ -10,7 +10,7 @@ import socket
 import time
 from dataclasses import dataclass
 
-from ingest.events import UsageEvent
+from contracts.events import UsageEvent
 
 
 class NvmlUnavailable(RuntimeError):

@@ -9,9 +9,9 @@ import asyncio
 from collections import defaultdict
 from collections.abc import Iterable
 
-from gpucost import kafka
-from gpucost.settings import Settings, get_settings
-from ingest.events import BillingEvent, UsageEvent, encode, encode_batch
+from core import kafka
+from core.settings import Settings, get_settings
+from contracts.events import BillingEvent, UsageEvent, encode, encode_batch
 
 
 class EventProducer:

@@ -12,8 +12,8 @@ import time
 import zlib
 from dataclasses import dataclass, field
 
-from gpucost.pricing import default_catalog
-from ingest.events import BillingEvent, UsageEvent
+from core.pricing import default_catalog
+from contracts.events import BillingEvent, UsageEvent
 
 TENANTS = {
     "acme": ["chat-api", "embeddings", "batch-summarize"],

@@ -42,7 +42,7 @@ def _instance(cloud: str, region: str, instance_type: str):
 def _results_path(out: Path | None, stem: str) -> Path:
     if out is not None:
         return out
-    from gpucost.settings import get_settings
+    from core.settings import get_settings
 
     return get_settings().data_dir / "optimizer" / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}.json"
 

@@ -105,7 +105,7 @@ def gpu_model_name(device: torch.device | str) -> str:
     device = torch.device(device)
     if device.type != "cuda":
         return "cpu"
-    from gpucost.pricing import canonical_gpu_model
+    from core.pricing import canonical_gpu_model
 
     name = torch.cuda.get_device_name(device).lower().replace("nvidia", "").strip()
     return canonical_gpu_model(name.replace(" ", "-"))
@@ -124,7 +124,7 @@ def peak_bandwidth_bytes_s(gpu_model: str) -> float | None:
     """Spec-sheet memory bandwidth from the catalog's GPU table; None for a CPU or unknown GPU."""
     if gpu_model == "cpu":
         return None
-    from gpucost.pricing import PricingError, default_catalog
+    from core.pricing import PricingError, default_catalog
 
     try:
         return default_catalog().spec(gpu_model).mem_bandwidth_gb_s * 1e9
@@ -145,7 +145,7 @@ def usd_per_gpu_hour(instance: Instance, gpu_model: str) -> tuple[float | None, 
     """(price, fallback) from the catalog; (None, False) for CPU runs, which it does not price."""
     if gpu_model == "cpu":
         return None, False
-    from gpucost.pricing import PricingError, default_catalog
+    from core.pricing import PricingError, default_catalog
 
     try:
         quote = default_catalog().gpu_hour_price(instance.cloud, instance.region, instance.instance_type,

@@ -18,14 +18,14 @@ def service_name(variant: str) -> str:
 
 
 def _default_gpu_for(instance: Instance) -> str:
-    from gpucost.pricing import default_catalog
+    from core.pricing import default_catalog
 
     row = default_catalog().row(instance.cloud, instance.region, instance.instance_type)
     return row.gpu_model if row is not None else "H100-80GB"
 
 
 def _gpu_memory_gb(gpu_model: str) -> float:
-    from gpucost.pricing import PricingError, default_catalog
+    from core.pricing import PricingError, default_catalog
 
     try:
         return float(default_catalog().spec(gpu_model).memory_gb)
@@ -38,7 +38,7 @@ def usage_event(*, variant: str, instance: Instance, gpu_model: str, interval_s:
                 host: str | None = None, gpu_index: int = 0, power_w: float = 0.0,
                 measured_on: str = "gpu", ts: float | None = None, mem_total_gb: float | None = None):
     """One usage sample for the optimizer's own workload over `interval_s` seconds ending at `ts`."""
-    from ingest.events import UsageEvent
+    from contracts.events import UsageEvent
 
     if gpu_model == "cpu":
         gpu_model, measured_on = _default_gpu_for(instance), "cpu"
@@ -75,8 +75,8 @@ async def publish_runs(rows: Iterable[RunMetrics], instance: Instance, settings=
 
 def store_runs(rows: Iterable[RunMetrics], settings=None, source: str = "bench") -> list[int]:
     """Insert the runs into `benchmark_runs` (creating the tables first); returns their ids."""
-    from gpucost.db import init_db, session_scope
-    from optimizer.models import BenchmarkRun
+    from core.db import init_db, session_scope
+    from core.tables.benchmarks import BenchmarkRun
 
     init_db(settings)
     records = []

@@ -25,7 +25,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from itertools import product
 
-from gpucost.pricing import GPUSpec, PriceCatalog, PricingError, default_catalog
+from core.pricing import GPUSpec, PriceCatalog, PricingError, default_catalog
 
 HOURS_PER_MONTH = 730.0
 MEMORY_HEADROOM = 0.90  # share of GPU memory usable for weights + KV (runtime, activations, fragmentation)

@@ -50,7 +50,7 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     ):
         """Which cloud GPU instance serves a workload cheapest within its latency SLO."""
-        from gpucost.pricing.effective import effective_catalog
+        from core.pricing.effective import effective_catalog
         from optimizer.recommend import Measurement, RecommendError, Workload
         from optimizer.recommend import recommend as run_recommend
         from optimizer.recommend_data import load_measurements
@@ -78,7 +78,7 @@ def register(app: typer.Typer) -> None:
             try:
                 catalog = effective_catalog()
             except Exception:  # noqa: BLE001 - no database: the shipped catalog
-                from gpucost.pricing import default_catalog
+                from core.pricing import default_catalog
 
                 catalog = default_catalog()
             result = run_recommend(workload, measurements, catalog=catalog, limit=top,

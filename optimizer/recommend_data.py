@@ -1,5 +1,5 @@
 """Measured runs for the recommender: the optimizer's benchmark runs (table `benchmark_runs`, when
-optimizer.models exists) and JSON result files under optimizer/data/ (lists of RunMetrics dicts,
+core.tables.benchmarks exists) and JSON result files under optimizer/data/ (lists of RunMetrics dicts,
 or objects with a "runs" list). Unreadable entries are skipped and counted, never guessed."""
 
 from __future__ import annotations
@@ -67,14 +67,9 @@ def load_measurements(data_dir: Path | None = DATA_DIR, session=None) -> LoadedM
                 if isinstance(run, dict):
                     _add(out, run, str(path.name))
     if session is not None:
-        try:
-            from optimizer import models as bench_models  # written by the optimizer's owner
-        except ImportError:
-            return out
-        table = getattr(bench_models, "BenchmarkRun", None)
-        if table is None:
-            return out
         from sqlalchemy import select
+
+        from core.tables.benchmarks import BenchmarkRun as table
 
         try:
             rows = session.scalars(select(table)).all()

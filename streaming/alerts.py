@@ -609,7 +609,7 @@ async def follow_rules(settings, evaluator: AlertEvaluator, publish) -> None:
     compacted cost.alertstate), load every rule from the compacted cost.rules, mark it ready, then
     apply rule changes as they come (no restart) and persist changed totals about every second.
     `publish(alerts)` sends the transitions a rule change causes (a deleted rule's alerts resolve)."""
-    from gpucost.kafka import consumer, producer, read_to_end, stop_consumer
+    from core.kafka import consumer, producer, read_to_end, stop_consumer
 
     await ensure_state_topic(settings)
     c = consumer(settings=settings, group_id=None)
@@ -659,7 +659,7 @@ async def ensure_state_topic(settings) -> None:
     from aiokafka.admin import NewTopic
     from aiokafka.errors import TopicAlreadyExistsError
 
-    from gpucost.kafka import admin
+    from core.kafka import admin
 
     client = admin(settings)
     await client.start()

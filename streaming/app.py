@@ -17,11 +17,11 @@ import zlib
 import faust
 import mode
 
-from gpucost.kafka import consumer as kafka_consumer
-from gpucost.kafka import read_to_end, stop_consumer
-from gpucost.pricing import default_catalog
-from gpucost.settings import Settings, get_settings
-from ingest.events import UsageEvent, decode_billing, decode_usage
+from core.kafka import consumer as kafka_consumer
+from core.kafka import read_to_end, stop_consumer
+from core.pricing import default_catalog
+from core.settings import Settings, get_settings
+from contracts.events import UsageEvent, decode_billing, decode_usage
 from streaming.panes import PaneStore, WindowSpec, parse_pane_record_key
 from streaming.alerts import AlertEvaluator, follow_rules
 
@@ -46,7 +46,7 @@ class Metering:
 
     async def refresh(self, settings: Settings) -> None:
         """Pick up price overrides without a restart (read off the event loop)."""
-        from gpucost.pricing.effective import effective_catalog
+        from core.pricing.effective import effective_catalog
 
         catalog = await asyncio.get_running_loop().run_in_executor(None, effective_catalog, settings)
         if catalog is not self.catalog:
@@ -326,7 +326,7 @@ def run_worker(settings: Settings | None = None, loglevel: str = "warning") -> N
     """Run the worker in this process until SIGINT/SIGTERM."""
     from faust.worker import Worker
 
-    from gpucost.kafka import ensure_topics
+    from core.kafka import ensure_topics
 
     import gc
 

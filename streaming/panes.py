@@ -22,8 +22,8 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from gpucost.pricing import PricingError
-from ingest.events import UsageEvent
+from core.pricing import PricingError
+from contracts.events import UsageEvent
 
 AggKey = tuple[str, str, str, str]  # (tenant, service, region, gpu_model)
 

@@ -9,12 +9,12 @@ import uuid
 
 import pytest
 
-from gpucost.settings import Settings
+from core.settings import Settings
 
 
 @pytest.fixture(scope="session")
 def kafka_broker():
-    from gpucost import broker
+    from core import broker
 
     settings = Settings()
     if broker.answers(settings.kafka_bootstrap):

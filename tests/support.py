@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 
-from gpucost.settings import Settings
+from core.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -158,7 +158,7 @@ class Stack:
 
 async def read_topic(settings: Settings, topic: str, idle_ms: int = 1500) -> list:
     """Every record currently on a topic (for assertions), read with a plain aiokafka consumer."""
-    from gpucost.kafka import consumer, read_to_end, stop_consumer
+    from core.kafka import consumer, read_to_end, stop_consumer
 
     c = consumer(settings=settings, group_id=None)
     await c.start()
@@ -185,7 +185,7 @@ def expected_windows(events, price: dict[str, float] | None = None, size: int = 
     """Brute force, independent of the worker's panes: every window [ws, ws + size) that contains
     each event's ts, summed per key. `price`: USD per GPU-hour by GPU model (hand-written in a
     test), or None to price each event's instance from the catalog."""
-    from gpucost.pricing import default_catalog
+    from core.pricing import default_catalog
 
     catalog = default_catalog()
     out = {}

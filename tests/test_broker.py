@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from gpucost import broker
-from gpucost.settings import Settings
+from core import broker
+from core.settings import Settings
 from tests.support import free_port
 
 pytestmark = pytest.mark.integration

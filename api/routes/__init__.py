@@ -1,1 +1,1 @@
-"""One router per resource; api/app.py includes those listed in ROUTER_MODULES."""
+"""One router per resource; api/app.py includes each explicitly."""

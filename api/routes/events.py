@@ -1,5 +1,5 @@
 """`POST /events`: batch ingest into Kafka for producers that speak HTTP, not Kafka. The batch is
-validated against the event contract (ingest/events.py) and the key's tenant, all or nothing: one
+validated against the event contract (contracts/events.py) and the key's tenant, all or nothing: one
 bad or foreign event rejects the request (422 / 403, every problem listed by index) and nothing is
 sent. Accepted events go through the one EventProducer; the 202 says whether Kafka acknowledged
 them (acks=all) in time or they are queued for delivery. A 503 means nothing was queued."""
@@ -15,7 +15,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from pydantic import BaseModel
 
 from api.auth import Principal, principal
-from ingest.events import BillingEvent, UsageEvent, decode_billing, decode_usage
+from contracts.events import BillingEvent, UsageEvent, decode_billing, decode_usage
 from ingest.producer import EventProducer
 
 router = APIRouter(tags=["ingest"])

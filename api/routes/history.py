@@ -7,8 +7,8 @@ from pydantic import BaseModel
 from sqlalchemy import select
 
 from api.auth import Principal, principal
-from api.models import AggregateRow
-from gpucost.db import session_scope
+from core.tables.history import AggregateRow
+from core.db import session_scope
 
 router = APIRouter(prefix="/api", tags=["history"])
 INT32_MAX = 2**31 - 1

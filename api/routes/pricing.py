@@ -8,10 +8,10 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from pydantic import BaseModel, Field
 
 from api.auth import Principal, principal
-from gpucost.db import session_scope
-from gpucost.pricing import PricingError, UnknownGPUModel, default_catalog
-from gpucost.pricing.effective import effective_catalog, invalidate
-from gpucost.pricing.overrides import OverrideRequest, delete_override, list_overrides, set_override
+from core.db import session_scope
+from core.pricing import PricingError, UnknownGPUModel, default_catalog
+from core.pricing.effective import effective_catalog, invalidate
+from core.pricing.overrides import OverrideRequest, delete_override, list_overrides, set_override
 
 router = APIRouter(prefix="/api/pricing", tags=["pricing"])
 

@@ -11,8 +11,8 @@ from pydantic import BaseModel, Field, model_validator
 from sqlalchemy import select
 
 from api.auth import Principal, principal
-from gpucost.db import session_scope
-from gpucost.pricing.effective import effective_catalog
+from core.db import session_scope
+from core.pricing.effective import effective_catalog
 from optimizer.recommend import (
     Measurement,
     RecommendError,
@@ -21,7 +21,7 @@ from optimizer.recommend import (
     recommend,
 )
 from optimizer.recommend_data import load_measurements
-from optimizer.recommend_models import RecommendationRecord
+from core.tables.recommendations import RecommendationRecord
 
 router = APIRouter(prefix="/api", tags=["recommendations"])
 
@@ -244,7 +244,7 @@ def live(request: Request, hours: float = Query(1.0, gt=0, le=24 * 31),
     `service`). Hopping windows overlap, so only the windows that tile time are summed."""
     import time
 
-    from api.models import AggregateRow
+    from core.tables.history import AggregateRow
 
     settings = request.app.state.settings
     size = settings.window_size_s

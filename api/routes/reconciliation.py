@@ -10,8 +10,8 @@ from pydantic import BaseModel
 from sqlalchemy import func, select
 
 from api.auth import Principal, principal
-from api.models import AggregateRow, BilledLineItem
-from gpucost.db import session_scope
+from core.tables.history import AggregateRow, BilledLineItem
+from core.db import session_scope
 
 router = APIRouter(prefix="/api", tags=["reconciliation"])
 DAY = 86400

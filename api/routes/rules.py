@@ -3,7 +3,7 @@ to the compacted `cost.rules` topic (key: rule id; a deletion is a tombstone), w
 worker follows without a restart. A rule whose publication failed stays marked unpublished and is
 retried in the background, so the topic converges on the database.
 
-Also a service (api/app.py SERVICE_MODULES): it owns the producer and the retry loop."""
+Also a background service started by api/app.py: it owns the producer and the retry loop."""
 
 from __future__ import annotations
 
@@ -15,11 +15,11 @@ from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
-from api.alert_models import AlertRuleRow, new_id
+from core.tables.alerts import AlertRuleRow, new_id
 from api.auth import Principal, principal
-from gpucost import kafka
-from gpucost.db import session_scope
-from gpucost.settings import Settings
+from core import kafka
+from core.db import session_scope
+from core.settings import Settings
 from streaming.alerts import Rule, RuleSpec
 
 log = logging.getLogger("gpucost.api.rules")

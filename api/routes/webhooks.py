@@ -13,11 +13,11 @@ from pydantic import BaseModel, Field
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
-from api.alert_models import DeliveryAttemptRow, DeliveryRow, WebhookRow, new_id
+from core.tables.alerts import DeliveryAttemptRow, DeliveryRow, WebhookRow, new_id
 from api.auth import Principal, principal
 from api.webhooks.signing import new_secret
 from api.webhooks.urls import WebhookURLRefused, check_url
-from gpucost.db import session_scope
+from core.db import session_scope
 
 router = APIRouter(prefix="/api", tags=["webhooks"])
 Format = Literal["gpucost", "alertmanager", "slack"]

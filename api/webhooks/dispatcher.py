@@ -18,12 +18,12 @@ import httpx
 from sqlalchemy import select, update
 from starlette.concurrency import run_in_threadpool
 
-from api.alert_models import DeliveryAttemptRow, DeliveryRow, WebhookRow
+from core.tables.alerts import DeliveryAttemptRow, DeliveryRow, WebhookRow
 from api.webhooks.formats import render
 from api.webhooks.signing import signed_headers
 from api.webhooks.urls import WebhookURLRefused, check_url
-from gpucost.db import session_scope
-from gpucost.settings import Settings
+from core.db import session_scope
+from core.settings import Settings
 
 log = logging.getLogger("gpucost.webhooks")
 

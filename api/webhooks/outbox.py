@@ -14,10 +14,10 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 
-from api.alert_models import DeliveryRow, WebhookRow, new_id
-from gpucost import kafka
-from gpucost.db import session_scope
-from gpucost.settings import Settings
+from core.tables.alerts import DeliveryRow, WebhookRow, new_id
+from core import kafka
+from core.db import session_scope
+from core.settings import Settings
 
 log = logging.getLogger("gpucost.webhooks")
 

@@ -1,4 +1,4 @@
-"""Starts the alert outbox consumer and the webhook dispatcher with the API (SERVICE_MODULES)."""
+"""Starts the alert outbox consumer and the webhook dispatcher with the API (api/app.py starts it)."""
 
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from streaming.alerts import AlertEvaluator, Rule
 from streaming.panes import PaneStore, WindowSpec
-from ingest.events import UsageEvent
+from contracts.events import UsageEvent
 
 USD_PER_GPU_HOUR = 3.6  # $0.01 per GPU per 10 s sample
 DAY0 = 1_763_942_400  # 2025-11-24T00:00:00Z, a Monday; every test starts at a known UTC boundary

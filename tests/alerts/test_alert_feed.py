@@ -9,7 +9,7 @@ import json
 import pytest
 import websockets
 
-from gpucost.kafka import producer
+from core.kafka import producer
 from tests.api.test_webhooks import an_alert
 from tests.support import async_wait_for
 

@@ -15,7 +15,7 @@ import httpx
 import pytest
 from standardwebhooks import Webhook
 
-from ingest.events import UsageEvent
+from contracts.events import UsageEvent
 from ingest.producer import EventProducer
 from tests.alerts.receiver import Receiver
 from tests.support import Stack, read_topic, wait_for

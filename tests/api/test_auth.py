@@ -15,10 +15,10 @@ from websockets.exceptions import InvalidStatus
 from sqlalchemy import select
 
 from api import keys
-from gpucost.db import session_scope
-from gpucost.kafka import producer as kafka_producer
-from gpucost.settings import Settings
-from ingest.events import UsageEvent
+from core.db import session_scope
+from core.kafka import producer as kafka_producer
+from core.settings import Settings
+from contracts.events import UsageEvent
 from tests.support import async_wait_for, read_topic, wait_for
 
 

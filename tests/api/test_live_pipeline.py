@@ -12,7 +12,7 @@ import httpx
 import pytest
 import websockets
 
-from ingest.events import UsageEvent
+from contracts.events import UsageEvent
 from ingest.producer import EventProducer
 from tests.support import async_wait_for, expected_windows, read_topic
 

@@ -10,7 +10,7 @@ from collections import defaultdict
 import httpx
 import pytest
 
-from ingest.events import BillingEvent
+from contracts.events import BillingEvent
 from ingest.producer import EventProducer
 from tests.api.test_live_pipeline import H100_P5_USD_H, usage
 from tests.support import async_wait_for, read_topic

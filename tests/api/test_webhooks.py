@@ -15,7 +15,7 @@ import pytest
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
-from gpucost.kafka import producer
+from core.kafka import producer
 from tests.alerts.receiver import Receiver
 from tests.support import Stack, wait_for
 

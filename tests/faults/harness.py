@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 
 from aiokafka import TopicPartition
 
-from gpucost import kafka
-from gpucost.settings import Settings
-from ingest.events import UsageEvent
+from core import kafka
+from core.settings import Settings
+from contracts.events import UsageEvent
 from ingest.producer import EventProducer
 from tests.support import expected_windows, last_aggregates, read_topic
 

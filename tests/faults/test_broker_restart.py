@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from gpucost import broker
-from gpucost.settings import Settings
+from core import broker
+from core.settings import Settings
 from tests.faults.harness import TickProducer, converge, make_ticks
 from tests.support import free_port
 

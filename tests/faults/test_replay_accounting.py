@@ -5,7 +5,7 @@ reported as anything else: a replayed event older than the restored watermark's 
 
 from __future__ import annotations
 
-from ingest.events import UsageEvent
+from contracts.events import UsageEvent
 from streaming.panes import PaneStore, WindowSpec, pane_record_key
 
 T0 = 1_790_000_000

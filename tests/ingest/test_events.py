@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from ingest.events import BillingEvent, UsageEvent, decode_billing, decode_usage, encode, encode_batch
+from contracts.events import BillingEvent, UsageEvent, decode_billing, decode_usage, encode, encode_batch
 
 
 def usage(**kw):

@@ -12,7 +12,7 @@ import time
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from ingest.events import BillingEvent, UsageEvent, decode_billing, decode_usage, encode, encode_batch
+from contracts.events import BillingEvent, UsageEvent, decode_billing, decode_usage, encode, encode_batch
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from gpucost.pricing import default_catalog
+from core.pricing import default_catalog
 from ingest.nvml import NvmlSampler, NvmlUnavailable, Reading, gpu_model_from_nvml, to_events
 
 

@@ -1,6 +1,6 @@
 """The fleet simulator: deterministic for a seed and start time, valid events, billing that adds up."""
 
-from ingest.events import UsageEvent
+from contracts.events import UsageEvent
 from ingest.simulator import TENANTS, Fleet
 
 T0 = 1_790_000_000.0

@@ -5,7 +5,7 @@ import json
 import pytest
 from sqlalchemy import select
 
-from gpucost.settings import Settings
+from core.settings import Settings
 from optimizer.bench import BenchConfig, Variant, default_variants, ratios, results_document, run_matrix
 from optimizer.publish import run_usage_event, service_name, store_runs
 from optimizer.measure import Instance
@@ -72,8 +72,8 @@ def test_results_document_is_json_with_every_run(matrix):
 
 
 def test_runs_are_stored_for_the_recommender(matrix, database_url):
-    from gpucost.db import session_scope
-    from optimizer.models import BenchmarkRun
+    from core.db import session_scope
+    from core.tables.benchmarks import BenchmarkRun
 
     settings = Settings(database_url=database_url)
     ids = store_runs(matrix, settings, source="bench")

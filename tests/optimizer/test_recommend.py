@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import pytest
 
-from gpucost.pricing import CatalogRow, GPUSpec, PriceCatalog
+from core.pricing import CatalogRow, GPUSpec, PriceCatalog
 from optimizer.recommend import (
     Measurement,
     RecommendError,

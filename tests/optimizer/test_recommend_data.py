@@ -77,8 +77,8 @@ def test_stored_benchmark_runs_are_read_and_gate_rejected_ones_skipped():
     from sqlalchemy import create_engine
     from sqlalchemy.orm import Session
 
-    from gpucost.db import Base
-    from optimizer.models import BenchmarkRun
+    from core.db import Base
+    from core.tables.benchmarks import BenchmarkRun
 
     engine = create_engine("sqlite://")
     Base.metadata.create_all(engine, tables=[BenchmarkRun.__table__])

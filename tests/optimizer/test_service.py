@@ -7,7 +7,7 @@ import uuid
 import httpx
 import pytest
 
-from gpucost.settings import Settings
+from core.settings import Settings
 from optimizer.service import OptimizerService, ServiceConfig, create_app, serve
 from tests.support import free_port, read_topic
 

@@ -7,9 +7,9 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from gpucost.db import init_db
-from gpucost.pricing.effective import invalidate
-from gpucost.settings import Settings
+from core.db import init_db
+from core.pricing.effective import invalidate
+from core.settings import Settings
 
 
 @pytest.fixture
@@ -104,8 +104,8 @@ def test_recommendation_without_demand_is_422(client):
 def test_live_view_sets_what_a_service_pays_beside_its_best_alternative(client):
     import time
 
-    from api.models import AggregateRow
-    from gpucost.db import session_scope
+    from core.tables.history import AggregateRow
+    from core.db import session_scope
 
     settings = client.app.state.settings
     now = int(time.time()) // 60 * 60

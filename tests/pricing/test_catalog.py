@@ -8,7 +8,7 @@ from importlib import resources
 
 import pytest
 
-from gpucost.pricing import (
+from core.pricing import (
     CATALOG_COLUMNS,
     CatalogRow,
     PriceCatalog,
@@ -77,7 +77,7 @@ def test_default_catalog_is_cached_and_holds_rows_with_the_catalog_columns():
     catalog = default_catalog()
     assert catalog is default_catalog()
     assert len(catalog.rows) >= 10
-    header = next(csv.reader(resources.files("gpucost.pricing").joinpath("catalog.csv").open()))
+    header = next(csv.reader(resources.files("core.pricing").joinpath("catalog.csv").open()))
     assert tuple(header) == CATALOG_COLUMNS
 
 

@@ -5,21 +5,21 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from gpucost.pricing.effective import invalidate
+from core.pricing.effective import invalidate
 
 
 @pytest.fixture
 def cli(tmp_path, monkeypatch):
     monkeypatch.setenv("GPUCOST_DATA_DIR", str(tmp_path))
     monkeypatch.delenv("GPUCOST_DATABASE_URL", raising=False)
-    from gpucost import settings as settings_module
+    from core import settings as settings_module
 
     if hasattr(settings_module.get_settings, "cache_clear"):
         settings_module.get_settings.cache_clear()
     invalidate()
     import typer
 
-    from gpucost.pricing.cli import register as register_pricing
+    from gpucost.pricing_cli import register as register_pricing
     from optimizer.recommend_cli import register as register_recommend
 
     app = typer.Typer()

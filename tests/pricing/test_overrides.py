@@ -4,9 +4,9 @@ import pytest
 from sqlalchemy import create_engine
 from sqlalchemy.orm import Session
 
-from gpucost.db import Base
-from gpucost.pricing import PricingError, UnknownGPUModel, default_catalog
-from gpucost.pricing.overrides import (
+from core.db import Base
+from core.pricing import PricingError, UnknownGPUModel, default_catalog
+from core.pricing.overrides import (
     OverrideRequest,
     catalog_with_overrides,
     delete_override,
@@ -17,7 +17,7 @@ from gpucost.pricing.overrides import (
 
 @pytest.fixture
 def session():
-    import gpucost.pricing.models  # noqa: F401  (registers the table on Base)
+    import core.tables.pricing  # noqa: F401  (registers the table on Base)
 
     engine = create_engine("sqlite://")
     Base.metadata.create_all(engine, tables=[Base.metadata.tables["pricing_overrides"]])

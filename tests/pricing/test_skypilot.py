@@ -3,9 +3,9 @@
 
 import pytest
 
-from gpucost.pricing import PriceCatalog, default_catalog
-from gpucost.pricing.catalog import CatalogFormatError
-from gpucost.pricing.skypilot import load_skypilot_csv
+from core.pricing import PriceCatalog, default_catalog
+from core.pricing.catalog import CatalogFormatError
+from core.pricing.skypilot import load_skypilot_csv
 
 AWS_CSV = """InstanceType,AcceleratorName,AcceleratorCount,vCPUs,MemoryGiB,GpuInfo,Price,SpotPrice,Region,AvailabilityZone,Arch
 m5.large,,,2.0,8.0,,0.096,0.04,us-east-1,use1-az1,x86_64

@@ -3,7 +3,7 @@ and idempotent replay (the basis of exactly-once results on at-least-once delive
 
 import pytest
 
-from ingest.events import UsageEvent
+from contracts.events import UsageEvent
 from streaming.panes import PaneStore, WindowSpec, parse_pane_record_key
 
 T0 = 1_790_000_000  # a multiple of 10 and of 60

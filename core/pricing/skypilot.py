@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from datetime import date
 from pathlib import Path
 
-from gpucost.pricing.catalog import CatalogFormatError, CatalogRow, canonical_gpu_model
+from core.pricing.catalog import CatalogFormatError, CatalogRow, canonical_gpu_model
 
 REQUIRED_COLUMNS = ("InstanceType", "AcceleratorName", "AcceleratorCount", "vCPUs", "MemoryGiB",
                     "Price", "SpotPrice", "Region")

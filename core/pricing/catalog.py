@@ -308,7 +308,7 @@ def write_catalog_csv(rows: Iterable[CatalogRow], path: str | Path) -> None:
 
 
 def _data_path(name: str):
-    return resources.files("gpucost.pricing").joinpath(name)
+    return resources.files("core.pricing").joinpath(name)
 
 
 @lru_cache(maxsize=1)

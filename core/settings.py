@@ -70,7 +70,7 @@ class Settings(BaseSettings):
     def database(self) -> str:
         if self.database_url:
             return self.database_url
-        return f"sqlite:///{self.data_dir / 'gpucost.db'}"
+        return f"sqlite:///{self.data_dir / 'core.db'}"
 
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}{name}"

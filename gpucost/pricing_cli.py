@@ -14,8 +14,8 @@ def register(app: typer.Typer) -> None:
     def quote(cloud: str, region: str, instance_type: str, gpu_model: str,
               spot: bool = typer.Option(False, "--spot")):
         """Price of one GPU-hour on an instance (fallback flagged)."""
-        from gpucost.pricing import PricingError
-        from gpucost.pricing.effective import effective_catalog
+        from core.pricing import PricingError
+        from core.pricing.effective import effective_catalog
 
         try:
             q = effective_catalog().gpu_hour_price(cloud, region, instance_type, gpu_model,
@@ -29,7 +29,7 @@ def register(app: typer.Typer) -> None:
     @pricing.command("catalog")
     def catalog(gpu_model: str = typer.Option(None), cloud: str = typer.Option(None)):
         """Catalog rows, cheapest per GPU-hour first."""
-        from gpucost.pricing.effective import effective_catalog
+        from core.pricing.effective import effective_catalog
 
         cat = effective_catalog()
         model = cat.canonical(gpu_model) if gpu_model else None
@@ -44,10 +44,10 @@ def register(app: typer.Typer) -> None:
     def import_skypilot(path: str, cloud: str = typer.Option(..., help="aws | gcp | azure | lambda | ..."),
                         as_of: str = typer.Option(None, help="Date of the prices (default today).")):
         """Store the GPU instances of a SkyPilot catalog CSV (vms.csv) as price overrides."""
-        from gpucost.db import init_db, session_scope
-        from gpucost.pricing.effective import invalidate
-        from gpucost.pricing.overrides import OverrideRequest, set_override
-        from gpucost.pricing.skypilot import load_skypilot_csv
+        from core.db import init_db, session_scope
+        from core.pricing.effective import invalidate
+        from core.pricing.overrides import OverrideRequest, set_override
+        from core.pricing.skypilot import load_skypilot_csv
 
         rows = load_skypilot_csv(path, cloud, as_of=as_of)
         init_db()
@@ -67,10 +67,10 @@ def register(app: typer.Typer) -> None:
                      on_demand_usd_h: float = typer.Option(..., help="Whole instance, USD per hour."),
                      spot_usd_h: float = typer.Option(None), gpu_model: str = typer.Option(None),
                      gpu_count: int = typer.Option(None), note: str = typer.Option("")):
-        from gpucost.db import init_db, session_scope
-        from gpucost.pricing import PricingError
-        from gpucost.pricing.effective import invalidate
-        from gpucost.pricing.overrides import OverrideRequest, set_override
+        from core.db import init_db, session_scope
+        from core.pricing import PricingError
+        from core.pricing.effective import invalidate
+        from core.pricing.overrides import OverrideRequest, set_override
 
         init_db()
         try:
@@ -86,8 +86,8 @@ def register(app: typer.Typer) -> None:
 
     @override.command("list")
     def override_list():
-        from gpucost.db import init_db, session_scope
-        from gpucost.pricing.overrides import list_overrides
+        from core.db import init_db, session_scope
+        from core.pricing.overrides import list_overrides
 
         init_db()
         with session_scope() as session:
@@ -97,9 +97,9 @@ def register(app: typer.Typer) -> None:
 
     @override.command("delete")
     def override_delete(cloud: str, region: str, instance_type: str):
-        from gpucost.db import init_db, session_scope
-        from gpucost.pricing.effective import invalidate
-        from gpucost.pricing.overrides import delete_override
+        from core.db import init_db, session_scope
+        from core.pricing.effective import invalidate
+        from core.pricing.overrides import delete_override
 
         init_db()
         with session_scope() as session:

@@ -1,10 +1,9 @@
 """The one place that opens the database: SQLAlchemy 2.0 engine and sessions for SQLite (default,
-a file under the data dir) or PostgreSQL (by URL). Each box declares its tables on `Base` in its own
-models module, listed in MODEL_MODULES so `init_db` creates them all."""
+a file under the data dir) or PostgreSQL (by URL). Every table is declared on `Base` in
+`core/tables/`, one module per concept, so one metadata holds the whole schema."""
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
@@ -12,18 +11,7 @@ from functools import lru_cache
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
-from gpucost.settings import Settings, get_settings
-
-#: Modules that declare tables on Base; imported before create_all.
-MODEL_MODULES: list[str] = [
-    "api.models",
-    "gpucost.pricing.models",
-    "api.alert_models",
-    "optimizer.recommend_models",
-    "api.keys",
-    "optimizer.models",
-]
-
+from core.settings import Settings, get_settings
 
 class Base(DeclarativeBase):
     pass
@@ -58,15 +46,11 @@ def _sessionmaker_for(url: str) -> sessionmaker[Session]:
     return sessionmaker(bind=_engine_for(url), expire_on_commit=False)
 
 
-def import_models() -> None:
-    for name in MODEL_MODULES:
-        importlib.import_module(name)
-
-
 def init_db(settings: Settings | None = None) -> Engine:
     """Create every table that does not exist yet (idempotent)."""
+    import core.tables  # noqa: F401  (declares every table on Base)
+
     engine = get_engine(settings)
-    import_models()
     Base.metadata.create_all(engine)
     return engine
 

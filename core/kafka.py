@@ -7,7 +7,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from gpucost.settings import Settings, get_settings
+from core.settings import Settings, get_settings
 
 
 def producer(settings: Settings | None = None, **overrides) -> AIOKafkaProducer:

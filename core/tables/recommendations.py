@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 from sqlalchemy import JSON, DateTime, Float, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from gpucost.db import Base
+from core.db import Base
 
 
 def _now() -> datetime:

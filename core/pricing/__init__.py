@@ -5,7 +5,7 @@ In: catalog.csv (instance prices, each row with its source and as-of date) and g
 pricing lookup; the stream processor meters every usage event with it and the recommender
 ranks instances with it."""
 
-from gpucost.pricing.catalog import (
+from core.pricing.catalog import (
     CATALOG_COLUMNS,
     CatalogFormatError,
     CatalogRow,

@@ -10,7 +10,7 @@ import uuid
 from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from gpucost.db import Base
+from core.db import Base
 
 
 def new_id() -> str:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from gpucost.settings import Settings, get_settings
+from core.settings import Settings, get_settings
 
 
 #: Brokers this process started, so stop() can reap them (no zombie left behind).
@@ -69,7 +69,7 @@ def ensure_jars(settings: Settings | None = None) -> Path:
     if shutil.which("mvn") is None:
         raise BrokerError("Maven (mvn) is needed to fetch Kafka from Maven Central; install it (apt-get install maven)")
     lib.mkdir(parents=True, exist_ok=True)
-    pom = resources.files("gpucost.kafka_dist") / "pom.xml"
+    pom = resources.files("core.kafka_dist") / "pom.xml"
     with resources.as_file(pom) as pom_path:
         cmd = [
             "mvn", "-q", "-B", "-f", str(pom_path), "dependency:copy-dependencies",

@@ -1,4 +1,4 @@
-"""User price overrides: stored with SQLAlchemy (gpucost.pricing.models), applied on top of the
+"""User price overrides: stored with SQLAlchemy (core.tables.pricing), applied on top of the
 shipped catalog. An override replaces the catalog row of the same (cloud, region, instance type);
 one for an instance the catalog lacks adds it. Quotes from an override carry `override=True` and a
 source starting with "override:"."""
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from gpucost.pricing.catalog import (
+from core.pricing.catalog import (
     CatalogRow,
     PriceCatalog,
     PricingError,
@@ -20,7 +20,7 @@ from gpucost.pricing.catalog import (
     canonical_gpu_model,
     default_catalog,
 )
-from gpucost.pricing.models import PriceOverride
+from core.tables.pricing import PriceOverride
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 import time
 
-from gpucost.pricing.catalog import PriceCatalog, default_catalog
+from core.pricing.catalog import PriceCatalog, default_catalog
 
 _lock = threading.Lock()
 _cache: dict[str, tuple[float, PriceCatalog]] = {}
@@ -16,8 +16,8 @@ _cache: dict[str, tuple[float, PriceCatalog]] = {}
 def effective_catalog(settings=None, ttl_s: float = 30.0) -> PriceCatalog:
     """Shipped catalog with overrides from the database; the shipped one if the database has no
     overrides table yet or cannot be reached (metering must not stop for a pricing change)."""
-    from gpucost.db import session_scope
-    from gpucost.settings import get_settings
+    from core.db import session_scope
+    from core.settings import get_settings
 
     settings = settings or get_settings()
     now = time.monotonic()
@@ -26,7 +26,7 @@ def effective_catalog(settings=None, ttl_s: float = 30.0) -> PriceCatalog:
         if hit and now - hit[0] < ttl_s:
             return hit[1]
     try:
-        from gpucost.pricing.overrides import catalog_with_overrides
+        from core.pricing.overrides import catalog_with_overrides
 
         with session_scope(settings) as session:
             catalog = catalog_with_overrides(session)
