@@ -46,7 +46,8 @@ KEY_FIELDS: tuple[str, ...] = AggregateKey._fields
 
 
 class _Record(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    # Unknown fields are kept, as for events: a newer writer must not break an older reader.
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
 
 class PaneSums(_Record):
@@ -116,7 +117,7 @@ class AlertEvent(_Record):
     """An alert transition: one record when a fingerprint (rule + group + level) starts firing and
     one when it resolves."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=True)  # an anomaly ratio may be inf
+    model_config = ConfigDict(extra="allow", allow_inf_nan=True)  # an anomaly ratio may be inf
 
     fingerprint: str
     state: Literal["firing", "resolved"]
