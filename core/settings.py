@@ -69,10 +69,10 @@ class Settings(BaseSettings):
     webhook_poll_s: float = 1.0
 
     # Sources (ingest/): dcgm-exporter endpoints `gpucost up` scrapes (comma-separated in the
-    # environment: GPUCOST_DCGM_URLS=node-1:9400,node-2:9400), and the label mapping file.
+    # environment: GPUCOST_DCGM_URLS=node-1:9400,node-2:9400) and the mapping file for them and billing imports.
     dcgm_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)
     dcgm_interval_s: float = 10.0
-    dcgm_map: Path | None = None
+    mapping_file: Path | None = None  # ingest/mapping.py: labels, tags and accounts to tenants and services
 
     @field_validator("dcgm_urls", mode="before")
     @classmethod
