@@ -56,7 +56,7 @@ async def import_billing(request: Request, files: list[UploadFile] = File(..., d
     try:
         paths = []
         for i, upload in enumerate(files):
-            name = os.path.basename(upload.filename or f"upload-{i}.csv") or f"upload-{i}.csv"
+            name = "".join(ch for ch in os.path.basename(upload.filename or "") if ch >= " ")[:200] or f"upload-{i}.csv"
             path = workdir / f"{i}-{name}"  # keeps the name's extension: .csv.gz, .parquet, .jsonl
             with open(path, "wb") as out:
                 await asyncio.to_thread(shutil.copyfileobj, upload.file, out)
