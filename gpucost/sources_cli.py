@@ -101,7 +101,7 @@ def register(app: typer.Typer) -> None:
                                 rows=f"{source.rows_read:,} rows")
 
             async def run(producer):
-                imp = Importer(mapping, producer, usd_rate, on_progress=on_progress)
+                imp = Importer(mapping, producer, usd_rate, on_progress=on_progress, keep_sent=False)
                 for path in files:
                     await imp.import_file(path, fmt)
                 return imp

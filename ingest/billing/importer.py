@@ -104,14 +104,16 @@ class Importer:
     """One import run over one or more files; `report` holds what it did."""
 
     def __init__(self, mapping: SourceMapping | None = None, producer=None, usd_rate: float | None = None,
-                 gpu_index: GpuIndex | None = None, on_progress: Callable[[RowSource], None] | None = None):
+                 gpu_index: GpuIndex | None = None, on_progress: Callable[[RowSource], None] | None = None,
+                 keep_sent: bool = True):
         self.mapping = mapping or SourceMapping()
         self.producer = producer
         self.usd_rate = usd_rate
         self.gpus = gpu_index or GpuIndex()
         self.on_progress = on_progress
         self.report = ImportReport()
-        self.sent: list[BillingEvent] = []  # kept only without a producer (dry run, tests)
+        self.sent: list[BillingEvent] = []  # kept only without a producer (the API sends them after parsing)
+        self.keep_sent = keep_sent
         self._occurrences: dict[str, int] = {}
         self._pending: list = []
         self._unacked: list = []
@@ -225,7 +227,8 @@ class Importer:
         batch, self._pending = self._pending, []
         if batch:
             if self.producer is None:
-                self.sent.extend(batch)
+                if self.keep_sent:
+                    self.sent.extend(batch)
             else:
                 self._unacked.extend(await self.producer.send_billing(batch, wait=False))
             self.report.events_sent += len(batch)

@@ -11,6 +11,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 CHARGE_CATEGORIES = ("usage", "purchase", "tax", "credit", "adjustment")
@@ -95,16 +96,26 @@ def timestamp(row: Mapping[str, Any], column: str) -> float:
     elif isinstance(value, dt.date):
         moment = dt.datetime(value.year, value.month, value.day)
     else:
-        s = str(value).strip()
-        if s.endswith(" UTC"):
-            s = s[:-4]
-        try:
-            if re.fullmatch(r"\d{1,2}/\d{1,2}/\d{4}", s):
-                moment = dt.datetime.strptime(s, "%m/%d/%Y")
-            else:
-                moment = dt.datetime.fromisoformat(s.replace("Z", "+00:00"))
-        except ValueError:
-            raise RowError(column, f"{value!r} is not a date-time (ISO 8601 or MM/DD/YYYY)") from None
+        seconds = _epoch(str(value).strip())
+        if seconds is None:
+            raise RowError(column, f"{value!r} is not a date-time (ISO 8601 or MM/DD/YYYY)")
+        return seconds
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.timezone.utc)
+    return moment.timestamp()
+
+
+@lru_cache(maxsize=8192)  # an export repeats the same few hundred period boundaries on every line
+def _epoch(s: str) -> float | None:
+    if s.endswith(" UTC"):
+        s = s[:-4]
+    try:
+        if re.fullmatch(r"\d{1,2}/\d{1,2}/\d{4}", s):
+            moment = dt.datetime.strptime(s, "%m/%d/%Y")
+        else:
+            moment = dt.datetime.fromisoformat(s.replace("Z", "+00:00"))
+    except ValueError:
+        return None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=dt.timezone.utc)
     return moment.timestamp()
