@@ -5,6 +5,7 @@ the pipeline's health (dead letters by reason) is there for admins."""
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import httpx
@@ -13,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from contracts.events import UsageEvent
 from ingest.producer import EventProducer
-from tests.support import async_wait_for
+from tests.support import ROOT, async_wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -89,3 +90,20 @@ async def test_metrics_counters_equal_the_streamed_totals_and_are_scoped_by_key(
     assert all(dict(k).get("tenant") in (None, "acme") for series in mine.values() for k in series)
 
     assert httpx.get(stack.url + "/metrics", timeout=5).status_code == 401
+
+
+def test_the_grafana_dashboard_queries_only_series_that_metrics_exports(stack):
+    from ingest.dcgm import DcgmScraper, stats_file
+
+    # A DCGM scraper beside the API (same data dir) adds its per-target series.
+    DcgmScraper(["node-1"], stats_path=stats_file(stack.settings.data_dir)).write_stats()
+    stack.start_api()
+    text = httpx.get(stack.url + "/metrics", headers=stack.headers, timeout=10).text
+    exported = set()
+    for family in text_string_to_metric_families(text):
+        exported.add(family.name + ("_total" if family.type == "counter" else ""))
+    assert "gpucost_dcgm_target_up" in exported and "gpucost_spend_usd_total" in exported
+    dashboard = json.loads((ROOT / "docs" / "grafana-gpucost.json").read_text())
+    queried = {name for panel in dashboard["panels"] for t in panel["targets"]
+               for name in re.findall(r"gpucost_[a-z_]+", t["expr"])}
+    assert queried and queried <= exported, queried - exported
