@@ -103,6 +103,8 @@ def test_the_grafana_dashboard_queries_only_series_that_metrics_exports(stack):
     for family in text_string_to_metric_families(text):
         exported.add(family.name + ("_total" if family.type == "counter" else ""))
     assert "gpucost_dcgm_target_up" in exported and "gpucost_spend_usd_total" in exported
+    stats = httpx.get(stack.url + "/api/stats", headers=stack.headers, timeout=10).json()
+    assert [t["url"] for t in stats["dcgm"]["targets"]] == ["http://node-1:9400/metrics"]
     dashboard = json.loads((ROOT / "docs" / "grafana-gpucost.json").read_text())
     queried = {name for panel in dashboard["panels"] for t in panel["targets"]
                for name in re.findall(r"gpucost_[a-z_]+", t["expr"])}

@@ -16,7 +16,7 @@ import httpx
 import pytest
 import websockets
 
-from ingest.dcgm import DcgmScraper
+from ingest.dcgm import DcgmScraper, stats_file
 from ingest.mapping import load_mapping
 from ingest.producer import EventProducer
 from tests.ingest.exporter_server import ExporterServer
@@ -87,11 +87,17 @@ async def test_scraped_fleet_is_metered_exactly_on_websocket_and_rest_history(st
     with ExporterServer() as exporters:
         urls = [exporters.url(h) for h in ("gpu-node-a", "gpu-node-b", "gpu-node-mig", "broken")]
         async with EventProducer(stack.settings) as producer, DcgmScraper(
-                urls, load_mapping(tmp_path / "map.yaml"), producer, interval_s=10) as scraper:
+                urls, load_mapping(tmp_path / "map.yaml"), producer, interval_s=10,
+                stats_path=stats_file(stack.settings.data_dir)) as scraper:
             assert await scraper.scrape_once(now=T + 15) == []
             sent = await scraper.scrape_once(now=T + 25)
     assert len(sent) == 28
     assert scraper.targets[urls[3]].failures == 2
+    # The exporter that answers 500 is reported by the API (the scraper shares its data dir).
+    stats = httpx.get(stack.url + "/api/stats", headers=stack.headers, timeout=5).json()["dcgm"]
+    assert stats["targets_down"] == 1 and stats["blank_skipped"] == 6
+    down = [t for t in stats["targets"] if t["consecutive_failures"]]
+    assert [t["url"] for t in down] == [urls[3]] and "HTTP 500" in down[0]["last_error"]
 
     want = {(*k, T): v for k, v in expected().items()}
     await async_wait_for(lambda: all(k in latest and exact(latest[k], v) for k, v in want.items()), 60,
