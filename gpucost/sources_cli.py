@@ -17,6 +17,24 @@ def register(app: typer.Typer) -> None:
     importer = typer.Typer(help="Import cloud billing exports into billing events.", no_args_is_help=True)
     app.add_typer(scrape, name="scrape")
     app.add_typer(importer, name="import")
+    exporter = typer.Typer(help="Write data for other tools.", no_args_is_help=True)
+    app.add_typer(exporter, name="export")
+
+    @exporter.command("focus")
+    def export_focus(out: Path = typer.Option(..., "--out", help="File to write (.csv or .csv.gz)."),
+                     hours: float = typer.Option(24.0, help="The last N hours, up to now."),
+                     seed: int = typer.Option(7, help="The simulator's seed (same fleet as `gpucost simulate`)."),
+                     hosts: int = typer.Option(24, help="Simulated GPU hosts.")):
+        """A FOCUS billing export for the simulated fleet: hourly lines, a savings plan on part of it,
+        spot hosts, a daily credit (to import with `gpucost import billing`)."""
+        import time
+
+        from ingest.billing.synthetic import write_focus_export
+        from ingest.simulator import Fleet
+
+        end = time.time()
+        n = write_focus_export(out, Fleet.build(seed=seed, hosts=hosts), end - hours * 3600, end)
+        console.print(f"wrote {n:,} FOCUS rows to {out}")
 
     @scrape.command("dcgm")
     def dcgm(url: list[str] = typer.Option(None, "--url", help="dcgm-exporter endpoint (host, host:port or URL); "
