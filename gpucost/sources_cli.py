@@ -91,6 +91,7 @@ def register(app: typer.Typer) -> None:
                 dry_run: bool = typer.Option(False, help="Read and report; send nothing.")):
         """Import cloud billing exports: GPU instance lines become billing events on gpu.billing (idempotent:
         importing a file again, or a revised export, never double counts); the rest is reported."""
+        from aiokafka.errors import KafkaError
         from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
         from core.kafka import ensure_topics
@@ -138,6 +139,10 @@ def register(app: typer.Typer) -> None:
         except ImportRefused as exc:
             console.print(f"[red]refused[/]: {exc}")
             raise typer.Exit(2) from exc
+        except (OSError, KafkaError) as exc:
+            console.print(f"[red]error[/]: Kafka is unavailable ({type(exc).__name__}: {exc}); run the import "
+                          "again once it is back (imports are idempotent: nothing is counted twice)")
+            raise typer.Exit(3) from exc
         _print_report(imp.report.to_dict(), dry_run)
         if imp.report.rows_rejected:
             raise typer.Exit(1)

@@ -33,6 +33,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
+from pydantic import ValidationError
 from prometheus_client.parser import text_string_to_metric_families
 
 from contracts.events import UsageEvent
@@ -159,6 +160,8 @@ class TargetStats:
     blank_skipped: int = 0  # device scrapes skipped for a blank sentinel or NaN
     first_seen: int = 0     # device scrapes that only start an interval
     gaps: int = 0           # device scrapes after a gap longer than max_gap_s (interval restarted)
+    invalid: int = 0        # device scrapes whose readings break the event contract (last_invalid says why)
+    last_invalid: str = ""
 
 
 class DcgmScraper:
@@ -181,6 +184,8 @@ class DcgmScraper:
         self.stats_path = stats_path
         self.targets = {u: TargetStats(u) for u in self.urls}
         self._last_seen: dict[tuple, float] = {}  # device key -> wall time of its previous scrape
+        self.send_failures = 0
+        self.last_send_error = ""
         self._client: httpx.AsyncClient | None = None
 
     async def __aenter__(self) -> "DcgmScraper":
@@ -219,7 +224,13 @@ class DcgmScraper:
             st.events += len(new)
             events.extend(new)
         if events and self.producer is not None:
-            await self.producer.send_usage(events)
+            try:
+                await self.producer.send_usage(events)
+            except Exception as exc:  # Kafka down past the producer's own retries: report, keep scraping
+                self.send_failures += 1
+                self.last_send_error = f"{type(exc).__name__}: {exc}"[:300]
+                log.error("could not send %d DCGM events: %s", len(events), self.last_send_error)
+                events = []
         self.write_stats()
         return events
 
@@ -261,26 +272,35 @@ class DcgmScraper:
             if wall_s > self.max_gap_s:
                 st.gaps += 1
                 continue
-            util, used_mib, total_mib, power_w = reading
-            gpu_model = gpu_model_from_name(dev.model_name)
-            share = mig_share(dev.mig_profile, gpu_model) if dev.mig_profile else 1.0
-            place = self.mapping.placement(dev.host)
-            workloads = dev.workloads or [{}]
-            each = share / len(workloads)
-            for wl in workloads:
-                extras = {"source": "dcgm", "wall_interval_s": wall_s, "gpu_share": each, "gpu_uuid": dev.uuid}
-                if dev.mig_profile:
-                    extras.update(mig_profile=dev.mig_profile, mig_instance=dev.mig_instance)
-                for k in ("namespace", "pod", "container"):
-                    if wl.get(k):
-                        extras[k] = wl[k]
-                out.append(UsageEvent(
-                    ts=now, tenant=self.mapping.tenant.resolve(wl, place.tenant),
-                    service=self.mapping.service.resolve(wl, place.service),
-                    cloud=place.cloud, region=place.region, instance_type=place.instance_type,
-                    gpu_model=gpu_model, host=dev.host, gpu_index=dev.gpu_index,
-                    interval_s=wall_s * each, util=util, mem_used_gb=used_mib / MIB_PER_GB,
-                    mem_total_gb=total_mib / MIB_PER_GB, power_w=power_w * share / len(workloads), **extras))
+            try:
+                out.extend(self._device_events(dev, reading, now, wall_s))
+            except (ValueError, ValidationError) as exc:  # one odd device never stops the scrape
+                st.invalid += 1
+                st.last_invalid = f"{dev.host} gpu {dev.gpu_index}: {exc}"[:300]
+        return out
+
+    def _device_events(self, dev: Device, reading: tuple, now: float, wall_s: float) -> list[UsageEvent]:
+        util, used_mib, total_mib, power_w = reading
+        gpu_model = gpu_model_from_name(dev.model_name)
+        share = mig_share(dev.mig_profile, gpu_model) if dev.mig_profile else 1.0
+        place = self.mapping.placement(dev.host)
+        workloads = dev.workloads or [{}]
+        each = share / len(workloads)
+        out = []
+        for wl in workloads:
+            extras = {"source": "dcgm", "wall_interval_s": wall_s, "gpu_share": each, "gpu_uuid": dev.uuid}
+            if dev.mig_profile:
+                extras.update(mig_profile=dev.mig_profile, mig_instance=dev.mig_instance)
+            for k in ("namespace", "pod", "container"):
+                if wl.get(k):
+                    extras[k] = wl[k]
+            out.append(UsageEvent(
+                ts=now, tenant=self.mapping.tenant.resolve(wl, place.tenant),
+                service=self.mapping.service.resolve(wl, place.service),
+                cloud=place.cloud, region=place.region, instance_type=place.instance_type,
+                gpu_model=gpu_model, host=dev.host, gpu_index=dev.gpu_index,
+                interval_s=wall_s * each, util=util, mem_used_gb=used_mib / MIB_PER_GB,
+                mem_total_gb=total_mib / MIB_PER_GB, power_w=power_w * share / len(workloads), **extras))
         return out
 
     # -- service --------------------------------------------------------------------------
@@ -300,7 +320,9 @@ class DcgmScraper:
         targets = [asdict(t) for t in self.targets.values()]
         return {"targets": targets, "targets_down": sum(1 for t in self.targets.values() if t.consecutive_failures),
                 "events": sum(t.events for t in self.targets.values()),
-                "blank_skipped": sum(t.blank_skipped for t in self.targets.values()), "updated_ts": time.time()}
+                "blank_skipped": sum(t.blank_skipped for t in self.targets.values()),
+                "invalid": sum(t.invalid for t in self.targets.values()),
+                "send_failures": self.send_failures, "last_send_error": self.last_send_error, "updated_ts": time.time()}
 
     def write_stats(self) -> None:
         """The API reads this file for `/api/sources/dcgm` and `/metrics` (same machine, same data dir)."""

@@ -154,6 +154,21 @@ def test_a_gpu_shared_by_two_pods_is_split_between_them(mapping):
         ("a", "c1", 15.0, "L4", 0.4), ("b", "c2", 15.0, "L4", 0.4)]
 
 
+def test_a_device_that_breaks_the_contract_is_counted_and_the_others_still_report(mapping):
+    def series(host, gpu, extra=""):
+        labels = f'gpu="{gpu}",UUID="GPU-{gpu}",modelName="NVIDIA H100 80GB HBM3",hostname="{host}"{extra}'
+        return [f"DCGM_FI_DEV_GPU_UTIL{{{labels}}} 50", f"DCGM_FI_DEV_FB_USED{{{labels}}} 10",
+                f"DCGM_FI_DEV_FB_FREE{{{labels}}} 90"]
+    text = "\n".join(series("good", 0) + series("bad\\nhost", 1) + series("mig", 2, ',GPU_I_PROFILE="odd",GPU_I_ID="3"')) + "\n"
+    devices = parse_exposition(text, "x")
+    scraper = DcgmScraper(["h"], mapping)
+    st = scraper.targets["http://h:9400/metrics"]
+    scraper.to_events(devices, T0, st)
+    events = scraper.to_events(devices, T0 + 10, st)
+    assert [e.host for e in events] == ["good"]
+    assert st.invalid == 2 and "MIG profile 'odd'" in st.last_invalid
+
+
 def test_a_service_can_be_cut_out_of_the_pod_name(tmp_path):
     path = tmp_path / "m.yaml"
     path.write_text("service: {label: pod, pattern: '^(?P<service>.+?)(-[a-z0-9]{6,10})?-[a-z0-9]{5}$'}\n"
