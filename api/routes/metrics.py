@@ -11,7 +11,9 @@ Series (labels: tenant, service, region, gpu_model: bounded by the fleet, never 
   gauges from each key's newest window.
 - `gpucost_billed_usd_total`: billed line items stored per tenant and cloud.
 - `gpucost_alert_firing` (1 firing, 0 resolved) per alert rule and group.
-- Admin only: `gpucost_aggregates_received_total`, `gpucost_deadletters_total{reason}`,
+- Admin only: `gpucost_consumer_lag_messages{group}` (the worker's meter on gpu.usage, the
+  API's readers of cost.aggregates and cost.billed; refreshed at most every 15 s),
+  `gpucost_aggregates_received_total`, `gpucost_deadletters_total{reason}`,
   `gpucost_websocket_clients`, `gpucost_websocket_dropped_total`,
   `gpucost_webhook_deliveries{status}`, and the DCGM scraper's `gpucost_dcgm_*` series when one
   runs beside this API (it writes its state under GPUCOST_DATA_DIR)."""
@@ -61,8 +63,8 @@ def _stored_totals(settings, tenant: str | None) -> dict:
 class _Snapshot:
     """A one-off collector over what this request may see."""
 
-    def __init__(self, hub, stored: dict, p: Principal, dcgm: dict | None):
-        self.hub, self.stored, self.p, self.dcgm = hub, stored, p, dcgm
+    def __init__(self, hub, stored: dict, p: Principal, dcgm: dict | None, lag: dict[str, int] | None = None):
+        self.hub, self.stored, self.p, self.dcgm, self.lag = hub, stored, p, dcgm, lag or {}
 
     def collect(self):
         spend = CounterMetricFamily("gpucost_spend_usd", "Metered GPU spend (USD).", labels=KEY_LABELS)
@@ -116,6 +118,11 @@ class _Snapshot:
         for reason, n in sorted(hub.deadletters.items()):
             dead.add_metric([reason], n)
         yield dead
+        lag = GaugeMetricFamily("gpucost_consumer_lag_messages", "Messages a consumer group has yet to read.",
+                                labels=["group"])
+        for group, n in sorted(self.lag.items()):
+            lag.add_metric([group], n)
+        yield lag
         yield GaugeMetricFamily("gpucost_websocket_clients", "Open WebSocket clients.", value=len(hub.clients))
         yield CounterMetricFamily("gpucost_websocket_dropped", "Updates coalesced or evicted for slow WebSocket clients.",
                                   value=sum(c.dropped + c.overflow for c in list(hub.clients)))
@@ -148,11 +155,49 @@ def _dcgm_stats(settings) -> dict | None:
         return None
 
 
+LAG_TTL_S = 15.0
+
+
+async def _consumer_lag(app) -> dict[str, int]:
+    """Lag per consumer group: end offsets minus committed offsets over the group's topic (a
+    partition the group never committed counts whole). Cached: Prometheus may scrape often."""
+    import time
+
+    from aiokafka import TopicPartition
+
+    from core import kafka
+
+    cached = getattr(app.state, "metrics_lag", None)
+    if cached is not None and time.monotonic() - cached[0] < LAG_TTL_S:
+        return cached[1]
+    s = app.state.settings
+    groups = {"meter": (f"{s.topic_prefix}{s.worker_id}-usage", s.usage_topic),
+              "api-aggregates": (f"{s.topic_prefix}gpucost-api", s.aggregates_topic),
+              "api-billed": (f"{s.topic_prefix}gpucost-api-billed", s.billed_topic)}
+    out: dict[str, int] = {}
+    admin, reader = kafka.admin(s), kafka.consumer(settings=s, group_id=None)
+    try:
+        await asyncio.wait_for(asyncio.gather(admin.start(), reader.start()), 5)
+        for name, (group, topic) in groups.items():
+            committed = await asyncio.wait_for(admin.list_consumer_group_offsets(group), 5)
+            tps = [TopicPartition(topic, p) for p in sorted(await kafka.partitions_of(reader, topic))]
+            ends = await asyncio.wait_for(reader.end_offsets(tps), 5) if tps else {}
+            out[name] = sum(max(0, ends[tp] - (committed[tp].offset if tp in committed else 0)) for tp in tps)
+    except Exception:  # the broker is away: the other series still answer, lag is left out
+        out = {}
+    finally:
+        await admin.close()
+        await kafka.stop_consumer(reader)
+    app.state.metrics_lag = (time.monotonic(), out)
+    return out
+
+
 @router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE: {}}}})
 async def metrics(request: Request, p: Principal = Depends(principal)) -> Response:
     settings = request.app.state.settings
     stored = await asyncio.to_thread(_stored_totals, settings, p.tenant)
     dcgm = await asyncio.to_thread(_dcgm_stats, settings) if p.is_admin else None
+    lag = await _consumer_lag(request.app) if p.is_admin else None
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Snapshot(request.app.state.hub, stored, p, dcgm))
+    registry.register(_Snapshot(request.app.state.hub, stored, p, dcgm, lag))
     return Response(generate_latest(registry), media_type=CONTENT_TYPE)

@@ -81,6 +81,9 @@ async def test_metrics_counters_equal_the_streamed_totals_and_are_scoped_by_key(
     assert 0 <= m["gpucost_utilization_ratio"][acme_key] <= 1
     assert m["gpucost_aggregates_received_total"][()] > 0
     assert () in m["gpucost_websocket_clients"]
+    # Caught up: the worker's meter has read every usage message (lag is refreshed every 15 s).
+    await async_wait_for(lambda: scrape(stack, stack.admin_key).get("gpucost_consumer_lag_messages", {})
+                         .get(labels(group="meter")) == 0, 40, what="meter lag 0")
 
     # A tenant key: its own series, nothing of another tenant, no pipeline internals.
     mine = scrape(stack, stack.create_key("acme"))
