@@ -129,8 +129,8 @@ def json_object(row: Mapping[str, Any], column: str) -> dict[str, Any]:
         return {}
     if isinstance(value, dict):
         return value
-    if isinstance(value, list):
-        return {str(i.get("key")): i.get("value") for i in value if isinstance(i, dict)}
+    if isinstance(value, (list, tuple)):
+        return _pairs(value)
     s = str(value).strip()
     if not s.startswith(("{", "[")):
         s = "{" + s + "}"
@@ -139,10 +139,21 @@ def json_object(row: Mapping[str, Any], column: str) -> dict[str, Any]:
     except ValueError as exc:
         raise RowError(column, f"is not a JSON object: {exc.msg} at character {exc.pos}") from None
     if isinstance(parsed, list):
-        return {str(i.get("key")): i.get("value") for i in parsed if isinstance(i, dict)}
+        return _pairs(parsed)
     if not isinstance(parsed, dict):
         raise RowError(column, "is not a JSON object")
     return parsed
+
+
+def _pairs(items) -> dict[str, Any]:
+    """[{key, value}, ...] (GCP labels) or [(key, value), ...] (a Parquet map column, CUR 2.0 tags)."""
+    out = {}
+    for item in items:
+        if isinstance(item, dict) and "key" in item:
+            out[str(item["key"])] = item.get("value")
+        elif isinstance(item, (list, tuple)) and len(item) == 2:
+            out[str(item[0])] = item[1]
+    return out
 
 
 def string_tags(tags: Mapping[str, Any]) -> dict[str, str]:

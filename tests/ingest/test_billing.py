@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import json
 from collections import defaultdict
 from pathlib import Path
 
@@ -235,3 +236,25 @@ def test_file_column_errors_read_like_a_person_wrote_them():
     assert timestamp({"t": "2024-09-18 22:00:00"}, "t") == timestamp({"t": "2024-09-18T22:00:00Z"}, "t") == \
         timestamp({"t": "2024-09-18 22:00:00 UTC"}, "t") == 1726696800.0
     assert timestamp({"d": "09/18/2024"}, "d") == 1726617600.0
+
+
+async def test_a_cur2_parquet_export_with_a_map_of_tags_imports_like_its_csv(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    with open(DATA / "aws_cur2.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    columns = {c: [r[c] or None for r in rows] for c in rows[0] if c != "resource_tags"}
+    table = pa.table(columns)
+    for c in ("line_item_unblended_cost", "pricing_public_on_demand_cost", "savings_plan_savings_plan_effective_cost"):
+        table = table.set_column(table.schema.get_field_index(c), c, table[c].cast(pa.float64()))
+    for c in ("line_item_usage_start_date", "line_item_usage_end_date"):
+        parsed = pa.array([None if v is None else v.replace("Z", "") for v in columns[c]]).cast(pa.timestamp("s"))
+        table = table.set_column(table.schema.get_field_index(c), c, parsed)
+    tags = pa.array([list(json.loads(r["resource_tags"]).items()) if r["resource_tags"] else None for r in rows],
+                    type=pa.map_(pa.string(), pa.string()))
+    pq.write_table(table.append_column("resource_tags", tags), tmp_path / "cur.parquet")
+    from_csv, from_parquet = await run(DATA / "aws_cur2.csv"), await run(tmp_path / "cur.parquet")
+    assert from_parquet.report.rows_rejected == 0 and from_parquet.report.files["cur.parquet"] == "aws-cur2"
+    assert [(e.source, e.tenant, e.service, e.cost_usd, e.period_start) for e in from_parquet.sent] == \
+        [(e.source, e.tenant, e.service, e.cost_usd, e.period_start) for e in from_csv.sent]
