@@ -313,8 +313,9 @@ class DcgmScraper:
             n += 1
             if on_round is not None:
                 on_round(events)
-            next_at += self.interval_s
-            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+            # A round that overran (slow exporters) starts the next one now, without a burst of catch-ups.
+            next_at = max(next_at + self.interval_s, time.monotonic())
+            await asyncio.sleep(next_at - time.monotonic())
 
     def stats(self) -> dict:
         targets = [asdict(t) for t in self.targets.values()]

@@ -4,7 +4,8 @@ one (`authorization: {credentials: <key>}` in the scrape config: `Authorization:
 a tenant key sees its tenant's series only, an admin key every tenant plus the pipeline's health.
 
 Series (labels: tenant, service, region, gpu_model: bounded by the fleet, never per event):
-- `gpucost_spend_usd_total`, `gpucost_idle_usd_total`, `gpucost_gpu_seconds_total`: counters, the
+- `gpucost_spend_usd_total`, `gpucost_idle_usd_total`, `gpucost_gpu_seconds_total`,
+  `gpucost_usage_events_total`: counters, the
   sum of the stored tiled windows (each event once; revisions by late events only add). They cover
   the retained history (GPUCOST_HISTORY_RETENTION_S): pruning old windows reads as a counter reset.
 - `gpucost_spend_rate_usd_per_hour`, `gpucost_idle_rate_usd_per_hour`, `gpucost_utilization_ratio`:
@@ -45,7 +46,8 @@ def _stored_totals(settings, tenant: str | None) -> dict:
     billed totals and webhook deliveries by status, in one database session."""
     size = settings.window_size_s
     totals = (select(AggregateRow.tenant, AggregateRow.service, AggregateRow.region, AggregateRow.gpu_model,
-                     func.sum(AggregateRow.spend_usd), func.sum(AggregateRow.idle_usd), func.sum(AggregateRow.gpu_seconds))
+                     func.sum(AggregateRow.spend_usd), func.sum(AggregateRow.idle_usd), func.sum(AggregateRow.gpu_seconds),
+                     func.sum(AggregateRow.events))
               .where(AggregateRow.window_s == size, AggregateRow.window_start % size == 0)
               .group_by(AggregateRow.tenant, AggregateRow.service, AggregateRow.region, AggregateRow.gpu_model))
     billed = (select(BilledLineItem.tenant, BilledLineItem.cloud, func.sum(BilledLineItem.cost_usd))
@@ -70,12 +72,14 @@ class _Snapshot:
         spend = CounterMetricFamily("gpucost_spend_usd", "Metered GPU spend (USD).", labels=KEY_LABELS)
         idle = CounterMetricFamily("gpucost_idle_usd", "Metered spend on unused GPU capacity (USD).", labels=KEY_LABELS)
         gpu_s = CounterMetricFamily("gpucost_gpu_seconds", "GPU-seconds metered.", labels=KEY_LABELS)
-        for tenant, service, region, model, spend_usd, idle_usd, seconds in self.stored["windows"]:
+        events = CounterMetricFamily("gpucost_usage_events", "Usage events metered.", labels=KEY_LABELS)
+        for tenant, service, region, model, spend_usd, idle_usd, seconds, n in self.stored["windows"]:
             labels = [tenant, service, region, model]
             spend.add_metric(labels, float(spend_usd or 0))
             idle.add_metric(labels, float(idle_usd or 0))
             gpu_s.add_metric(labels, float(seconds or 0))
-        yield from (spend, idle, gpu_s)
+            events.add_metric(labels, float(n or 0))
+        yield from (spend, idle, gpu_s, events)
 
         rate = GaugeMetricFamily("gpucost_spend_rate_usd_per_hour", "Spend rate over the newest window (USD/h).",
                                  labels=KEY_LABELS)

@@ -77,6 +77,7 @@ async def test_metrics_counters_equal_the_streamed_totals_and_are_scoped_by_key(
     assert m["gpucost_idle_usd_total"][acme_key] == pytest.approx(acme_idle, rel=1e-9)
     assert m["gpucost_gpu_seconds_total"][acme_key] == pytest.approx(90.0)
     assert m["gpucost_gpu_seconds_total"][globex_key] == pytest.approx(60.0)
+    assert (m["gpucost_usage_events_total"][acme_key], m["gpucost_usage_events_total"][globex_key]) == (9, 2)
     assert set(m["gpucost_spend_rate_usd_per_hour"]) == {acme_key, globex_key}
     assert 0 <= m["gpucost_utilization_ratio"][acme_key] <= 1
     assert m["gpucost_aggregates_received_total"][()] > 0
