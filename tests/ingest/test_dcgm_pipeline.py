@@ -150,3 +150,38 @@ async def test_a_bad_mapping_file_stops_the_scrape_command_with_its_reason(tmp_p
                           env={**os.environ, "GPUCOST_DATA_DIR": str(tmp_path)})
     assert done.returncode == 2
     assert "tenant.lable" in done.stderr
+
+
+def test_gpucost_up_scrapes_the_exporters_named_in_its_settings(kafka_broker, tmp_path):
+    import re
+    import signal
+    import uuid
+
+    from tests.support import free_port, wait_for
+
+    port = free_port()
+    (tmp_path / "map.yaml").write_text(MAPPING)
+    with ExporterServer() as exporters:
+        env = {**os.environ, "GPUCOST_DATA_DIR": str(tmp_path / "data"), "GPUCOST_API_PORT": str(port),
+               "GPUCOST_TOPIC_PREFIX": f"up{uuid.uuid4().hex[:8]}.", "PYTHONUNBUFFERED": "1", "COLUMNS": "250",
+               "GPUCOST_DCGM_URLS": f"{exporters.url('gpu-node-a')}, {exporters.url('broken')}",
+               "GPUCOST_DCGM_INTERVAL_S": "2", "GPUCOST_MAPPING_FILE": str(tmp_path / "map.yaml")}
+        log = tmp_path / "up.log"
+        proc = subprocess.Popen([sys.executable, "-m", "gpucost.cli", "up", "--simulate-hosts", "0", "--no-optimizer"],
+                                env=env, cwd=ROOT, stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+        try:
+            url = wait_for(lambda: re.search(r"dashboard on (http://\S+)", log.read_text()), 90, what="the up banner").group(1)
+            headers = {"Authorization": f"Bearer {url.split('api_key=')[1]}"}
+
+            def scraped():
+                stats = httpx.get(f"http://127.0.0.1:{port}/api/stats", headers=headers, timeout=5).json()
+                return stats.get("dcgm", {}).get("events", 0) >= 7 and stats["aggregates_received"] > 0 and stats
+
+            stats = wait_for(scraped, 90, what="DCGM usage metered under gpucost up")
+            assert stats["dcgm"]["targets_down"] == 1
+            rows = httpx.get(f"http://127.0.0.1:{port}/api/latest", headers=headers, timeout=5).json()
+            assert {(r["tenant"], r["service"]) for r in rows} >= {("research", "trainer"), ("serving", "llm-api")}
+        finally:
+            proc.send_signal(signal.SIGINT)
+            proc.wait(60)
+    assert "stopped" in log.read_text()
