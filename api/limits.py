@@ -3,7 +3,9 @@
   chunked body is cut off as soon as it passes the limit (413); bodies are read whole (at most
   the limit) before the app runs;
 - NUL characters, in the path, the query or the body (raw or as a JSON \\u0000 escape), are refused
-  (400): no text field means anything with one, and PostgreSQL cannot store one (it would be a 500)."""
+  (400): no text field means anything with one, and PostgreSQL cannot store one (it would be a 500).
+  A multipart/form-data body is exempt: it carries files (gzip, Parquet), binary by nature, and the
+  one route that takes it (billing imports) parses and checks its fields itself."""
 
 from __future__ import annotations
 
@@ -51,7 +53,8 @@ class RequestLimits:
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
-        if b"\x00" in body or NUL_ESCAPE in body:
+        content_type = dict(scope.get("headers", ())).get(b"content-type", b"").lower()
+        if (b"\x00" in body or NUL_ESCAPE in body) and not content_type.startswith(b"multipart/form-data"):
             return await _reject(send, 400, "NUL characters (\\u0000) are not allowed in request bodies")
         replayed = False
 

@@ -7,8 +7,10 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 def _default_data_dir() -> Path:
@@ -65,6 +67,19 @@ class Settings(BaseSettings):
     webhook_expire_s: float = 24 * 3600.0  # then the delivery is marked dead
     webhook_timeout_s: float = 10.0
     webhook_poll_s: float = 1.0
+
+    # Sources (ingest/): dcgm-exporter endpoints `gpucost up` scrapes (comma-separated in the
+    # environment: GPUCOST_DCGM_URLS=node-1:9400,node-2:9400) and the mapping file for them and billing imports.
+    dcgm_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    dcgm_interval_s: float = 10.0
+    mapping_file: Path | None = None  # ingest/mapping.py: labels, tags and accounts to tenants and services
+
+    @field_validator("dcgm_urls", mode="before")
+    @classmethod
+    def _split_urls(cls, value):
+        if isinstance(value, str):
+            return [u.strip() for u in value.split(",") if u.strip()]
+        return value
 
     @property
     def database(self) -> str:

@@ -169,6 +169,8 @@ def up(
     plan = [("worker", [*exe, "worker"]), ("api", [*exe, "api"])]
     if simulate_hosts:
         plan.append(("simulator", [*exe, "simulate", "--hosts", str(simulate_hosts)]))
+    if s.dcgm_urls:  # GPUCOST_DCGM_URLS: scrape these dcgm-exporters as a service of its own
+        plan.append(("dcgm", [*exe, "scrape", "dcgm"]))
     if optimizer and _has_command("optimizer"):
         plan.append(("optimizer", [*exe, "optimizer", "--load"]))
     for name, cmd in plan:
@@ -232,11 +234,11 @@ def _has_command(name: str) -> bool:
 
 
 def _register_commands() -> None:
-    from gpucost import keys_cli, pricing_cli
+    from gpucost import keys_cli, pricing_cli, sources_cli
     from optimizer import cli as optimizer_cli
     from optimizer import recommend_cli
 
-    for module in (pricing_cli, recommend_cli, keys_cli, optimizer_cli):
+    for module in (pricing_cli, recommend_cli, keys_cli, optimizer_cli, sources_cli):
         module.register(app)
 
 

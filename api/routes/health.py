@@ -24,4 +24,9 @@ def stats(request: Request, p: Principal = Depends(principal)) -> dict:
         out["deadletters_by_reason"] = dict(hub.deadletters)
         out["deadletters_total"] = sum(hub.deadletters.values())
         out["ws_dropped"] = sum(c.dropped + c.overflow for c in hub.clients)
+        from api.routes.metrics import _dcgm_stats
+
+        dcgm = _dcgm_stats(request.app.state.settings)  # a DCGM scraper beside this API (ingest/dcgm.py)
+        if dcgm is not None:
+            out["dcgm"] = dcgm
     return out
