@@ -131,7 +131,10 @@ def main() -> None:
     ap.add_argument("--ab-rounds", type=int, default=6)
     ap.add_argument("--ab-variants", default="bf16+compile+cudagraph,bf16+int8-weight-only+compile+cudagraph",
                     help="first is the baseline; a name ending in @nocdt compiles without coordinate-descent "
-                         "tuning (matmuls stay cuBLAS GEMVs instead of Inductor's tuned reductions)")
+                         "tuning (cuBLAS GEMVs instead of Inductor's tuned reductions). Caveat, seen on the "
+                         "H200: Dynamo reuses one arm's compiled step for the next arm of the same variant "
+                         "and shapes, so two arms differing only in Inductor settings run the same kernels "
+                         "(whichever compiled first); compare them in separate processes")
     ap.add_argument("--clients", type=int, default=32)
     ap.add_argument("--model", default="1b")
     ap.add_argument("--big-model", default="7b", help="second model of the bandwidth section")

@@ -229,8 +229,9 @@ class Transformer(nn.Module):
 
     def reset_rows(self, rows: Tensor) -> None:
         """Forget what the cache rows `rows` hold (a new request takes them over)."""
-        self.slot_real[rows] = False
-        self.slot_pos[rows] = -1
+        # index_fill_ with a scalar: no host tensor, so it can run inside CUDA graph capture.
+        self.slot_real.index_fill_(0, rows, False)
+        self.slot_pos.index_fill_(0, rows, -1)
 
     def _row_mask(self, input_pos: Tensor, pad_mask: Tensor | None, rows: Tensor | None
                   ) -> tuple[Tensor, Tensor]:
