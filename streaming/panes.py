@@ -94,6 +94,7 @@ class PaneStore:
     expected_partitions: frozenset[int] | None = None
     created: float = field(default_factory=time.monotonic)
     late_events: int = 0
+    late_after_close: int = 0  # window stage: events that reached a pane after one of its windows closed
     replayed_events: int = 0
     accepted_events: int = 0
 
@@ -242,7 +243,14 @@ class PaneStore:
             return
         sums = [value.spend_usd, value.gpu_seconds, value.util_seconds, value.idle_usd, value.events,
                 value.tokens, value.requests, value.fallback_priced, value.last_offset, value.last_offset]
-        self.panes.setdefault(key, {}).setdefault(pane_start, {})[partition] = sums
+        by_partition = self.panes.setdefault(key, {}).setdefault(pane_start, {})
+        if mark_windows and pane_start - self.spec.size_s + self.spec.step_s <= self.evicted_upto.get(key, -1):
+            # Another worker's meter, its watermark behind the one that closed this pane's oldest
+            # window, folded events in: they miss that window. Counted, never silent (a shared
+            # watermark across meters would prevent it; see docs/design-changes.md).
+            old = by_partition.get(partition)
+            self.late_after_close += value.events - (old[EVENTS] if old else 0)
+        by_partition[partition] = sums
         wm = value.watermark
         if wm > self.partition_watermarks.get(partition, 0.0):
             self.partition_watermarks[partition] = wm

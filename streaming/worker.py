@@ -81,9 +81,9 @@ def create_app(settings: Settings | None = None) -> faust.App:
 
     @app.timer(interval=30.0)
     async def report_stats():
-        log.info("messages=%d events=%d late=%d replay-skipped=%d deadletters=%s keys=%d",
-                 stats.messages, stats.events, store.late_events, store.replayed_events,
-                 stats.deadletters, len(store.panes))
+        log.info("messages=%d events=%d late=%d late-after-close=%d replay-skipped=%d deadletters=%s keys=%d",
+                 stats.messages, stats.events, store.late_events, windows.combined.late_after_close,
+                 store.replayed_events, stats.deadletters, len(store.panes))
 
     return app
 

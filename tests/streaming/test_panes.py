@@ -207,3 +207,24 @@ def test_an_allowed_late_event_corrects_emitted_windows_as_revisions():
     again = emit()
     assert again[T0].revision == 1 and again[T0].events == 2  # a correction of the emitted record
     assert set(again) == {T0 - 50, T0 - 40, T0 - 30, T0 - 20, T0 - 10, T0}
+
+
+def test_a_pane_update_after_its_oldest_window_closed_is_counted_not_silent():
+    """Two meters: the fast one's tombstone closed the windows of pane T0; the slow one (its
+    watermark behind) still folds an event into pane T0 of its own partition."""
+    fast, slow, w = store(lateness=0), store(lateness=0), store(lateness=0)
+    fast.add([ev(T0 + 1)], 0, 0)
+    slow.add([ev(T0 + 2)], 1, 0)
+    for s in (fast, slow):
+        for record_key, value in s.take_dirty():
+            w.restore(record_key, value)
+    fast.add([ev(T0 + 200)], 0, 1)  # fast's watermark moves on: pane T0 closes there
+    for record_key, value in fast.take_dirty():
+        w.restore(record_key, value)
+    for record_key in fast.evict_closed():
+        w.restore(record_key, None)
+    w.take_pending_windows()
+    slow.add([ev(T0 + 3)], 1, 1)  # slow's watermark is T0+2: still open there
+    for record_key, value in slow.take_dirty():
+        w.restore(record_key, value)
+    assert w.late_after_close == 1
