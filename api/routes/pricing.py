@@ -7,7 +7,6 @@ converges on the database and the worker needs no database."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import asdict
 
@@ -16,6 +15,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from api.auth import Principal, principal
+from api.config_publisher import ConfigPublisher
 from contracts.prices import PRICES_KEY, PriceOverrides, PriceRow
 from core import kafka
 from core.db import session_scope
@@ -28,15 +28,12 @@ log = logging.getLogger("gpucost.api.pricing")
 router = APIRouter(prefix="/api/pricing", tags=["pricing"])
 
 
-class PricePublisher:
+class PricePublisher(ConfigPublisher):
     """Keeps `cost.prices` equal to the stored overrides (contracts/prices.py)."""
 
     def __init__(self, settings: Settings):
-        self.settings = settings
-        self.producer = None
+        super().__init__(settings)
         self.published: bytes | None = None  # what this process last put on the topic
-        self.lock = asyncio.Lock()  # one read-and-send at a time: never a stale set after a newer one
-        self.task: asyncio.Task | None = None
 
     def _current(self) -> bytes:
         base = default_catalog()
@@ -44,41 +41,24 @@ class PricePublisher:
             rows = [PriceRow(**asdict(override_row(o, base))) for o in list_overrides(session)]
         return PriceOverrides(rows=rows).model_dump_json().encode()
 
-    async def publish_if_changed(self) -> None:
+    async def publish(self) -> bool:
         async with self.lock:
             try:
                 value = await run_in_threadpool(self._current)
-                if value == self.published:
-                    return
-                if self.producer is None:
-                    p = kafka.producer(self.settings)
-                    await p.start()
-                    self.producer = p
-                await self.producer.send_and_wait(self.settings.prices_topic, key=PRICES_KEY, value=value)
-                self.published = value
+                if value != self.published:
+                    producer = await self._producer()
+                    await producer.send_and_wait(self.settings.prices_topic, key=PRICES_KEY, value=value)
+                    self.published = value
+                return True
             except Exception as exc:  # broker or database away: the next round retries
                 log.warning("publishing price overrides to %s failed: %r", self.settings.prices_topic, exc)
-
-    async def run(self) -> None:
-        while True:
-            await self.publish_if_changed()
-            await asyncio.sleep(5.0)
-
-    async def stop(self) -> None:
-        if self.task:
-            self.task.cancel()
-            try:
-                await self.task
-            except (asyncio.CancelledError, Exception):
-                pass
-        if self.producer is not None:
-            await self.producer.stop()
+                return False
 
 
 async def start(app) -> None:
     await kafka.ensure_topics(app.state.settings)
-    publisher = app.state.price_publisher = PricePublisher(app.state.settings)
-    publisher.task = asyncio.create_task(publisher.run(), name="price-publisher")
+    app.state.price_publisher = PricePublisher(app.state.settings)
+    app.state.price_publisher.start("price-publisher")
 
 
 async def stop(app) -> None:
@@ -91,7 +71,7 @@ async def _changed(request: Request) -> None:
     invalidate()
     publisher = getattr(request.app.state, "price_publisher", None)
     if publisher is not None:
-        await publisher.publish_if_changed()
+        await publisher.publish()
 
 
 class CatalogRowOut(BaseModel):

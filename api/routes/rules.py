@@ -7,7 +7,6 @@ Also a background service started by api/app.py: it owns the producer and the re
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 
@@ -17,6 +16,7 @@ from starlette.concurrency import run_in_threadpool
 
 from core.tables.alerts import AlertRuleRow, new_id
 from api.auth import Principal, principal
+from api.config_publisher import ConfigPublisher
 from core import kafka
 from core.db import session_scope
 from core.settings import Settings
@@ -45,15 +45,8 @@ def _wire(row: AlertRuleRow) -> bytes | None:
     return Rule(**row.spec, id=row.id, version=row.version).model_dump_json().encode()
 
 
-class RulePublisher:
+class RulePublisher(ConfigPublisher):
     """Publishes every rule whose stored version is not yet on cost.rules, one at a time in order."""
-
-    def __init__(self, settings: Settings):
-        self.settings = settings
-        self.producer = None
-        self.lock = asyncio.Lock()
-        self.wakeup = asyncio.Event()
-        self.task: asyncio.Task | None = None
 
     def _pending(self) -> list[tuple[str, int, bytes | None]]:
         with session_scope(self.settings) as s:
@@ -72,45 +65,23 @@ class RulePublisher:
             else:
                 row.published_version = version
 
-    async def publish_pending(self) -> bool:
+    async def publish(self) -> bool:
         async with self.lock:
             try:
-                if self.producer is None:
-                    p = kafka.producer(self.settings)
-                    await p.start()
-                    self.producer = p
+                producer = await self._producer()
                 for rule_id, version, value in await run_in_threadpool(self._pending):
-                    await self.producer.send_and_wait(self.settings.rules_topic, key=rule_id.encode(), value=value)
+                    await producer.send_and_wait(self.settings.rules_topic, key=rule_id.encode(), value=value)
                     await run_in_threadpool(self._mark, rule_id, version)
                 return True
             except Exception as exc:  # broker away: stay unpublished, the loop retries
                 log.warning("publishing rules to %s failed: %r", self.settings.rules_topic, exc)
                 return False
 
-    async def run(self) -> None:
-        while True:
-            await self.publish_pending()
-            try:
-                await asyncio.wait_for(self.wakeup.wait(), 5.0)
-            except asyncio.TimeoutError:
-                pass
-            self.wakeup.clear()
-
-    async def stop(self) -> None:
-        if self.task:
-            self.task.cancel()
-            try:
-                await self.task
-            except (asyncio.CancelledError, Exception):
-                pass
-        if self.producer is not None:
-            await self.producer.stop()
-
 
 async def start(app) -> None:
     await kafka.ensure_topics(app.state.settings)
     app.state.rule_publisher = RulePublisher(app.state.settings)
-    app.state.rule_publisher.task = asyncio.create_task(app.state.rule_publisher.run(), name="rule-publisher")
+    app.state.rule_publisher.start("rule-publisher")
 
 
 async def stop(app) -> None:
@@ -131,7 +102,7 @@ def _get_row(s, rule_id: str, p: Principal) -> AlertRuleRow:
 
 
 async def _published(request: Request) -> None:
-    await request.app.state.rule_publisher.publish_pending()
+    await request.app.state.rule_publisher.publish()
 
 
 @router.post("", response_model=RuleOut, status_code=201)
