@@ -3,6 +3,8 @@ FROM python:3.11-slim
 WORKDIR /app
 ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 COPY pyproject.toml README.md ./
+COPY core core
+COPY contracts contracts
 COPY gpucost gpucost
 COPY ingest ingest
 COPY streaming streaming
