@@ -43,17 +43,18 @@ async def test_dashboard_shows_live_points_arriving(stack, tmp_path):
                     else requests_outside.append(r.url))
             errors = []
             page.on("pageerror", lambda e: errors.append(str(e)))
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
             await page.goto(url)
             assert await page.evaluate("typeof Plotly") == "object"
-            await page.wait_for_function("document.getElementById('conn').textContent === 'live'", timeout=30000)
-            await page.wait_for_function("window.gpucost.points > 0", timeout=60000)
+            await page.wait_for_function("() => document.getElementById('conn').textContent === 'live'", timeout=30000)
+            await page.wait_for_function("() => window.gpucost.points > 0", timeout=60000)
             before = await page.evaluate("window.gpucost.points")
             messages_before = await page.evaluate("window.gpucost.messages")
             # New samples, stamped now: new windows must appear live, without a reload.
             for i in range(4):
                 await producer.send_usage(fleet.sample(time.time() + i))
                 await asyncio.sleep(0.5)
-            await page.wait_for_function(f"window.gpucost.points > {before}", timeout=30000)
+            await page.wait_for_function(f"() => window.gpucost.points > {before}", timeout=30000)
             assert await page.evaluate("window.gpucost.messages") > messages_before
             # Something is drawn: the tenant chart has traces with points.
             n_points = await page.evaluate(
@@ -85,6 +86,6 @@ async def test_without_a_key_the_dashboard_asks_for_one_instead_of_retrying(stac
         # Pasting a good key makes it live.
         await page.fill("#auth-key", stack.admin_key)
         await page.click("#auth-form button")
-        await page.wait_for_function("document.getElementById('conn').textContent === 'live'", timeout=30000)
+        await page.wait_for_function("() => document.getElementById('conn').textContent === 'live'", timeout=30000)
         assert not await page.is_visible("#auth")
         await browser.close()

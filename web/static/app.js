@@ -2,9 +2,16 @@
 // (one Plotly call per message falls behind at ~50 messages/s). Reconnects and resubscribes.
 "use strict";
 (() => {
+  // The key lives in sessionStorage (this tab) unless the user asked to be remembered; a key
+  // given in the URL is taken out of it at once (history, screenshots, shared links).
   const params = new URLSearchParams(location.search);
-  const apiKey = params.get("api_key") || localStorage.getItem("gpucost_api_key") || "";
-  if (params.get("api_key")) localStorage.setItem("gpucost_api_key", apiKey);
+  const apiKey = params.get("api_key") || sessionStorage.getItem("gpucost_api_key") ||
+    localStorage.getItem("gpucost_api_key") || "";
+  if (params.get("api_key")) {
+    sessionStorage.setItem("gpucost_api_key", apiKey);
+    params.delete("api_key");
+    history.replaceState(null, "", location.pathname + (params.toString() ? "?" + params : "") + location.hash);
+  }
   const HISTORY_S = 30 * 60;
   const state = {
     windows: new Map(),    // window_start -> Map(keyString -> record)
@@ -39,6 +46,22 @@
     "chart-reconcile": () => layout("category", "linear", { barmode: "group" }),
   };
   for (const id of Object.keys(layouts)) Plotly.newPlot(id, [], layouts[id](), plotCfg);
+
+  // Every table is built from text nodes: a tenant or service name is data, never markup.
+  function table(head, rows) {
+    const t = document.createElement("table");
+    const tr = t.createTHead().insertRow();
+    for (const h of head) { const th = document.createElement("th"); th.textContent = h; tr.appendChild(th); }
+    const body = t.createTBody();
+    for (const row of rows) {
+      const r = body.insertRow();
+      for (const cell of row) {
+        const td = r.insertCell();
+        if (cell instanceof Node) td.appendChild(cell); else td.textContent = cell == null ? "" : String(cell);
+      }
+    }
+    return t;
+  }
 
   const keyOf = (r) => `${r.tenant}|${r.service}|${r.region}|${r.gpu_model}`;
 
@@ -160,10 +183,12 @@
       if (!res.ok) { el.textContent = "not available"; return; }
       const rows = await res.json();
       if (!rows.length) { el.textContent = "no services with token counts yet"; return; }
-      const t = document.createElement("table");
-      t.innerHTML = "<tr><th>service</th><th>now $/1M tok</th><th>best alternative</th><th>saves / month</th></tr>" +
-        rows.map((r) => `<tr><td>${r.tenant}/${r.service}</td><td>${r.current_usd_per_million_tokens != null ? "$" + r.current_usd_per_million_tokens.toFixed(2) : "–"}</td><td>${r.best_alternative || "no recommendation yet"}</td><td>${r.savings_usd_per_month != null ? "$" + Math.round(r.savings_usd_per_month).toLocaleString() : "–"}</td></tr>`).join("");
-      el.replaceChildren(t);
+      el.replaceChildren(table(["service", "now $/1M tok", "best alternative", "saves / month"], rows.map((r) => [
+        `${r.tenant}/${r.service}`,
+        r.current_usd_per_million_tokens != null ? "$" + r.current_usd_per_million_tokens.toFixed(2) : "–",
+        r.best_alternative || "no recommendation yet",
+        r.savings_usd_per_month != null ? "$" + Math.round(r.savings_usd_per_month).toLocaleString() : "–",
+      ])));
     } catch (e) { el.textContent = "not available"; }
   }
 
@@ -202,8 +227,10 @@
       else if (msg.type === "alert") addAlert(msg.data);
       state.dirty = true;
     };
-    ws.onclose = () => {
+    ws.onclose = async () => {
       conn.textContent = "reconnecting…"; conn.className = "pill off";
+      // A revoked key closes the socket: ask who we are before retrying, and stop at the prompt.
+      if (!(await checkKey())) return;
       setTimeout(connect, backoff);
       backoff = Math.min(backoff * 2, 10000);
     };
@@ -213,6 +240,7 @@
   async function checkKey() {
     const res = await fetch("/api/keys/me", { headers }).catch(() => null);
     if (res && res.status === 401) {
+      sessionStorage.removeItem("gpucost_api_key"); localStorage.removeItem("gpucost_api_key");
       document.getElementById("auth").hidden = false;
       document.getElementById("auth-why").textContent = apiKey ? "The key given was not accepted (revoked or mistyped)." : "";
       const conn = document.getElementById("conn");
@@ -223,8 +251,11 @@
   }
   document.getElementById("auth-form").addEventListener("submit", (e) => {
     e.preventDefault();
-    localStorage.setItem("gpucost_api_key", document.getElementById("auth-key").value.trim());
-    location.search = "";
+    const key = document.getElementById("auth-key").value.trim();
+    sessionStorage.setItem("gpucost_api_key", key);
+    if (document.getElementById("auth-remember").checked) localStorage.setItem("gpucost_api_key", key);
+    else localStorage.removeItem("gpucost_api_key");
+    location.reload();
   });
   checkKey().then((ok) => { if (ok) loadHistory().then(connect); });
   loadRecommendations();
