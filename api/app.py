@@ -12,7 +12,8 @@ from fastapi.staticfiles import StaticFiles
 
 from api import ws
 from api.hub import Hub
-from api.routes import events, health, history, keys, pricing, recommendations, reconciliation, rules, webhooks
+from api.routes import (events, health, history, keys, pricing, recommendations, reconciliation, receiver,
+                        rules, services, webhooks)
 from api.webhooks import service as webhook_service
 from api.limits import RequestLimits
 from core.db import init_db
@@ -80,7 +81,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.hub = Hub(settings)
     app.add_middleware(RequestLimits, max_bytes=settings.max_request_bytes)
     app.add_middleware(SecurityHeaders)
-    for module in (health, history, reconciliation, ws, pricing, recommendations, keys, events, rules, webhooks):
+    for module in (health, history, reconciliation, ws, pricing, recommendations, services, keys, events, rules,
+                   webhooks, receiver):
         app.include_router(module.router)
 
     import web
