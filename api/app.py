@@ -102,6 +102,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def index():
         return FileResponse(web_dir / "index.html")
 
+    @app.get("/webhooks/log", include_in_schema=False)
+    def webhook_log_page():
+        return FileResponse(web_dir / "index.html")  # the dashboard's webhook log view
+
     @app.get("/favicon.ico", include_in_schema=False)
     def favicon():
         return FileResponse(web_dir / "favicon.svg", media_type="image/svg+xml")
