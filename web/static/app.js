@@ -66,7 +66,7 @@
   document.getElementById("home").dataset.nav = "1";
 
   // ---- applying the URL ---------------------------------------------------------------------------
-  let dataKey = "";
+  let dataKey = "", shownView = "";
   function apply() {
     readUrl();
     const now = Math.floor(Date.now() / 1000);
@@ -92,6 +92,8 @@
     document.getElementById("filters").hidden = state.view === "manage" || state.view === "webhooks";
     const key = JSON.stringify([state.filter, state.range, state.from, state.to]);
     if (key !== dataKey) { dataKey = key; reload(); }
+    else if (state.view !== shownView && state.view === "overview") { loadBudgets(); loadRecommendations(); }
+    shownView = state.view;
     if (state.view === "service") drawServiceHeader();
     window.dispatchEvent(new CustomEvent("gpucost-view", { detail: state.view }));
     state.dirty = true;

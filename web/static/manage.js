@@ -19,8 +19,12 @@
     for (const d of list) {
       let loc = (d.loc || []).filter((p) => p !== "body");
       let span = null;
+      // A rule's params are checked by the rule's own validator, whose errors name the parameter
+      // alone (["max_gpus"]): look for it under params. too.
+      const find = (l) => form.querySelector(`.field-error[data-field="${CSS.escape(l.join("."))}"]`);
+      if (loc.length && !find(loc) && find(["params", ...loc])) loc = ["params", ...loc];
       while (loc.length && !span) {  // the deepest field the form has
-        span = form.querySelector(`.field-error[data-field="${CSS.escape(loc.join("."))}"]`);
+        span = find(loc);
         if (!span) loc = loc.slice(0, -1);
       }
       span = span || form.querySelector('.field-error[data-field=""]');
