@@ -12,7 +12,7 @@ from fastapi.staticfiles import StaticFiles
 
 from api import ws
 from api.hub import Hub
-from api.routes import (events, health, history, keys, pricing, recommendations, reconciliation, receiver,
+from api.routes import (events, forecast, health, history, keys, pricing, recommendations, reconciliation, receiver,
                         rules, services, webhooks)
 from api.webhooks import service as webhook_service
 from api.limits import RequestLimits
@@ -82,7 +82,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestLimits, max_bytes=settings.max_request_bytes)
     app.add_middleware(SecurityHeaders)
     for module in (health, history, reconciliation, ws, pricing, recommendations, services, keys, events, rules,
-                   webhooks, receiver):
+                   webhooks, receiver, forecast):
         app.include_router(module.router)
 
     import web

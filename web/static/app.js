@@ -186,6 +186,7 @@
     "chart-service": () => layout("linear", "category", { margin: { l: 10, r: 10, t: 10, b: 40 }, xaxis: { title: { text: "USD/h" } } }),
     "chart-util": () => layout("category", "linear", { yaxis: { range: [0, 100], title: { text: "%" } } }),
     "chart-reconcile": () => layout("category", "linear", { barmode: "group", ...yTitle("USD") }),
+    "chart-forecast": () => layout("date", "linear", yTitle("USD per hour")),
     "chart-svc-spend": () => layout("date", "linear", yTitle("USD/h")),
     "chart-svc-gpus": () => layout("category", "linear", yTitle("GPUs")),
     "chart-svc-util": () => layout("category", "linear", { ...yTitle("windows"), xaxis: { title: { text: "utilization %" } } }),
@@ -373,6 +374,7 @@
     loadRecommendations();
     loadReconciliation();
     loadBudgets();
+    loadForecast();
     state.dirty = true;
   }
 
@@ -442,6 +444,37 @@
       if (window.gpucostForms.showErrors(form, res)) loadRecommendations();
     });
     cell.replaceChildren(form);
+  }
+
+  // ---- the spend forecast (Holt-Winters with daily seasonality, back-tested) ------------------------
+  async function loadForecast() {
+    const box = document.getElementById("forecast");
+    const res = await api(`/api/forecast?${query()}`);
+    if (!res.ok) { box.textContent = "not available: " + (res.data?.detail || res.status); return; }
+    const f = res.data, h = f.hourly;
+    const budgets = ((await api("/api/rules?kind=budget")).data || [])
+      .filter((r) => r.params.period === "month" && r.enabled && (!state.filter.tenant || r.tenant === state.filter.tenant));
+    const budget = budgets.length && (state.filter.tenant || budgets.length === 1) ? budgets.reduce((a, r) => a + r.params.limit_usd, 0) : null;
+    const fig = (label, d, extra) => el("div", { className: "kpi" }, el("div", { className: "label" }, label),
+      el("div", { className: "value" }, usd(d.projected_usd)),
+      el("div", { className: "unit" }, `95 % bounds ${usd(d.low_usd)} – ${usd(d.high_usd)}; spent so far ${usd(d.spent_usd)}`), extra);
+    const vsBudget = budget != null ? el("div", { className: "unit" + (f.month.projected_usd > budget ? " over" : "") },
+      `monthly budget ${usd(budget)}: projected ${Math.round(f.month.projected_usd / budget * 100)} %`) : null;
+    const bt = f.backtest_mape_pct != null
+      ? `back-test: each of the last ${f.backtest.length} day(s) forecast from the hours before it; mean absolute error of the day's total ${f.backtest_mape_pct.toFixed(1)} %`
+      : "back-test: needs at least three days of history (two to learn the season, one to check)";
+    box.classList.remove("muted");
+    box.replaceChildren(el("div", { className: "kpis inline" }, fig("today (UTC)", f.day), fig("this month (UTC)", f.month, vsBudget)),
+      el("p", { className: "small muted" }, `${f.method}; ${f.history_hours} h of history from ${f.source}. ${bt}.`));
+    const hx = h.history_usd.map((_, i) => new Date((h.history_from + i * 3600) * 1000));
+    const fx = h.forecast_usd.map((_, i) => new Date((h.forecast_from + i * 3600) * 1000));
+    react("chart-forecast", [
+      { type: "scatter", mode: "lines", name: "spent per hour", x: hx, y: h.history_usd, line: { color: L.cssVar("--accent") } },
+      { type: "scatter", mode: "lines", name: "forecast low (2.5 %)", x: fx, y: h.forecast_low_usd, line: { width: 0 }, showlegend: false },
+      { type: "scatter", mode: "lines", name: "forecast high (97.5 %)", x: fx, y: h.forecast_high_usd, fill: "tonexty", line: { width: 0 },
+        fillcolor: "rgba(245,165,36,0.2)", showlegend: false },
+      { type: "scatter", mode: "lines", name: "forecast", x: fx, y: h.forecast_usd, line: { color: L.cssVar("--warn"), dash: "dot" } },
+    ]);
   }
 
   // ---- billed vs metered ---------------------------------------------------------------------------
@@ -585,7 +618,7 @@
     connect();
     requestAnimationFrame(frame);
   });
-  setInterval(() => { if (!keyRefused) { loadRecommendations(); loadBudgets(); loadOptions(); } }, 60000);
+  setInterval(() => { if (!keyRefused) { loadRecommendations(); loadBudgets(); loadOptions(); loadForecast(); } }, 60000);
   setInterval(() => { if (!keyRefused) loadReconciliation(); }, 60000);
   // Long ranges are drawn from rollups, which the socket does not carry: re-read them.
   setInterval(() => { if (!keyRefused && state.res > 60 && state.until == null) { state.generation += 1; state.series.clear(); loadHistory(); } }, 60000);
