@@ -55,7 +55,20 @@ def _fit(y: np.ndarray):
                                     initialization_method="estimated").fit()
 
 
-def forecast_paths(y: np.ndarray, horizon_h: int, seed: int = 7) -> tuple[str, np.ndarray, np.ndarray]:
+def recent_rate(rows, window_s: int, now: float, span_s: int = 3600) -> tuple[float, float, int] | None:
+    """(USD per hour, its standard error, minutes seen) over the last `span_s` of aligned windows."""
+    rates: dict[int, float] = {}
+    for r in rows:
+        if r["window_start"] % window_s == 0 and r["window_start"] >= now - span_s:
+            rates[r["window_start"]] = rates.get(r["window_start"], 0.0) + r["spend_usd"] * 3600 / window_s
+    if not rates:
+        return None
+    v = np.array(list(rates.values()))
+    return float(v.mean()), float(v.std() / math.sqrt(len(v))), len(v)
+
+
+def forecast_paths(y: np.ndarray, horizon_h: int, seed: int = 7,
+                   fallback: tuple[float, float, int] | None = None) -> tuple[str, np.ndarray, np.ndarray]:
     """(method, mean hourly path, simulated paths: horizon_h x PATHS) for the next hours; spend
     cannot be negative, so paths are floored at 0."""
     horizon_h = max(horizon_h, 1)
@@ -66,11 +79,15 @@ def forecast_paths(y: np.ndarray, horizon_h: int, seed: int = 7) -> tuple[str, n
         sims = np.asarray(fit.simulate(horizon_h, repetitions=PATHS, error="add", anchor="end"))
         return ("Holt-Winters (additive, daily seasonality, statsmodels)", mean,
                 np.maximum(sims.reshape(horizon_h, -1), 0.0))
-    recent = y[-6:] if len(y) else np.zeros(1)
-    rate, sd = float(recent.mean()), float(recent.std())
+    if fallback is not None:
+        rate, sd, minutes = fallback
+        basis = f"the last {minutes} min's mean rate"
+    else:
+        recent = y[-6:] if len(y) else np.zeros(1)
+        rate, sd, basis = float(recent.mean()), float(recent.std()), f"the last {min(len(y), 6)} h's mean rate"
     rng = np.random.default_rng(seed)
     sims = np.maximum(rate + rng.normal(0.0, sd, size=(horizon_h, PATHS)), 0.0)
-    return (f"recent mean rate: only {len(y)} h of history, a daily season needs {MIN_SEASONAL_H} h",
+    return (f"{basis} held: only {len(y)} h of history, a daily season needs {MIN_SEASONAL_H} h",
             np.full(horizon_h, rate), sims)
 
 
@@ -101,7 +118,7 @@ def backtest(first_h: int, y: np.ndarray, max_days: int = 7) -> list[dict]:
     return out
 
 
-def spend_forecast(first_h: int, y: np.ndarray, now: float) -> dict:
+def spend_forecast(first_h: int, y: np.ndarray, now: float, fallback=None) -> dict:
     """Spent so far plus the forecast of the rest of this UTC day and month, with 95 % bounds from
     the simulated paths (the current hour counts what it spent plus its remaining share)."""
     hour = int(now // 3600) * 3600
@@ -113,7 +130,7 @@ def spend_forecast(first_h: int, y: np.ndarray, now: float) -> dict:
     spent = lambda start: float(y[max(0, (start - first_h) // 3600):].sum()) if len(y) else 0.0  # noqa: E731
     spent_day, spent_month = spent(day_start), spent(month_start)
     left_day_h, left_month_h = (day_start + 86400 - hour) // 3600, (month_end - hour) // 3600
-    method, mean, sims = forecast_paths(fit_y, int(left_month_h))
+    method, mean, sims = forecast_paths(fit_y, int(left_month_h), fallback=fallback)
     rest = 1 - (now - hour) / 3600
     weights = np.ones(len(mean))
     weights[0] = rest  # of the current hour, only what is left of it is still to come
@@ -158,10 +175,11 @@ def forecast(request: Request, tenant: str | None = None, service: str | None = 
     hourly = rows(3600)
     source = "hourly rollups"
     minute = rows(settings.window_size_s) if len(hourly) < MIN_SEASONAL_H else []
-    if len({r["window_start"] for r in minute if r["window_start"] % r["window_s"] == 0}) // 60 > len(hourly):
+    if minute and len({r["window_start"] for r in minute if r["window_start"] % r["window_s"] == 0}) / 60 >= len(hourly):
         hourly, source = minute, "1-minute windows summed per hour"
     first_h, y = hourly_spend(hourly, now)
-    out = spend_forecast(first_h, y, now)
+    fallback = recent_rate(minute, settings.window_size_s, now) if minute else None
+    out = spend_forecast(first_h, y, now, fallback)
     out["source"] = source
     out["backtest"] = backtest(first_h, y)
     errs = [abs(b["error_pct"]) for b in out["backtest"] if b["error_pct"] is not None]

@@ -62,3 +62,20 @@ def test_a_short_history_uses_the_recent_rate_and_says_so():
     method, mean, _ = forecast_paths(np.full(10, 4.0), 5)
     assert "only 10 h of history" in method
     assert np.allclose(mean, 4.0)
+
+
+def test_with_minutes_only_the_projection_holds_the_last_hours_rate():
+    from api.routes.forecast import recent_rate
+
+    now = DAY0 + 10 * 3600 + 1800  # 10:30 UTC
+    # 30 aligned minutes at $0.10 each (= $6/h), plus overlapping hopping windows that must not count.
+    rows = [{"window_start": now - 1800 + i * 60 + off, "window_s": 60, "spend_usd": 0.10}
+            for i in range(30) for off in (0, 10, 20)]
+    rate = recent_rate(rows, 60, now)
+    assert rate[0] == pytest.approx(6.0) and rate[2] == 30
+    first_h, y = hourly_spend(rows, now)
+    f = spend_forecast(first_h, y, now, rate)
+    assert "the last 30 min's mean rate held" in f["method"]
+    # By hand: $3.00 spent since 10:00, then 13.5 h at $6/h: 3 + 81 = $84 for the day.
+    assert f["day"]["spent_usd"] == pytest.approx(3.0)
+    assert f["day"]["projected_usd"] == pytest.approx(84.0)

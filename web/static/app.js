@@ -275,11 +275,18 @@
     document.getElementById("kpi-util").textContent = g ? (u / g * 100).toFixed(1) + " %" : "–";
   }
 
+  // colorBy(name): a tenant (its colour) or a colour itself ("#..."). Several lines of one tenant
+  // (its services) are told apart by dash.
+  const DASHES = ["solid", "dot", "dash", "dashdot", "longdash"];
   function lines(groups, colorBy, extra = {}) {
-    return [...groups.entries()].sort((a, b) => (a[0] < b[0] ? -1 : 1)).map(([name, d]) => ({
-      name, x: d.x, y: d.y, type: "scatter", mode: d.x.length > 1 ? "lines" : "markers",
-      line: { color: L.colorOf(colorBy(name)), width: 2 }, marker: { color: L.colorOf(colorBy(name)) }, ...extra,
-    }));
+    const perColor = new Map();
+    return [...groups.entries()].sort((a, b) => (a[0] < b[0] ? -1 : 1)).map(([name, d]) => {
+      const c = colorBy(name), color = c.startsWith("#") ? c : L.colorOf(c);
+      const n = perColor.get(color) || 0;
+      perColor.set(color, n + 1);
+      return { name, x: d.x, y: d.y, type: "scatter", mode: d.x.length > 1 ? "lines" : "markers",
+        line: { color, width: 2, dash: DASHES[n % DASHES.length] }, marker: { color }, ...extra };
+    });
   }
 
   function drawOverview() {
@@ -334,14 +341,15 @@
   function drawService() {
     const spend = timeSeries((r) => [rateOf(r)], () => "spend rate");
     const idle = timeSeries((r) => [idleOf(r)], () => "idle waste");
-    react("chart-svc-spend", [...lines(spend, () => state.filter.tenant || "all"), ...lines(idle, () => "idle", { fill: "tozeroy" })]);
+    react("chart-svc-spend", [...lines(spend, () => state.filter.tenant || L.cssVar("--accent")),
+      ...lines(idle, () => L.cssVar("--warn"), { fill: "tozeroy" })]);
     const gpus = new Map();
     for (const r of lastLive()) {
       const k = `${r.region} ${r.gpu_model}`;
       gpus.set(k, (gpus.get(k) || 0) + r.gpu_seconds / r.window_s);
     }
     const gk = [...gpus.keys()].sort();
-    react("chart-svc-gpus", [{ type: "bar", name: "GPUs", x: gk, y: gk.map((k) => gpus.get(k)), marker: { color: L.colorOf(state.filter.tenant || "") } }]);
+    react("chart-svc-gpus", [{ type: "bar", name: "GPUs", x: gk, y: gk.map((k) => gpus.get(k)), marker: { color: state.filter.tenant ? L.colorOf(state.filter.tenant) : L.cssVar("--accent") } }]);
     // Utilization distribution over the range: aligned windows only (hopping windows overlap).
     const bands = new Array(10).fill(0);
     for (const w of state.series.values()) for (const r of w.values()) {
@@ -398,7 +406,8 @@
       }
       return [nameCell, num(r.demand_tokens_per_s), now, usd(r.current_usd_per_million_tokens),
         el("span", { title: r.best_reason }, r.best_alternative), usd(r.best_usd_per_hour),
-        el("strong", { className: r.savings_usd_per_month > 0 ? "good" : "" }, usd(r.savings_usd_per_month, 0)),
+        r.savings_usd_per_month > 0 ? el("strong", { className: "good" }, usd(r.savings_usd_per_month, 0))
+          : el("span", { className: "muted", title: `the alternative would cost ${usd(-r.savings_usd_per_month, 0)} more a month` }, "none: the current fleet is cheaper"),
         el("small", { className: "basis" }, r.best_basis)];
     });
   }

@@ -100,10 +100,19 @@
   // ---- tenant colours: the same tenant has the same colour on every chart, across reloads -------
   const PALETTE = ["#4cc2ff", "#f5a524", "#3ddc97", "#ff6b9a", "#b78cff", "#ffd166", "#06d6a0", "#ef476f",
     "#8ecae6", "#fb8500", "#a3e635", "#e879f9"];
+  // A tenant keeps the palette slot it first got (stored, like the theme: a preference, not data
+  // worth hiding), so colours do not collide the way hashing 4 names into 12 slots would.
+  const slots = (() => { try { return JSON.parse(localStorage.getItem("gpucost_colors") || "{}"); } catch (e) { return {}; } })();
   function colorOf(name) {
-    let h = 2166136261;
-    for (const c of String(name)) { h ^= c.codePointAt(0); h = Math.imul(h, 16777619) >>> 0; }
-    return PALETTE[h % PALETTE.length];
+    name = String(name);
+    if (!(name in slots)) {
+      const used = new Set(Object.values(slots));
+      let i = 0;
+      while (used.has(i) && i < PALETTE.length) i++;
+      slots[name] = i < PALETTE.length ? i : Object.keys(slots).length % PALETTE.length;
+      try { localStorage.setItem("gpucost_colors", JSON.stringify(slots)); } catch (e) { /* private mode */ }
+    }
+    return PALETTE[slots[name]];
   }
 
   // ---- theme -----------------------------------------------------------------------------------------
