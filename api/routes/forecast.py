@@ -72,13 +72,16 @@ def forecast_paths(y: np.ndarray, horizon_h: int, seed: int = 7,
     """(method, mean hourly path, simulated paths: horizon_h x PATHS) for the next hours; spend
     cannot be negative, so paths are floored at 0."""
     horizon_h = max(horizon_h, 1)
-    if len(y) >= MIN_SEASONAL_H:
+    # A constant series (nothing ran, or a flat price) has no season to fit: the optimiser returns
+    # NaN there, so it takes the plain rate below.
+    if len(y) >= MIN_SEASONAL_H and np.ptp(y) > 1e-9:
         fit = _fit(y)
         mean = np.maximum(np.asarray(fit.forecast(horizon_h)), 0.0)
         np.random.seed(seed)  # the same data gives the same bounds
-        sims = np.asarray(fit.simulate(horizon_h, repetitions=PATHS, error="add", anchor="end"))
-        return ("Holt-Winters (additive, daily seasonality, statsmodels)", mean,
-                np.maximum(sims.reshape(horizon_h, -1), 0.0))
+        sims = np.maximum(np.asarray(fit.simulate(horizon_h, repetitions=PATHS, error="add", anchor="end"))
+                          .reshape(horizon_h, -1), 0.0)
+        if np.isfinite(mean).all() and np.isfinite(sims).all():
+            return "Holt-Winters (additive, daily seasonality, statsmodels)", mean, sims
     if fallback is not None:
         rate, sd, minutes = fallback
         basis = f"the last {minutes} min's mean rate"

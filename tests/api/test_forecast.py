@@ -79,3 +79,9 @@ def test_with_minutes_only_the_projection_holds_the_last_hours_rate():
     # By hand: $3.00 spent since 10:00, then 13.5 h at $6/h: 3 + 81 = $84 for the day.
     assert f["day"]["spent_usd"] == pytest.approx(3.0)
     assert f["day"]["projected_usd"] == pytest.approx(84.0)
+
+
+def test_a_flat_history_is_projected_flat_not_fitted():
+    method, mean, sims = forecast_paths(np.full(72, 2.0), 24)
+    assert "mean rate held" in method
+    assert np.allclose(mean, 2.0) and np.isfinite(sims).all()

@@ -88,6 +88,10 @@
       `${state.res === 60 ? "1-minute windows" : state.res === 3600 ? "hourly rollups" : "daily rollups"}` +
       (state.range === "custom" ? "" : ", live");
     for (const v of document.querySelectorAll(".view")) v.hidden = v.id !== "view-" + state.view;
+    // Charts drawn while their view was hidden have no width: size them to the view now shown.
+    requestAnimationFrame(() => {
+      for (const c of document.querySelectorAll(`#view-${state.view} .chart`)) if (c.data) Plotly.Plots.resize(c);
+    });
     for (const a of document.querySelectorAll("nav a.nav")) a.classList.toggle("active", a.dataset.view === state.view);
     document.getElementById("filters").hidden = state.view === "manage" || state.view === "webhooks";
     const key = JSON.stringify([state.filter, state.range, state.from, state.to]);
