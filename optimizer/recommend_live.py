@@ -148,8 +148,9 @@ def load_overrides(settings) -> dict[str, dict]:
         return {}
 
 
-def _hardware(session, service: str) -> str | None:
-    """The optimizer reports usage priced as a GPU instance; its benchmark runs say what it ran on."""
+def _optimizer_run(session, service: str):
+    """The optimizer's latest benchmark run of this service's variant: what it ran on and which
+    model it served (its usage events are priced as a GPU instance, whatever the hardware)."""
     if not service.startswith("optimizer/"):
         return None
     from sqlalchemy import select
@@ -157,13 +158,28 @@ def _hardware(session, service: str) -> str | None:
     from core.tables.benchmarks import BenchmarkRun
 
     try:
-        run = session.scalars(select(BenchmarkRun).where(BenchmarkRun.variant == service.split("/", 1)[1])
-                              .order_by(BenchmarkRun.id.desc()).limit(1)).first()
+        return session.scalars(select(BenchmarkRun).where(BenchmarkRun.variant == service.split("/", 1)[1])
+                               .order_by(BenchmarkRun.id.desc()).limit(1)).first()
     except Exception:  # noqa: BLE001 - table not there yet
         return None
+
+
+def _hardware(run) -> str | None:
     if run is None:
         return None
     return f"CPU ({run.device})" if run.gpu_model == "cpu" else run.device
+
+
+def _run_model(run) -> dict | None:
+    if run is None or not run.params:
+        return None
+    slots = max(1, run.batch_size) * (run.prompt_tokens + run.new_tokens)
+    model = {"model": f"{run.model} ({run.variant})", "params": float(run.params), "prompt_tokens": run.prompt_tokens,
+             "output_tokens": run.new_tokens, "precision": run.precision if run.precision in
+             ("fp32", "bf16", "fp16", "fp8", "int8", "int4") else "bf16"}
+    if run.kv_cache_bytes:
+        model["kv_bytes_per_token"] = run.kv_cache_bytes / slots
+    return model if "kv_bytes_per_token" in model else None
 
 
 def live_services(settings, hours: float = 1.0, tenant: str | None = None, service: str | None = None,
@@ -187,7 +203,9 @@ def live_services(settings, hours: float = 1.0, tenant: str | None = None, servi
                 q = q.where(getattr(AggregateRow, col) == val)
         usage = service_usage((r.to_dict() for r in session.scalars(q)), size)
         local = load_measurements(data_dir=None, session=session).measurements
-        hardware = {k: _hardware(session, k[1]) for k in usage}
+        runs = {k: _optimizer_run(session, k[1]) for k in usage}
+        hardware = {k: _hardware(run) for k, run in runs.items()}
+        run_models = {k: _run_model(run) for k, run in runs.items()}
     shipped = load_measurements().measurements
     try:
         from core.pricing.effective import effective_catalog
@@ -198,7 +216,8 @@ def live_services(settings, hours: float = 1.0, tenant: str | None = None, servi
     out = []
     for key, u in sorted(usage.items()):
         mine = {k.split("/", 1)[1]: v for k, v in overrides.items() if k.split("/", 1)[0] == u.tenant}
-        rec = live_recommendation(u, model_for(u.service, (), services, mine), size, [*local, *shipped],
+        model = model_for(u.service, (), services, mine) or run_models.get(key)
+        rec = live_recommendation(u, model, size, [*local, *shipped],
                                   {m.label for m in local}, catalog)
         rec["hardware"] = hardware.get(key)
         out.append(rec)

@@ -123,3 +123,36 @@ def test_recommend_without_arguments_recommends_for_the_live_services(tmp_path, 
     assert rows["chat-api"]["savings_usd_per_month"] == pytest.approx(
         (30.0 - rows["chat-api"]["best_usd_per_hour"]) * 730)
     assert rows["vision-ocr"]["status"] == "model_unknown"
+
+
+def test_the_optimizer_service_is_labelled_with_the_hardware_it_ran_on(tmp_path, monkeypatch):
+    """Its usage is priced as a GPU instance; on a CPU machine the answer says it ran on a CPU, and
+    its model comes from its own benchmark run."""
+    import time
+
+    from core.db import init_db, session_scope
+    from core.settings import Settings
+    from core.tables.benchmarks import BenchmarkRun
+    from core.tables.history import AggregateRow
+    from optimizer.recommend_live import live_services
+
+    settings = Settings(data_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'g.db'}")
+    init_db(settings)
+    start = int(time.time() // 60) * 60 - 300
+    with session_scope(settings) as s:
+        s.add(BenchmarkRun(source="service", gpu_model="cpu", device="cpu: 2 cores", model="tiny", params=1_000_000,
+                           variant="int8", precision="fp32", quantization="int8-dynamic", kv_cache="full", window=None,
+                           decode_mode="eager", batch_size=4, concurrency=4, prompt_tokens=64, new_tokens=32,
+                           tokens_per_s=500.0, requests_per_s=10.0, latency_p50_ms=1, latency_p95_ms=2,
+                           latency_p99_ms=3, ttft_p50_ms=1, peak_memory_bytes=1, peak_memory_source="rss",
+                           model_bytes=1_000_000, kv_cache_bytes=4 * 96 * 1024, result={}))
+        for r in _rows(n_windows=4, tenant="optimizer", service="optimizer/int8"):
+            s.add(AggregateRow(**{**r, "window_start": r["window_start"] - 1_800_000_000 + start,
+                                  "window_end": r["window_start"] - 1_800_000_000 + start + 60,
+                                  "spend_rate_usd_h": 30.0, "idle_usd": 0.0, "events": 6, "requests": 0,
+                                  "fallback_priced_events": 0}))
+    (rec,) = live_services(settings)
+    assert rec["service"] == "optimizer/int8"
+    assert rec["hardware"] == "CPU (cpu: 2 cores)"
+    assert rec["model"]["params"] == 1_000_000 and rec["model"]["kv_bytes_per_token"] == pytest.approx(1024.0)
+    assert rec["status"] == "ok", rec

@@ -341,7 +341,9 @@
     const svc = new Map(), util = new Map();
     serviceLabels.clear();
     for (const r of lastLive()) {
-      const name = `${r.tenant}/${r.service}`;
+      // The optimizer's usage is priced as the GPU instance it stands for: say what it ran on.
+      const hw = hardware.get(`${r.tenant}/${r.service}`);
+      const name = `${r.tenant}/${r.service}` + (hw ? ` (ran on ${hw.split(" (")[0]})` : "");
       serviceLabels.set(name, r);
       svc.set(name, (svc.get(name) || 0) + r.spend_rate_usd_h);
       const u = util.get(r.gpu_model) || { g: 0, u: 0 };
@@ -454,9 +456,11 @@
     });
   }
   const REC_HEAD = ["service", "demand tok/s", "now $/h", "now $/1M tok", "best alternative (same demand)", "its $/h", "saves / month", "basis of the alternative"];
+  const hardware = new Map();  // tenant/service -> what it really ran on, where that differs
   async function loadRecommendations() {
     const box = document.getElementById("recommendations");
     const res = await api(`/api/recommendations/live?${query()}`);
+    if (res.ok) for (const r of res.data) if (r.hardware) hardware.set(`${r.tenant}/${r.service}`, r.hardware);
     if (!res.ok) { box.textContent = "not available: " + (res.data?.detail || res.status); return; }
     if (!res.data.length) { box.textContent = "no live services in the last hour for this view: start the simulator or an agent"; return; }
     box.classList.remove("muted");
