@@ -12,11 +12,45 @@ from fastapi.staticfiles import StaticFiles
 
 from api import ws
 from api.hub import Hub
-from api.routes import billing_imports, events, health, history, keys, metrics, pricing, recommendations, reconciliation, rules, webhooks
+from api.routes import (billing_imports, events, forecast, health, history, keys, metrics, pricing, recommendations,
+                        reconciliation, receiver, rules, services, webhooks)
 from api.webhooks import service as webhook_service
 from api.limits import RequestLimits
 from core.db import init_db
 from core.settings import Settings, get_settings
+
+#: No inline script and no eval anywhere; data reaches the page only as text (web/static/app.js).
+#: Plotly sets inline styles on the elements it draws, hence style-src 'unsafe-inline' (styles only).
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; "
+       "connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; "
+       "form-action 'self'")
+SECURITY_HEADERS = [
+    (b"content-security-policy", CSP.encode()),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),  # the dashboard URL may carry ?api_key=
+    (b"x-frame-options", b"DENY"),
+]
+
+
+class SecurityHeaders:
+    """Adds SECURITY_HEADERS to every HTTP response (pure ASGI: no buffering of bodies)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_with_headers(message):
+            if message["type"] == "http.response.start":
+                names = {k.lower() for k, _ in message.get("headers", [])}
+                message["headers"] = list(message.get("headers", [])) + [
+                    (k, v) for k, v in SECURITY_HEADERS if k not in names]
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
 
 def _plotly_js() -> Path:
     import plotly
@@ -46,8 +80,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.hub = Hub(settings)
     app.add_middleware(RequestLimits, max_bytes=settings.max_request_bytes)
-    for module in (health, history, reconciliation, ws, pricing, recommendations, keys, events, rules, webhooks,
-                   billing_imports, metrics):
+    app.add_middleware(SecurityHeaders)
+    for module in (health, history, reconciliation, ws, pricing, recommendations, services, keys, events, rules,
+                   webhooks, receiver, forecast, billing_imports, metrics):
         app.include_router(module.router)
 
     import web
@@ -66,6 +101,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get("/", include_in_schema=False)
     def index():
         return FileResponse(web_dir / "index.html")
+
+    @app.get("/webhooks/log", include_in_schema=False)
+    def webhook_log_page():
+        return FileResponse(web_dir / "index.html")  # the dashboard's webhook log view
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon():
+        return FileResponse(web_dir / "favicon.svg", media_type="image/svg+xml")
 
     @app.get("/dashboard", include_in_schema=False)
     def dashboard():

@@ -151,6 +151,8 @@ def agent(
 def up(
     simulate_hosts: int = typer.Option(24, help="Simulated GPU hosts (0: no simulator)."),
     optimizer: bool = typer.Option(True, help="Also run the optimizer's measured workloads."),
+    demo: bool = typer.Option(True, help="Demo alert rules for the simulated tenants and a webhook to the "
+                                         "built-in receiver (loopback webhooks allowed for this run)."),
 ):
     """The embedded default in one command: local Kafka, the stream worker, the API with the
     dashboard, the simulator and the optimizer. Ctrl-C stops all of it."""
@@ -164,6 +166,10 @@ def up(
     from api.keys import ensure_admin_key
 
     admin_key = ensure_admin_key(s)  # reused across runs from data_dir/admin.key
+    env = os.environ.copy()
+    if demo and simulate_hosts:
+        # The demo webhook calls this API's own receiver on 127.0.0.1, which is refused by default.
+        env.setdefault("GPUCOST_WEBHOOK_ALLOW_PRIVATE", "true")
     exe = [sys.executable, "-m", "gpucost.cli"]
     procs: dict[str, subprocess.Popen] = {}
     plan = [("worker", [*exe, "worker"]), ("api", [*exe, "api"])]
@@ -174,10 +180,19 @@ def up(
     if optimizer and _has_command("optimizer"):
         plan.append(("optimizer", [*exe, "optimizer", "--load"]))
     for name, cmd in plan:
-        procs[name] = subprocess.Popen(cmd, env=os.environ.copy(), start_new_session=True,
+        procs[name] = subprocess.Popen(cmd, env=env, start_new_session=True,
                                        stdout=None if name != "simulator" else subprocess.DEVNULL)
         time.sleep(0.5)
     _wait_for_api(s, procs["api"])
+    if demo and simulate_hosts:
+        from ingest.simulator import Fleet
+
+        try:
+            made = demo_setup(f"http://{s.api_host}:{s.api_port}", admin_key, Fleet.build(hosts=simulate_hosts))
+            console.print(f"demo: {made['rules']} alert rule(s) for the simulated tenants, webhook log on "
+                          f"http://{s.api_host}:{s.api_port}/webhooks/log", soft_wrap=True)
+        except Exception as exc:  # noqa: BLE001 - the stack runs without the demo
+            console.print(f"[yellow]demo rules not created: {exc!r}[/]")
     # soft_wrap: the URL with its key must stay on one line to be copied or clicked.
     console.print(f"[bold green]gpucost is up[/]: dashboard on http://{s.api_host}:{s.api_port}/?api_key={admin_key}",
                   soft_wrap=True)
@@ -211,6 +226,31 @@ def up(
         with console.status("stopping Kafka ..."):
             broker.stop(s)
         console.print("stopped")
+
+
+def demo_setup(base_url: str, admin_key: str, fleet, fail_first: bool = True) -> dict:
+    """Through the API, as a user would: the demo rules (ingest.simulator.demo_rules) and one webhook
+    to the built-in receiver, whose first attempt of each delivery fails so the log shows a retry.
+    Idempotent: rules and webhook named "demo: ..." are made once."""
+    import httpx
+
+    from ingest.simulator import demo_rules
+
+    h = {"Authorization": f"Bearer {admin_key}"}
+    with httpx.Client(base_url=base_url, headers=h, timeout=30) as c:
+        have = {r["name"] for r in c.get("/api/rules").raise_for_status().json()}
+        made = 0
+        for spec in demo_rules(fleet):
+            if spec["name"] not in have:
+                c.post("/api/rules", json=spec).raise_for_status()
+                made += 1
+        hooks = [w for w in c.get("/api/webhooks").raise_for_status().json() if w["name"] == "demo: built-in receiver"]
+        if not hooks:
+            hook = c.post("/api/webhooks", json={"name": "demo: built-in receiver",
+                                                 "url": base_url + "/api/receiver/pending"}).raise_for_status().json()
+            url = f"{base_url}/api/receiver/{hook['id']}" + ("?fail_first=1" if fail_first else "")
+            c.patch(f"/api/webhooks/{hook['id']}", json={"url": url}).raise_for_status()
+    return {"rules": made}
 
 
 def _wait_for_api(s, proc: subprocess.Popen, timeout_s: float = 90.0) -> None:

@@ -158,3 +158,41 @@ async def run(producer, fleet: Fleet, *, duration_s: float | None, realtime: boo
             pending.clear()
     await asyncio.gather(*pending)
     return sent
+
+
+# -- the first run's demo alerts ---------------------------------------------------------------------
+def tenant_rates(fleet: Fleet) -> dict[str, tuple[float, int]]:
+    """tenant -> (USD per hour, GPUs) of the simulated fleet at its list prices."""
+    out: dict[str, tuple[float, int]] = {}
+    for h in fleet.hosts:
+        usd, gpus = out.get(h.tenant, (0.0, 0))
+        out[h.tenant] = (usd + h.usd_h, gpus + h.gpu_count)
+    return out
+
+
+def demo_rules(fleet: Fleet, now: float | None = None) -> list[dict]:
+    """One alert rule of each kind for the simulated tenants, tuned from the fleet's own prices so
+    that some fire within minutes of `gpucost up` (rule specs as POST /api/rules takes them)."""
+    now = time.time() if now is None else now
+    rates = tenant_rates(fleet)
+    tenants = sorted(rates, key=lambda t: -rates[t][0])  # the biggest spenders first
+    pick = (tenants * 5)[:5]
+    hour_left_h = (3600 - now % 3600) / 3600
+    day_left_h = (86400 - now % 86400) / 3600
+    usd_h = {t: rates[t][0] for t in tenants}
+    return [
+        # warns at 50 % after ~5 minutes of this hour's spend, critical after ~10
+        {"name": "demo: hourly budget", "kind": "budget", "tenant": pick[0],
+         "params": {"period": "1h", "limit_usd": round(max(usd_h[pick[0]] * min(hour_left_h, 1 / 6), 0.01), 2)}},
+        # the rest of the day at the current rate overshoots this limit by a quarter
+        {"name": "demo: daily burn rate", "kind": "burn_rate", "tenant": pick[1],
+         "params": {"horizon": "day", "limit_usd": round(max(usd_h[pick[1]] * day_left_h * 0.8, 0.01), 2),
+                    "lookback_s": 600}},
+        {"name": "demo: idle waste over 30 %", "kind": "idle_waste", "tenant": pick[2],
+         "params": {"threshold": 0.3, "for_s": 120}},
+        {"name": "demo: spend anomaly", "kind": "anomaly", "tenant": pick[3],
+         "params": {"factor": 1.3, "baseline_s": 600, "min_baseline_windows": 3}},
+        # half the GPUs the tenant runs: fires as soon as a minute of usage is in
+        {"name": "demo: GPU quota", "kind": "gpu_quota", "tenant": pick[4],
+         "params": {"max_gpus": max(rates[pick[4]][1] / 2, 0.5), "for_s": 60}},
+    ]

@@ -49,7 +49,11 @@ def register(app: typer.Typer) -> None:
         all_regions: bool = typer.Option(False, help="Show every region, not the cheapest per instance."),
         as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     ):
-        """Which cloud GPU instance serves a workload cheapest within its latency SLO."""
+        """Which cloud GPU instance serves a workload cheapest within its latency SLO. Without
+        --params or --run: a recommendation for every live service (demand from the stream)."""
+        if params is None and run_json is None and tokens_per_s is None and requests_per_s is None:
+            _live(as_json, top)
+            return
         from core.pricing.effective import effective_catalog
         from optimizer.recommend import Measurement, RecommendError, Workload
         from optimizer.recommend import recommend as run_recommend
@@ -103,3 +107,39 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"mix: {result.mix.reason}")
         typer.echo(f"({len(result.rejected)} instance(s) rejected: do not fit or miss the SLO; "
                    f"{len(measurements)} measured run(s) used)")
+
+
+def _live(as_json: bool, top: int) -> None:
+    """Every service with usage in the last hour, as GET /api/recommendations/live shows it."""
+    from core.settings import get_settings
+    from optimizer.recommend_live import live_services
+
+    from core.db import init_db
+
+    try:
+        init_db(get_settings())
+        rows = live_services(get_settings())
+    except Exception as exc:  # noqa: BLE001 - no database yet
+        typer.echo(f"error: cannot read live services from the database: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    if as_json:
+        typer.echo(json.dumps(rows[:top] if top else rows, indent=2, default=str))
+        return
+    if not rows:
+        typer.echo("no live services in the last hour: start `gpucost up` (or the simulator), or give "
+                   "--params and --tokens-per-s to size a workload by hand")
+        raise typer.Exit(1)
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title="Live services: the same demand on the current and the recommended fleet")
+    for col in ("service", "demand tok/s", "now $/h (metered)", "best alternative", "$/h", "saves $/month", "basis"):
+        t.add_column(col)
+    for r in rows:
+        name = f"{r['tenant']}/{r['service']}" + (f" [{r['hardware']}]" if r.get("hardware") else "")
+        if r["status"] != "ok":
+            t.add_row(name, f"{r['demand_tokens_per_s']:,.0f}", f"{r['spend_rate_usd_h']:,.2f}", r["message"], "", "", "")
+            continue
+        t.add_row(name, f"{r['demand_tokens_per_s']:,.0f}", f"{r['spend_rate_usd_h']:,.2f}", r["best_alternative"],
+                  f"{r['best_usd_per_hour']:,.2f}", f"{r['savings_usd_per_month']:,.0f}", r["best_basis"])
+    Console().print(t)

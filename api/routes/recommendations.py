@@ -224,70 +224,42 @@ class LiveServiceOut(BaseModel):
     tenant: str
     service: str
     gpu_models: list[str]
+    regions: list[str]
+    period_s: int
     spend_usd: float
     tokens: int
     spend_rate_usd_h: float
     current_usd_per_month: float
+    gpus_in_use: float
+    util_avg: float
+    demand_tokens_per_s: float
     current_usd_per_million_tokens: float | None
+    current_basis: str
+    hardware: str | None = Field(None, description="what the service really ran on, where it differs "
+                                                   "from the GPU model it is priced as (the optimizer on a CPU)")
+    model: dict | None
+    status: str = Field(description="ok | model_unknown | no_tokens | no_fit | error")
+    message: str
     best_alternative: str | None
-    best_usd_per_million_tokens: float | None
+    best_usd_per_hour: float | None
     best_usd_per_month: float | None
+    best_usd_per_million_tokens: float | None
+    best_basis: str | None
+    best_reason: str | None
     savings_usd_per_month: float | None
-    recommendation_id: int | None
 
 
 @router.get("/recommendations/live", response_model=list[LiveServiceOut])
 def live(request: Request, hours: float = Query(1.0, gt=0, le=24 * 31),
-         tenant: str | None = None, p: Principal = Depends(principal)) -> list[dict]:
-    """Per service: what it pays now (spend and tokens over the last `hours`, from the stored
-    aggregates) next to the best alternative of its latest stored recommendation (POST with
-    `service`). Hopping windows overlap, so only the windows that tile time are summed."""
-    import time
+         tenant: str | None = None, service: str | None = None, region: str | None = None,
+         gpu_model: str | None = None, p: Principal = Depends(principal)) -> list[dict]:
+    """Every live service, recommended automatically (optimizer.recommend_live): its demand and
+    fleet from the stored aggregates of the last `hours`, its model from ingest/services.json or a
+    per-service setting (PUT /api/services/model); the same demand priced on the current and the
+    recommended fleet, each figure with its basis."""
+    from optimizer.recommend_live import live_services
 
-    from core.tables.history import AggregateRow
-
-    settings = request.app.state.settings
-    size = settings.window_size_s
-    since = int(time.time() - hours * 3600)
-    scoped = p.scope_tenant(tenant)
-    out: dict[tuple[str, str], dict] = {}
-    with session_scope(settings) as session:
-        q = select(AggregateRow).where(AggregateRow.window_s == size, AggregateRow.window_start >= since)
-        if scoped is not None:
-            q = q.where(AggregateRow.tenant == scoped)
-        for r in session.scalars(q):
-            if r.window_start % size:
-                continue
-            acc = out.setdefault((r.tenant, r.service), {"spend": 0.0, "tokens": 0, "windows": set(),
-                                                          "gpus": set()})
-            acc["spend"] += r.spend_usd
-            acc["tokens"] += r.tokens or 0
-            acc["windows"].add(r.window_start)
-            acc["gpus"].add(r.gpu_model)
-        result = []
-        for (ten, service), acc in sorted(out.items()):
-            covered_s = len(acc["windows"]) * size
-            rate = acc["spend"] * 3600 / covered_s if covered_s else 0.0
-            rec = session.scalars(
-                select(RecommendationRecord)
-                .where(RecommendationRecord.service == service,
-                       (RecommendationRecord.tenant == ten) | (RecommendationRecord.tenant.is_(None)))
-                .order_by(RecommendationRecord.id.desc()).limit(1)).first()
-            best_month = rec.best_usd_per_hour * 730 if rec and rec.best_usd_per_hour else None
-            current_month = rate * 730
-            result.append({
-                "tenant": ten, "service": service, "gpu_models": sorted(acc["gpus"]),
-                "spend_usd": acc["spend"], "tokens": acc["tokens"], "spend_rate_usd_h": rate,
-                "current_usd_per_month": current_month,
-                "current_usd_per_million_tokens": (acc["spend"] / acc["tokens"] * 1e6
-                                                   if acc["tokens"] else None),
-                "best_alternative": rec.best_instance if rec else None,
-                "best_usd_per_million_tokens": rec.best_usd_per_million_tokens if rec else None,
-                "best_usd_per_month": best_month,
-                "savings_usd_per_month": current_month - best_month if best_month is not None else None,
-                "recommendation_id": rec.id if rec else None,
-            })
-    return result
+    return live_services(request.app.state.settings, hours, p.scope_tenant(tenant), service, region, gpu_model)
 
 
 @router.get("/recommendations/{rec_id}", response_model=RecommendationOut)

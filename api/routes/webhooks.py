@@ -241,3 +241,27 @@ def retry_delivery(delivery_id: str, request: Request, p: Principal = Depends(pr
         out = _delivery_out(d)
     request.app.state.webhook_dispatcher.poke()
     return out
+
+
+@router.post("/webhooks/{hook_id}/test", response_model=Delivery, status_code=201)
+def test_delivery(hook_id: str, request: Request, p: Principal = Depends(principal)) -> dict:
+    """Queue a test alert for this webhook: it goes through the outbox like any alert (signed,
+    retried, logged with every attempt)."""
+    settings = request.app.state.settings
+    now = time.time()
+    with session_scope(settings) as s:
+        h = _hook(s, hook_id, p)
+        delivery_id = new_id()
+        alert = {"rule_id": "test", "rule_kind": "test", "rule_name": "test delivery", "severity": "info",
+                 "fingerprint": f"test-{delivery_id}", "state": "firing", "starts_at": now, "emitted_at": now,
+                 "tenant": h.tenant or p.tenant or "", "summary": f"test delivery to {h.name} from the dashboard",
+                 "value": 0, "threshold": 0}
+        d = DeliveryRow(id=delivery_id, webhook_id=h.id, tenant=alert["tenant"], fingerprint=alert["fingerprint"],
+                        state="firing", starts_at=now, alert=alert, msg_id=f"msg_{delivery_id}", status="pending",
+                        attempts=0, next_attempt_at=now, lease_until=0.0,
+                        expires_at=now + settings.webhook_expire_s, created_at=now)
+        s.add(d)
+        s.flush()
+        out = _delivery_out(d)
+    request.app.state.webhook_dispatcher.poke()
+    return out

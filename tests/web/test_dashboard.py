@@ -43,17 +43,18 @@ async def test_dashboard_shows_live_points_arriving(stack, tmp_path):
                     else requests_outside.append(r.url))
             errors = []
             page.on("pageerror", lambda e: errors.append(str(e)))
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
             await page.goto(url)
             assert await page.evaluate("typeof Plotly") == "object"
-            await page.wait_for_function("document.getElementById('conn').textContent === 'live'", timeout=30000)
-            await page.wait_for_function("window.gpucost.points > 0", timeout=60000)
+            await page.wait_for_function("() => document.getElementById('conn').textContent === 'live'", timeout=30000)
+            await page.wait_for_function("() => window.gpucost.points > 0", timeout=60000)
             before = await page.evaluate("window.gpucost.points")
             messages_before = await page.evaluate("window.gpucost.messages")
             # New samples, stamped now: new windows must appear live, without a reload.
             for i in range(4):
                 await producer.send_usage(fleet.sample(time.time() + i))
                 await asyncio.sleep(0.5)
-            await page.wait_for_function(f"window.gpucost.points > {before}", timeout=30000)
+            await page.wait_for_function(f"() => window.gpucost.points > {before}", timeout=30000)
             assert await page.evaluate("window.gpucost.messages") > messages_before
             # Something is drawn: the tenant chart has traces with points.
             n_points = await page.evaluate(
@@ -76,15 +77,30 @@ async def test_without_a_key_the_dashboard_asks_for_one_instead_of_retrying(stac
     stack.start_api()
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = await browser.new_page()
+        context = await browser.new_context()  # one profile, several tabs
+        page = await context.new_page()
         await page.goto(stack.url + "/?api_key=gpc_not_a_real_key")
         await page.wait_for_selector("#auth:not([hidden])", timeout=15000)
         assert "not accepted" in await page.text_content("#auth-why")
         assert await page.text_content("#conn") == "no key"
         assert await page.is_visible("#auth")
-        # Pasting a good key makes it live.
+        # Pasting a good key makes it live; it stays in this tab only.
         await page.fill("#auth-key", stack.admin_key)
         await page.click("#auth-form button")
-        await page.wait_for_function("document.getElementById('conn').textContent === 'live'", timeout=30000)
+        await page.wait_for_function("() => document.getElementById('conn').textContent === 'live'", timeout=30000)
         assert not await page.is_visible("#auth")
+        assert await page.evaluate("localStorage.getItem('gpucost_api_key')") is None
+        assert await page.evaluate("sessionStorage.getItem('gpucost_api_key')") == stack.admin_key
+        # A new tab (same browser profile) needs the key again, unless the user asked to be remembered.
+        other = await context.new_page()
+        await other.goto(stack.url + "/")
+        await other.wait_for_selector("#auth:not([hidden])", timeout=15000)
+        await other.fill("#auth-key", stack.admin_key)
+        await other.check("#auth-remember")
+        await other.click("#auth-form button")
+        await other.wait_for_function("() => document.getElementById('conn').textContent === 'live'", timeout=30000)
+        assert await other.evaluate("localStorage.getItem('gpucost_api_key')") == stack.admin_key
+        third = await context.new_page()
+        await third.goto(stack.url + "/")
+        await third.wait_for_function("() => document.getElementById('conn').textContent === 'live'", timeout=30000)
         await browser.close()
