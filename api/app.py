@@ -10,7 +10,7 @@ from fastapi import FastAPI, HTTPException
 from fastapi.responses import FileResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
-from api import ws
+from api import asyncapi, ws
 from api.hub import Hub
 from api.routes import events, health, history, keys, pricing, recommendations, reconciliation, rules, webhooks
 from api.webhooks import service as webhook_service
@@ -46,7 +46,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.hub = Hub(settings)
     app.add_middleware(RequestLimits, max_bytes=settings.max_request_bytes)
-    for module in (health, history, reconciliation, ws, pricing, recommendations, keys, events, rules, webhooks):
+    for module in (health, asyncapi, history, reconciliation, ws, pricing, recommendations, keys, events, rules, webhooks):
         app.include_router(module.router)
 
     import web

@@ -1,0 +1,243 @@
+"""A typed Python client for the live API (`/ws`, described by `GET /asyncapi.json`).
+
+    async with Subscription("ws://127.0.0.1:8000/ws", api_key, filter={"tenant": "acme"}) as sub:
+        async for msg in sub:          # Snapshot, then AggregateUpdate / AlertUpdate
+            ...
+
+After a dropped connection it reconnects with exponential backoff and jitter, subscribes again
+and yields a fresh `Snapshot`, which replaces everything held before (`LiveState` does that
+bookkeeping). A refused key raises `AuthenticationError` at once instead of retrying forever.
+It imports only the protocol models (pydantic) and `websockets`, never the server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Union
+
+import websockets
+from pydantic import ValidationError
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+
+from api.ws_protocol import (CHANNELS, CLOSE_FORBIDDEN, CLOSE_UNAUTHORIZED, FILTER_FIELDS, AggregateRecord,
+                             AggregateUpdate, AlertRecord, AlertUpdate, ErrorMessage, Heartbeat, Snapshot, Subscribed,
+                             server_message)
+
+__all__ = ["AggregateUpdate", "AlertUpdate", "AuthenticationError", "ClientError", "ConnectionFailed", "Heartbeat",
+           "LiveState", "Message", "Snapshot", "Subscription", "SubscriptionRejected", "subscribe"]
+
+log = logging.getLogger("gpucost.client")
+
+#: What iterating a subscription yields (heartbeats only when asked for).
+Message = Union[Snapshot, AggregateUpdate, AlertUpdate, Heartbeat]
+
+
+class ClientError(Exception):
+    """Base of the client's errors."""
+
+
+class AuthenticationError(ClientError):
+    """The API refused the key (missing, unknown, revoked, or not allowed). Retrying with the same
+    key cannot help, so the client raises this instead of reconnecting."""
+
+
+class SubscriptionRejected(ClientError):
+    """The API refused a subscription (an unknown channel or filter field, a filter on another
+    tenant than the key's, too many subscriptions)."""
+
+
+class ConnectionFailed(ClientError):
+    """No connection after `max_attempts` tries in a row (only when a limit was set)."""
+
+
+class Subscription:
+    """One connection to `/ws` holding one subscription per channel, all with the same filter.
+
+    `channel`: "aggregates", "alerts", or both as a sequence. `filter`: any of tenant, service,
+    region, gpu_model. `max_attempts`: failed connection attempts in a row before
+    `ConnectionFailed` (None: keep trying, as a live view should). Iterate it once."""
+
+    def __init__(self, url: str, api_key: str, channel: str | Sequence[str] = "aggregates",
+                 filter: Mapping[str, str] | None = None, *, heartbeats: bool = False,
+                 backoff_initial_s: float = 0.5, backoff_max_s: float = 15.0, max_attempts: int | None = None,
+                 open_timeout_s: float = 5.0):
+        channels = (channel,) if isinstance(channel, str) else tuple(channel)
+        unknown = [c for c in channels if c not in CHANNELS]
+        if unknown or not channels:
+            raise ValueError(f"channel must be one or more of {list(CHANNELS)}, got {channel!r}")
+        flt = dict(filter or {})
+        bad = sorted(set(flt) - set(FILTER_FIELDS))
+        if bad:
+            raise ValueError(f"unknown filter fields {bad}; allowed: {list(FILTER_FIELDS)}")
+        if not api_key:
+            raise AuthenticationError("no API key given: pass the key that `gpucost keys create` printed")
+        self.url, self.channels, self.filter = url, channels, flt
+        self.heartbeats = heartbeats
+        self.backoff_initial_s, self.backoff_max_s = backoff_initial_s, backoff_max_s
+        self.max_attempts, self.open_timeout_s = max_attempts, open_timeout_s
+        self._headers = {"Authorization": f"Bearer {api_key}"}
+        self._ws: websockets.ClientConnection | None = None
+        self._pending: list[str] = []  # subscriptions sent and not yet answered, in order
+        self._closed = False
+        self.connections = 0  # successful connections so far: connections - 1 reconnects
+        self.messages = 0
+
+    # -- context manager ------------------------------------------------------------------------------
+    async def __aenter__(self) -> Subscription:
+        await self._connect()  # a refused key raises here, before the first message
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._ws is not None:
+            await self._ws.close()
+            self._ws = None
+
+    def __aiter__(self) -> AsyncIterator[Message]:
+        return self._messages()
+
+    # -- connection -----------------------------------------------------------------------------------
+    async def _connect(self) -> None:
+        """Connect and subscribe, retrying with exponential backoff and jitter."""
+        attempt = 0
+        while True:
+            try:
+                ws = await websockets.connect(self.url, additional_headers=self._headers,
+                                              open_timeout=self.open_timeout_s, max_size=None)
+            except InvalidStatus as exc:
+                status = exc.response.status_code
+                if status in (401, 403):
+                    raise AuthenticationError(
+                        f"{self.url} refused the API key (HTTP {status}): it is missing, unknown or revoked"
+                        f"{_body(exc)}") from None
+                if 400 <= status < 500 and status not in (408, 429):
+                    raise ClientError(f"{self.url} answered the WebSocket handshake with HTTP {status}{_body(exc)}"
+                                      " (is this the /ws address of a gpucost API?)") from None
+                reason = f"HTTP {status}"
+            except InvalidURI as exc:
+                raise ClientError(f"not a WebSocket URL: {self.url!r} ({exc})") from None
+            except (OSError, asyncio.TimeoutError, InvalidHandshake, ConnectionClosed) as exc:
+                reason = f"{type(exc).__name__}: {exc}"
+            else:
+                self._ws = ws
+                self.connections += 1
+                self._pending = []
+                for channel in self.channels:
+                    await ws.send(_subscribe_text(channel, self.filter))
+                    self._pending.append(channel)
+                return
+            attempt += 1
+            if self.max_attempts is not None and attempt >= self.max_attempts:
+                raise ConnectionFailed(f"could not connect to {self.url} after {attempt} attempts (last: {reason})")
+            delay_s = min(self.backoff_max_s, self.backoff_initial_s * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+            log.info("connecting to %s failed (%s); retrying in %.1f s", self.url, reason, delay_s)
+            await asyncio.sleep(delay_s)
+
+    async def _messages(self) -> AsyncIterator[Message]:
+        while not self._closed:
+            if self._ws is None:
+                await self._connect()
+            ws = self._ws
+            try:
+                async for raw in ws:
+                    msg = self._read(raw)
+                    if msg is not None:
+                        self.messages += 1
+                        yield msg
+            except ConnectionClosed:
+                pass  # why it closed is read below, the same for a clean and an abrupt close
+            except ClientError:
+                await self.close()
+                raise
+            if self._closed:
+                return
+            if ws.close_code in (CLOSE_UNAUTHORIZED, CLOSE_FORBIDDEN):
+                await self.close()
+                raise AuthenticationError(f"{self.url} closed the connection: the API key was refused "
+                                          f"(close code {ws.close_code}: {ws.close_reason or 'no reason given'})")
+            log.info("connection to %s lost (close code %s); reconnecting", self.url, ws.close_code)
+            self._ws = None
+
+    def _read(self, raw: str | bytes) -> Message | None:
+        try:
+            msg = server_message.validate_json(raw)
+        except ValidationError as exc:
+            # A message this client does not know (a newer server): skip it rather than stop.
+            log.warning("skipping a message this client cannot read: %s", exc.errors()[:1])
+            return None
+        if isinstance(msg, Subscribed):
+            if msg.channel in self._pending:
+                self._pending.remove(msg.channel)
+            return None
+        if isinstance(msg, ErrorMessage):
+            if self._pending:  # the server answers in order: this error is about our oldest request
+                channel = self._pending.pop(0)
+                raise SubscriptionRejected(f"subscription to {channel!r} with filter {self.filter} refused: {msg.error}")
+            log.warning("the API reported an error: %s", msg.error)
+            return None
+        if isinstance(msg, Heartbeat) and not self.heartbeats:
+            return None
+        if isinstance(msg, (Snapshot, AggregateUpdate, AlertUpdate, Heartbeat)):
+            return msg
+        return None
+
+
+def subscribe(url: str, api_key: str, filter: Mapping[str, str] | None = None,
+              channel: str | Sequence[str] = "aggregates", **options) -> Subscription:
+    """`async for msg in subscribe(url, key, {"tenant": "acme"})`: the same as `Subscription`."""
+    return Subscription(url, api_key, channel=channel, filter=filter, **options)
+
+
+class LiveState:
+    """What a subscriber knows now: the newest window per key and window size, and the latest
+    transition per alert. A snapshot replaces everything of its channel (after a reconnect it is
+    the whole truth); an update replaces an older window of its key, never a newer one."""
+
+    def __init__(self) -> None:
+        self.aggregates: dict[tuple[str, str, str, str, int], AggregateRecord] = {}
+        self.alerts: dict[str, AlertRecord] = {}
+        self.snapshots = 0
+
+    def apply(self, msg: Message) -> None:
+        if isinstance(msg, Snapshot):
+            self.snapshots += 1
+            if msg.channel == "aggregates":
+                self.aggregates = {}
+                for rec in msg.data:
+                    self._put(rec)
+            else:
+                self.alerts = {a.fingerprint: a for a in msg.data}
+        elif isinstance(msg, AggregateUpdate):
+            self._put(msg.data)
+        elif isinstance(msg, AlertUpdate):
+            self.alerts[msg.data.fingerprint] = msg.data
+
+    def _put(self, rec: AggregateRecord) -> None:
+        k = (rec.tenant, rec.service, rec.region, rec.gpu_model, rec.window_s)
+        cur = self.aggregates.get(k)
+        if cur is None or rec.window_start >= cur.window_start:
+            self.aggregates[k] = rec
+
+    def windows(self, window_s: int | None = None) -> list[AggregateRecord]:
+        """The newest window of each key, of one window size (default: the shortest present)."""
+        if window_s is None:
+            window_s = min((k[4] for k in self.aggregates), default=None)
+        return [r for k, r in self.aggregates.items() if k[4] == window_s]
+
+    def firing(self) -> list[AlertRecord]:
+        return sorted((a for a in self.alerts.values() if a.state == "firing"), key=lambda a: a.emitted_at)
+
+
+def _subscribe_text(channel: str, flt: Mapping[str, str]) -> str:
+    return json.dumps({"op": "subscribe", "channel": channel, "filter": dict(flt), "id": channel})
+
+
+def _body(exc: InvalidStatus) -> str:
+    body = (exc.response.body or b"").decode(errors="replace").strip()
+    return f": {body[:200]}" if body else ""

@@ -1,0 +1,154 @@
+"""`gpucost watch`: live spend in the terminal, built on the Python client (`gpucost/client.py`).
+
+One row per key (tenant, service, region, GPU model) from its newest window: spend rate, spend in
+the window, utilization and idle share, sorted by spend; below, the alerts firing now. It survives
+an API restart (the client reconnects and the fresh snapshot replaces the table) and stops with a
+clear message when the key is refused."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import typer
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from gpucost.client import AuthenticationError, ClientError, LiveState, Snapshot, Subscription, SubscriptionRejected
+
+
+def spend_table(state: LiveState, top: int = 30, window_s: int | None = None) -> Table:
+    rows = sorted(state.windows(window_s), key=lambda r: r.spend_usd, reverse=True)
+    total_rate_usd_h = sum(r.spend_rate_usd_h for r in rows)
+    shown_window_s = rows[0].window_s if rows else window_s
+    newest = max((r.window_end for r in rows), default=None)
+    title = (f"{len(rows)} keys, {shown_window_s} s windows"
+             + (f" ending {time.strftime('%H:%M:%S', time.gmtime(newest))} UTC" if newest else "")
+             + f", total ${total_rate_usd_h:,.2f}/h")
+    table = Table(title=title, title_justify="left", expand=False)
+    for name, justify in (("tenant", "left"), ("service", "left"), ("region", "left"), ("GPU", "left"),
+                          ("spend $/h", "right"), ("spend in window $", "right"), ("util %", "right"),
+                          ("idle %", "right")):
+        table.add_column(name, justify=justify, no_wrap=True)
+    for r in rows[:top]:
+        idle_share = f"{100 * r.idle_usd / r.spend_usd:.1f}" if r.spend_usd > 0 else "-"
+        # Text, never markup: tenant and service names come from the data.
+        table.add_row(Text(r.tenant), Text(r.service), Text(r.region), Text(r.gpu_model),
+                      f"{r.spend_rate_usd_h:,.2f}", f"{r.spend_usd:,.4f}", f"{100 * r.util_avg:.1f}", idle_share)
+    if len(rows) > top:
+        table.caption = f"and {len(rows) - top} more keys (--top)"
+    if not rows:
+        table.caption = "no spend yet: is the worker running and are events arriving?"
+    return table
+
+
+def alerts_line(state: LiveState, limit: int = 3) -> Text:
+    firing = state.firing()
+    if not firing:
+        return Text("alerts: none firing", style="green")
+    line = Text(f"alerts: {len(firing)} firing: ", style="bold red")
+    for i, a in enumerate(reversed(firing[-limit:])):  # newest first
+        if i:
+            line.append("; ")
+        line.append(f"[{a.severity}] {a.summary}")  # append() takes plain text: no markup from data
+    return line
+
+
+def frame(state: LiveState, sub: Subscription, top: int, window_s: int | None) -> Group:
+    status = Text(f"connected to {sub.url}" + (f" (reconnected {sub.connections - 1}x)" if sub.connections > 1 else ""),
+                  style="dim")
+    return Group(spend_table(state, top, window_s), alerts_line(state), status)
+
+
+async def watch(url: str, api_key: str, flt: dict[str, str], console: Console, updates: int | None,
+                top: int, window_s: int | None, refresh_per_s: float = 4.0) -> int:
+    """Render until interrupted, or until `updates` frames after the first. Returns frames drawn."""
+    state = LiveState()
+    channels = ("aggregates", "alerts")
+    live_mode = updates is None and console.is_terminal
+    drawn = 0
+    async with Subscription(url, api_key, channel=channels, filter=flt) as sub:
+        snapshots_seen: set[str] = set()
+        live = Live(console=console, auto_refresh=False, screen=False) if live_mode else None
+        if live:
+            live.start()
+        try:
+            last_draw = 0.0
+            async for msg in sub:
+                state.apply(msg)
+                if isinstance(msg, Snapshot):
+                    snapshots_seen.add(msg.channel)
+                if len(snapshots_seen) < len(channels):
+                    continue  # the first frame shows both channels' snapshots, not half of them
+                if live:
+                    now = time.monotonic()
+                    if now - last_draw >= 1 / refresh_per_s:
+                        live.update(frame(state, sub, top, window_s), refresh=True)
+                        last_draw = now
+                    continue
+                console.print(frame(state, sub, top, window_s))
+                drawn += 1
+                if updates is not None and drawn > updates:
+                    return drawn
+        finally:
+            if live:
+                live.stop()
+    return drawn
+
+
+def _default_url() -> str:
+    from core.settings import get_settings
+
+    s = get_settings()
+    host = "127.0.0.1" if s.api_host in ("0.0.0.0", "::", "") else s.api_host
+    return f"ws://{host}:{s.api_port}/ws"
+
+
+def _default_key() -> str | None:
+    """The admin key `gpucost up` keeps for this machine, if there is one."""
+    from api.keys import admin_key_file
+    from core.settings import get_settings
+
+    path = admin_key_file(get_settings())
+    return path.read_text().strip() if path.exists() else None
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("watch")
+    def watch_cmd(
+        tenant: str = typer.Option(None, help="Only this tenant."),
+        service: str = typer.Option(None, help="Only this service."),
+        region: str = typer.Option(None, help="Only this region."),
+        gpu_model: str = typer.Option(None, help="Only this GPU model."),
+        url: str = typer.Option(None, help="The API's WebSocket address (default: ws://api_host:api_port/ws from the settings)."),
+        api_key: str = typer.Option(None, envvar="GPUCOST_API_KEY",
+                                    help="API key (default: the admin key that `gpucost up` keeps on this machine)."),
+        top: int = typer.Option(30, help="Rows shown (the biggest spenders)."),
+        window_s: int = typer.Option(None, help="Window size shown (default: the shortest the API sends)."),
+        updates: int = typer.Option(None, help="Print the first frame and this many updates, then exit (for scripts)."),
+        once: bool = typer.Option(False, "--once", help="Print one frame and exit (same as --updates 0)."),
+    ):
+        """Live spend per key in the terminal (sorted by spend), with the alerts firing now."""
+        key = api_key or _default_key()
+        if not key:
+            typer.echo("error: no API key: pass --api-key, set GPUCOST_API_KEY, or run `gpucost up` on this machine "
+                       "(it keeps an admin key)", err=True)
+            raise typer.Exit(2)
+        flt = {k: v for k, v in (("tenant", tenant), ("service", service), ("region", region),
+                                 ("gpu_model", gpu_model)) if v}
+        console = Console()  # width: the terminal's, or $COLUMNS when printing to a pipe
+        try:
+            asyncio.run(watch(url or _default_url(), key, flt, console, 0 if once else updates, top, window_s))
+        except AuthenticationError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
+        except SubscriptionRejected as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+        except ClientError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            pass
