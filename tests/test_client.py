@@ -1,0 +1,161 @@
+"""The Python client (`gpucost/client.py`) against the real stack: known events through the Faust
+worker arrive exact; the API is killed and started again under it, and the client yields a fresh
+snapshot holding every key with exact values (the brute-force reference of tests/support.py),
+then goes on with live updates. A refused key raises `AuthenticationError` at once."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+
+import httpx
+import pytest
+
+from contracts.events import UsageEvent
+from gpucost.client import (AggregateUpdate, AuthenticationError, LiveState, Snapshot, Subscription,
+                            SubscriptionRejected)
+from api.ws_protocol import AggregateRecord
+from ingest.producer import EventProducer
+from tests.support import async_wait_for, expected_windows
+
+H100_P5_USD_H = 55.04 / 8  # aws us-east-1 p5.48xlarge, per GPU
+L4_G6_USD_H = 0.8048       # aws us-east-1 g6.xlarge
+PRICES = {"H100-80GB": H100_P5_USD_H, "L4": L4_G6_USD_H}
+FIELDS = ("spend_usd", "spend_rate_usd_h", "gpu_seconds", "util_avg", "idle_usd")
+
+
+def usage(ts, tenant, service, gpu_model, util, interval_s=10.0, gpu_index=0):
+    itype = "p5.48xlarge" if gpu_model == "H100-80GB" else "g6.xlarge"
+    return UsageEvent(ts=ts, tenant=tenant, service=service, cloud="aws", region="us-east-1", instance_type=itype,
+                      gpu_model=gpu_model, host=f"{tenant}-{service}-host", gpu_index=gpu_index, interval_s=interval_s,
+                      util=util, mem_used_gb=1.0, mem_total_gb=80.0 if gpu_model == "H100-80GB" else 24.0,
+                      power_w=200.0, tokens=100)
+
+
+def newest_per_key(expected: dict) -> dict[tuple, dict]:
+    """The reference's newest window of each key: what a snapshot holds."""
+    out: dict[tuple, tuple[int, dict]] = {}
+    for (*key, ws), w in expected.items():
+        if tuple(key) not in out or ws > out[tuple(key)][0]:
+            out[tuple(key)] = (ws, w)
+    return {k: {**w, "window_start": ws} for k, (ws, w) in out.items()}
+
+
+def exact(records: list[AggregateRecord], want: dict[tuple, dict]) -> bool:
+    got = {(r.tenant, r.service, r.region, r.gpu_model): r for r in records}
+    return set(got) == set(want) and all(
+        got[k].window_start == w["window_start"] and got[k].events == w["events"] and got[k].tokens == w["tokens"]
+        and all(getattr(got[k], f) == pytest.approx(w[f], rel=1e-9, abs=1e-12) for f in FIELDS)
+        for k, w in want.items())
+
+
+class Recorder:
+    """Iterates a subscription in the background, noting which connection each message came on."""
+
+    def __init__(self, sub: Subscription):
+        self.sub, self.state, self.log = sub, LiveState(), []
+        self.task = asyncio.create_task(self._run())
+
+    async def _run(self):
+        async for msg in self.sub:
+            self.log.append((self.sub.connections, msg))
+            self.state.apply(msg)
+
+    def snapshots(self, connection: int) -> list[Snapshot]:
+        return [m for c, m in self.log if c == connection and isinstance(m, Snapshot) and m.channel == "aggregates"]
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(240)
+async def test_the_client_resumes_from_a_fresh_exact_snapshot_after_an_api_restart(stack):
+    stack.start_worker()
+    stack.start_api()
+    T = (int(time.time()) // 60) * 60 - 180
+    before = [usage(T + 1, "acme", "chat", "H100-80GB", 0.5), usage(T + 1, "acme", "chat", "H100-80GB", 0.9, gpu_index=1),
+              usage(T + 31, "acme", "chat", "H100-80GB", 0.25), usage(T + 5, "acme", "embed", "L4", 0.2, interval_s=30.0),
+              usage(T + 12, "globex", "ocr", "L4", 0.8, interval_s=30.0), usage(T + 44, "globex", "train", "H100-80GB", 1.0),
+              usage(T + 70, "initech", "chat", "H100-80GB", 0.0)]
+    async with EventProducer(stack.settings) as producer:
+        await producer.send_usage(before)
+    want = newest_per_key(expected_windows(before, PRICES))
+    assert len(want) == 5
+
+    async with Subscription(stack.ws_url, stack.admin_key, channel=("aggregates", "alerts"),
+                            backoff_initial_s=0.2, backoff_max_s=2.0) as sub:
+        rec = Recorder(sub)
+        await async_wait_for(lambda: exact(rec.state.windows(), want), 60, what="exact newest windows on the client")
+
+        # Wait until the API has stored them, so the restarted API's snapshot can hold them all.
+        def stored():
+            rows = httpx.get(stack.url + "/api/history", params={"since": T - 60}, headers=stack.headers, timeout=5).json()
+            return exact([AggregateRecord.model_validate(r) for r in rows if r["window_start"] ==
+                          want[(r["tenant"], r["service"], r["region"], r["gpu_model"])]["window_start"]], want)
+
+        await async_wait_for(stored, 30, what="newest windows stored by the API")
+        stack.kill("api", signal.SIGKILL)
+        await asyncio.sleep(1.0)  # the client notices and starts retrying with backoff
+        await asyncio.to_thread(stack.start_api)
+
+        await async_wait_for(lambda: rec.snapshots(2), 30, what="a fresh snapshot on the second connection")
+        fresh = rec.snapshots(2)[0]
+        assert exact(fresh.data, want), f"snapshot after restart: {[r.model_dump() for r in fresh.data]}"
+
+        # Live again: events sent after the restart arrive as updates on the new connection.
+        after = [usage(T + 95, "acme", "chat", "H100-80GB", 0.75), usage(T + 99, "umbrella", "chat", "L4", 0.5)]
+        async with EventProducer(stack.settings) as producer:
+            await producer.send_usage(after)
+        want_after = newest_per_key(expected_windows(before + after, PRICES))
+        await async_wait_for(lambda: exact(rec.state.windows(), want_after), 60, what="exact live updates after restart")
+        assert any(c == 2 and isinstance(m, AggregateUpdate) and m.data.tenant == "umbrella" for c, m in rec.log)
+        assert sub.connections == 2
+        rec.task.cancel()
+
+
+@pytest.mark.integration
+@pytest.mark.one_database
+async def test_a_refused_key_raises_at_once_and_a_filter_on_another_tenant_is_rejected(stack):
+    stack.start_api()
+    started = time.monotonic()
+    with pytest.raises(AuthenticationError, match="refused the API key"):
+        async with Subscription(stack.ws_url, "gpc_not-a-key", backoff_initial_s=0.1):
+            pass
+    assert time.monotonic() - started < 10, "a refused key must not be retried"
+
+    acme_key = stack.create_key("acme")
+    with pytest.raises(SubscriptionRejected, match="bound to tenant 'acme'"):
+        async with Subscription(stack.ws_url, acme_key, filter={"tenant": "globex"}) as sub:
+            async for _ in sub:
+                pass
+    # The same key with its own tenant is served: the first message is the snapshot.
+    async with Subscription(stack.ws_url, acme_key, filter={"tenant": "acme"}) as sub:
+        first = await asyncio.wait_for(anext(aiter(sub)), 10)
+        assert isinstance(first, Snapshot) and first.data == []
+
+
+def agg(tenant: str, window_start: int, spend_usd: float, window_s: int = 60) -> AggregateRecord:
+    return AggregateRecord(tenant=tenant, service="s", region="r", gpu_model="g", window_start=window_start,
+                           window_end=window_start + window_s, window_s=window_s, spend_usd=spend_usd,
+                           spend_rate_usd_h=spend_usd * 3600 / window_s, gpu_seconds=1.0, util_avg=0.5,
+                           idle_usd=spend_usd / 2, events=1)
+
+
+def test_a_snapshot_replaces_what_was_held_and_an_older_window_never_replaces_a_newer_one():
+    state = LiveState()
+    state.apply(Snapshot(type="snapshot", id="a", channel="aggregates", data=[agg("acme", 100, 1.0), agg("gone", 100, 1.0)]))
+    state.apply(AggregateUpdate(type="aggregate", data=agg("acme", 110, 2.0)))
+    state.apply(AggregateUpdate(type="aggregate", data=agg("acme", 90, 9.0)))  # a revision of an older window
+    state.apply(AggregateUpdate(type="aggregate", data=agg("acme", 0, 50.0, window_s=3600)))  # another window size
+    assert {r.tenant: r.spend_usd for r in state.windows()} == {"acme": 2.0, "gone": 1.0}
+    assert [r.spend_usd for r in state.windows(3600)] == [50.0]
+    state.apply(Snapshot(type="snapshot", id="a", channel="aggregates", data=[agg("acme", 120, 3.0)]))
+    assert {r.tenant: r.spend_usd for r in state.windows()} == {"acme": 3.0}
+
+
+def test_a_subscription_refuses_unknown_channels_and_filter_fields_before_connecting():
+    with pytest.raises(ValueError, match="channel must be one or more of"):
+        Subscription("ws://127.0.0.1:1/ws", "k", channel="prices")
+    with pytest.raises(ValueError, match="unknown filter fields"):
+        Subscription("ws://127.0.0.1:1/ws", "k", filter={"colour": "red"})
+    with pytest.raises(AuthenticationError, match="no API key"):
+        Subscription("ws://127.0.0.1:1/ws", "")
