@@ -24,7 +24,7 @@ def spend_table(state: LiveState, top: int = 30, window_s: int | None = None) ->
     total_rate_usd_h = sum(r.spend_rate_usd_h for r in rows)
     shown_window_s = rows[0].window_s if rows else window_s
     newest = max((r.window_end for r in rows), default=None)
-    title = (f"{len(rows)} keys, {shown_window_s} s windows"
+    title = (f"{len(rows)} key{'' if len(rows) == 1 else 's'}, {shown_window_s} s windows"
              + (f" ending {time.strftime('%H:%M:%S', time.gmtime(newest))} UTC" if newest else "")
              + f", total ${total_rate_usd_h:,.2f}/h")
     table = Table(title=title, title_justify="left", expand=False)
