@@ -15,6 +15,7 @@ import asyncio
 import json
 import logging
 import random
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Union
 
@@ -84,6 +85,12 @@ class Subscription:
         self._closed = False
         self.connections = 0  # successful connections so far: connections - 1 reconnects
         self.messages = 0
+        self.dropped_at: float | None = None  # time.monotonic() of the last drop
+
+    @property
+    def connected(self) -> bool:
+        """False from a drop until the next connection is open (then a fresh snapshot follows)."""
+        return self._ws is not None
 
     # -- context manager ------------------------------------------------------------------------------
     async def __aenter__(self) -> Subscription:
@@ -163,6 +170,7 @@ class Subscription:
                                           f"(close code {ws.close_code}: {ws.close_reason or 'no reason given'})")
             log.info("connection to %s lost (close code %s); reconnecting", self.url, ws.close_code)
             self._ws = None
+            self.dropped_at = time.monotonic()
 
     def _read(self, raw: str | bytes) -> Message | None:
         try:
@@ -195,12 +203,19 @@ def subscribe(url: str, api_key: str, filter: Mapping[str, str] | None = None,
 
 
 class LiveState:
-    """What a subscriber knows now: the newest window per key and window size, and the latest
+    """What a subscriber knows now: the recent windows of each key and window size, and the latest
     transition per alert. A snapshot replaces everything of its channel (after a reconnect it is
-    the whole truth); an update replaces an older window of its key, never a newer one."""
+    the whole truth); an update replaces the same window of its key (a newer value of it).
+
+    The newest window of a live key is still filling (it started less than a window ago), so its
+    spend understates the rate; `windows(complete_before=now)` picks each key's newest window that
+    has ended instead, which is why a few recent windows per key are kept."""
+
+    KEEP = 8  # windows per key: with 60 s windows stepping 10 s, the newest complete one is 6 back
 
     def __init__(self) -> None:
-        self.aggregates: dict[tuple[str, str, str, str, int], AggregateRecord] = {}
+        # (tenant, service, region, gpu_model, window_s) -> {window_start: record}
+        self.recent: dict[tuple[str, str, str, str, int], dict[int, AggregateRecord]] = {}
         self.alerts: dict[str, AlertRecord] = {}
         self.snapshots = 0
 
@@ -208,7 +223,7 @@ class LiveState:
         if isinstance(msg, Snapshot):
             self.snapshots += 1
             if msg.channel == "aggregates":
-                self.aggregates = {}
+                self.recent = {}
                 for rec in msg.data:
                     self._put(rec)
             else:
@@ -220,15 +235,33 @@ class LiveState:
 
     def _put(self, rec: AggregateRecord) -> None:
         k = (rec.tenant, rec.service, rec.region, rec.gpu_model, rec.window_s)
-        cur = self.aggregates.get(k)
-        if cur is None or rec.window_start >= cur.window_start:
-            self.aggregates[k] = rec
+        windows = self.recent.setdefault(k, {})
+        if len(windows) >= self.KEEP and rec.window_start not in windows:
+            oldest = min(windows)
+            if rec.window_start < oldest:
+                return  # a revision of a window older than all kept: not the newest of anything
+            del windows[oldest]
+        windows[rec.window_start] = rec
 
-    def windows(self, window_s: int | None = None) -> list[AggregateRecord]:
-        """The newest window of each key, of one window size (default: the shortest present)."""
+    def window_sizes(self) -> list[int]:
+        return sorted({k[4] for k in self.recent})
+
+    def windows(self, window_s: int | None = None, complete_before: float | None = None) -> list[AggregateRecord]:
+        """One window per key, of one window size (default: the shortest present): the newest, or
+        with `complete_before` (epoch s) the newest that ended by then (the newest one where
+        none has, so a key is never left out; check its `window_end`)."""
         if window_s is None:
-            window_s = min((k[4] for k in self.aggregates), default=None)
-        return [r for k, r in self.aggregates.items() if k[4] == window_s]
+            window_s = min(self.window_sizes(), default=None)
+        out = []
+        for k, windows in self.recent.items():
+            if k[4] != window_s or not windows:
+                continue
+            starts = sorted(windows, reverse=True)
+            pick = starts[0]
+            if complete_before is not None:
+                pick = next((ws for ws in starts if windows[ws].window_end <= complete_before), pick)
+            out.append(windows[pick])
+        return out
 
     def firing(self) -> list[AlertRecord]:
         return sorted((a for a in self.alerts.values() if a.state == "firing"), key=lambda a: a.emitted_at)

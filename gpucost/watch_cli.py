@@ -19,13 +19,16 @@ from rich.text import Text
 from gpucost.client import AuthenticationError, ClientError, LiveState, Snapshot, Subscription, SubscriptionRejected
 
 
-def spend_table(state: LiveState, top: int = 30, window_s: int | None = None) -> Table:
-    rows = sorted(state.windows(window_s), key=lambda r: r.spend_usd, reverse=True)
+def spend_table(state: LiveState, top: int = 30, window_s: int | None = None, now: float | None = None) -> Table:
+    # Each key's newest window that has ended: the one still filling would understate the rate.
+    now = time.time() if now is None else now
+    rows = sorted(state.windows(window_s, complete_before=now), key=lambda r: r.spend_usd, reverse=True)
+    filling = sum(1 for r in rows if r.window_end > now)
     total_rate_usd_h = sum(r.spend_rate_usd_h for r in rows)
     shown_window_s = rows[0].window_s if rows else window_s
-    newest = max((r.window_end for r in rows), default=None)
+    newest = max((r.window_end for r in rows if r.window_end <= now), default=None)
     title = (f"{len(rows)} key{'' if len(rows) == 1 else 's'}, {shown_window_s} s windows"
-             + (f" ending {time.strftime('%H:%M:%S', time.gmtime(newest))} UTC" if newest else "")
+             + (f" ended by {time.strftime('%H:%M:%S', time.gmtime(newest))} UTC" if newest else "")
              + f", total ${total_rate_usd_h:,.2f}/h")
     table = Table(title=title, title_justify="left", expand=False)
     for name, justify in (("tenant", "left"), ("service", "left"), ("region", "left"), ("GPU", "left"),
@@ -37,10 +40,14 @@ def spend_table(state: LiveState, top: int = 30, window_s: int | None = None) ->
         # Text, never markup: tenant and service names come from the data.
         table.add_row(Text(r.tenant), Text(r.service), Text(r.region), Text(r.gpu_model),
                       f"{r.spend_rate_usd_h:,.2f}", f"{r.spend_usd:,.4f}", f"{100 * r.util_avg:.1f}", idle_share)
+    notes = []
     if len(rows) > top:
-        table.caption = f"and {len(rows) - top} more keys (--top)"
+        notes.append(f"and {len(rows) - top} more keys (--top)")
+    if filling:
+        notes.append(f"{filling} key(s) have no ended window yet: their figures cover the window so far")
     if not rows:
-        table.caption = "no spend yet: is the worker running and are events arriving?"
+        notes.append("no spend yet: is the worker running and are events arriving?")
+    table.caption = "; ".join(notes) or None
     return table
 
 
@@ -57,44 +64,59 @@ def alerts_line(state: LiveState, limit: int = 3) -> Text:
 
 
 def frame(state: LiveState, sub: Subscription, top: int, window_s: int | None) -> Group:
-    status = Text(f"connected to {sub.url}" + (f" (reconnected {sub.connections - 1}x)" if sub.connections > 1 else ""),
-                  style="dim")
+    if sub.connected:
+        status = Text(f"live from {sub.url}" + (f" (reconnected {sub.connections - 1}x)" if sub.connections > 1 else ""),
+                      style="dim")
+    else:
+        down_s = time.monotonic() - (sub.dropped_at or time.monotonic())
+        status = Text(f"connection lost {down_s:.0f} s ago, reconnecting to {sub.url}; the figures above are "
+                      "as of then", style="bold yellow")
     return Group(spend_table(state, top, window_s), alerts_line(state), status)
 
 
 async def watch(url: str, api_key: str, flt: dict[str, str], console: Console, updates: int | None,
-                top: int, window_s: int | None, refresh_per_s: float = 4.0) -> int:
-    """Render until interrupted, or until `updates` frames after the first. Returns frames drawn."""
+                top: int, window_s: int | None, refresh_s: float = 0.25) -> int:
+    """In a terminal, redraw in place every `refresh_s` until interrupted; otherwise (or with
+    `updates`), print the first frame and then one per update, `updates` of them. Frames printed
+    are returned. The first frame waits for both channels' snapshots, never shows half of them."""
     state = LiveState()
     channels = ("aggregates", "alerts")
-    live_mode = updates is None and console.is_terminal
+    snapshots_seen: set[str] = set()
     drawn = 0
+
+    def ready() -> bool:
+        return len(snapshots_seen) == len(channels)
+
     async with Subscription(url, api_key, channel=channels, filter=flt) as sub:
-        snapshots_seen: set[str] = set()
-        live = Live(console=console, auto_refresh=False, screen=False) if live_mode else None
-        if live:
-            live.start()
-        try:
-            last_draw = 0.0
-            async for msg in sub:
-                state.apply(msg)
-                if isinstance(msg, Snapshot):
-                    snapshots_seen.add(msg.channel)
-                if len(snapshots_seen) < len(channels):
-                    continue  # the first frame shows both channels' snapshots, not half of them
-                if live:
-                    now = time.monotonic()
-                    if now - last_draw >= 1 / refresh_per_s:
+        if updates is None and console.is_terminal:
+            # Redrawn on a timer in this loop (not on Rich's thread, which would read the state
+            # while messages change it): the frame rate does not follow the message rate.
+            async def redraw(live: Live) -> None:
+                while True:
+                    if ready():
                         live.update(frame(state, sub, top, window_s), refresh=True)
-                        last_draw = now
-                    continue
-                console.print(frame(state, sub, top, window_s))
-                drawn += 1
-                if updates is not None and drawn > updates:
-                    return drawn
-        finally:
-            if live:
-                live.stop()
+                    await asyncio.sleep(refresh_s)
+
+            with Live(console=console, auto_refresh=False) as live:
+                task = asyncio.create_task(redraw(live))
+                try:
+                    async for msg in sub:
+                        state.apply(msg)
+                        if isinstance(msg, Snapshot):
+                            snapshots_seen.add(msg.channel)
+                finally:
+                    task.cancel()
+            return drawn
+        async for msg in sub:
+            state.apply(msg)
+            if isinstance(msg, Snapshot):
+                snapshots_seen.add(msg.channel)
+            if not ready():
+                continue
+            console.print(frame(state, sub, top, window_s))
+            drawn += 1
+            if updates is not None and drawn > updates:
+                break
     return drawn
 
 

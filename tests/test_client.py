@@ -152,6 +152,17 @@ def test_a_snapshot_replaces_what_was_held_and_an_older_window_never_replaces_a_
     assert {r.tenant: r.spend_usd for r in state.windows()} == {"acme": 3.0}
 
 
+def test_the_newest_ended_window_is_picked_over_one_still_filling():
+    state = LiveState()
+    for start in range(0, 200, 10):  # more windows than are kept
+        state.apply(AggregateUpdate(type="aggregate", data=agg("acme", start, start / 10)))
+    assert len(state.recent[("acme", "s", "r", "g", 60)]) == LiveState.KEEP
+    assert state.windows()[0].window_start == 190
+    assert state.windows(complete_before=200)[0].window_start == 140  # [140, 200) has ended by 200
+    assert state.windows(complete_before=199)[0].window_start == 130
+    assert state.windows(complete_before=0)[0].window_start == 190  # none ended: the newest, not nothing
+
+
 def test_a_subscription_refuses_unknown_channels_and_filter_fields_before_connecting():
     with pytest.raises(ValueError, match="channel must be one or more of"):
         Subscription("ws://127.0.0.1:1/ws", "k", channel="prices")
