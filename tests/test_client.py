@@ -1,11 +1,14 @@
 """The Python client (`gpucost/client.py`) against the real stack: known events through the Faust
 worker arrive exact; the API is killed and started again under it, and the client yields a fresh
 snapshot holding every key with exact values (the brute-force reference of tests/support.py),
-then goes on with live updates. A refused key raises `AuthenticationError` at once."""
+then goes on with live updates. A refused key raises `AuthenticationError` at once. A minimal
+protocol peer covers what the real API cannot be made to do on demand: close a live connection
+with 4401, send a message type this client does not know."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import time
 
@@ -170,3 +173,64 @@ def test_a_subscription_refuses_unknown_channels_and_filter_fields_before_connec
         Subscription("ws://127.0.0.1:1/ws", "k", filter={"colour": "red"})
     with pytest.raises(AuthenticationError, match="no API key"):
         Subscription("ws://127.0.0.1:1/ws", "")
+
+
+class Peer:
+    """A minimal WebSocket server that speaks the documented protocol, for what the real API
+    cannot be made to do on demand (close a live connection with a given code, send a message
+    type this client does not know). Each connection runs the next script in `scripts`."""
+
+    def __init__(self, scripts):
+        self.scripts, self.connections = list(scripts), 0
+
+    async def handler(self, ws):
+        self.connections += 1
+        script = self.scripts.pop(0) if self.scripts else "hold"
+        sub = json.loads(await ws.recv())
+        await ws.send(json.dumps({"type": "subscribed", "id": sub["id"], "channel": sub["channel"], "filter": {}}))
+        await ws.send(json.dumps({"type": "snapshot", "id": sub["id"], "channel": "aggregates",
+                                  "data": [agg("acme", 100 * self.connections, float(self.connections)).model_dump()]}))
+        if script == "drop":
+            ws.transport.abort()  # as a killed process: no close frame
+        elif script == "revoke":
+            await ws.close(code=4401, reason="API key revoked")
+        elif script == "novelty":
+            await ws.send(json.dumps({"type": "cost_forecast", "data": {}}))
+            await ws.send(json.dumps({"type": "aggregate", "data": agg("acme", 500, 5.0).model_dump()}))
+            await asyncio.sleep(30)
+        else:
+            await asyncio.sleep(30)
+
+
+async def serve(peer: Peer):
+    from websockets.asyncio.server import serve as ws_serve
+
+    server = await ws_serve(peer.handler, "127.0.0.1", 0)
+    return server, f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/ws"
+
+
+async def test_a_drop_reconnects_and_the_new_snapshot_replaces_the_old_then_a_revoked_key_stops_it():
+    peer = Peer(["drop", "revoke"])
+    server, url = await serve(peer)
+    try:
+        got = []
+        with pytest.raises(AuthenticationError, match="close code 4401: API key revoked"):
+            async with Subscription(url, "k", backoff_initial_s=0.05) as sub:
+                async for msg in sub:
+                    got.append((sub.connections, msg.data[0].spend_usd))
+        assert got == [(1, 1.0), (2, 2.0)]  # one fresh snapshot per connection
+        assert peer.connections == 2, "a revoked key must not be retried"
+    finally:
+        server.close()
+
+
+async def test_a_message_type_this_client_does_not_know_is_skipped():
+    server, url = await serve(Peer(["novelty"]))
+    try:
+        async with Subscription(url, "k") as sub:
+            it = aiter(sub)
+            assert isinstance(await asyncio.wait_for(anext(it), 5), Snapshot)
+            update = await asyncio.wait_for(anext(it), 5)
+            assert isinstance(update, AggregateUpdate) and update.data.spend_usd == 5.0
+    finally:
+        server.close()
