@@ -76,9 +76,10 @@ def frame(state: LiveState, sub: Subscription, top: int, window_s: int | None) -
 
 async def watch(url: str, api_key: str, flt: dict[str, str], console: Console, updates: int | None,
                 top: int, window_s: int | None, refresh_s: float = 0.25) -> int:
-    """In a terminal, redraw in place every `refresh_s` until interrupted; otherwise (or with
-    `updates`), print the first frame and then one per update, `updates` of them. Frames printed
-    are returned. The first frame waits for both channels' snapshots, never shows half of them."""
+    """In a terminal, redraw in place every `refresh_s` until interrupted. Otherwise print frames:
+    with `updates`, the first frame and then one per update, `updates` of them; without, at most
+    one a second until interrupted. The first frame waits for both channels' snapshots, never
+    shows half of them. Returns the frames printed."""
     state = LiveState()
     channels = ("aggregates", "alerts")
     snapshots_seen: set[str] = set()
@@ -107,13 +108,17 @@ async def watch(url: str, api_key: str, flt: dict[str, str], console: Console, u
                 finally:
                     task.cancel()
             return drawn
+        last_print = 0.0
         async for msg in sub:
             state.apply(msg)
             if isinstance(msg, Snapshot):
                 snapshots_seen.add(msg.channel)
             if not ready():
                 continue
+            if updates is None and time.monotonic() - last_print < 1.0:
+                continue  # piped and open-ended: a frame a second, not one per message
             console.print(frame(state, sub, top, window_s))
+            last_print = time.monotonic()
             drawn += 1
             if updates is not None and drawn > updates:
                 break

@@ -14,8 +14,7 @@ import time
 import httpx
 import pytest
 
-from tests.api.test_asyncapi import alert_record, publish_alerts
-from tests.faults.harness import publish_aggregates
+from tests.faults.harness import alert_record, publish_aggregates, publish_alerts
 from tests.support import ROOT, async_wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.one_database]

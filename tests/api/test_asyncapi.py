@@ -21,7 +21,7 @@ import websockets
 
 from api import ws_protocol
 from api.asyncapi import build_document
-from tests.faults.harness import aggregate_record, publish_aggregates
+from tests.faults.harness import aggregate_record, alert_record, publish_aggregates, publish_alerts
 from tests.support import Stack, async_wait_for
 
 SCHEMA = json.loads((Path(__file__).parent / "data" / "asyncapi-3.0.0.schema.json").read_text())
@@ -76,28 +76,6 @@ def test_the_protocol_models_name_the_hubs_channels_and_filter_fields():
 
     assert ws_protocol.CHANNELS == CHANNELS
     assert ws_protocol.FILTER_FIELDS == FILTER_FIELDS
-
-
-def alert_record(tenant: str, state: str = "firing") -> dict:
-    """An alert transition as the worker's evaluator writes it on cost.alerts."""
-    now = time.time()
-    return {"fingerprint": f"fp-{tenant}", "state": state, "rule_id": "r1", "rule_kind": "budget",
-            "rule_name": f"{tenant} daily", "rule_version": 1, "level": "100%", "severity": "critical",
-            "group": {"tenant": tenant}, "tenant": tenant, "service": None, "region": None, "gpu_model": None,
-            "value": 12.5, "threshold": 10.0, "summary": f"{tenant} daily: day spend $12.50 reached 100% of the $10.00 budget",
-            "starts_at": now, "ends_at": None, "details": {"period": "day"}, "emitted_at": now}
-
-
-async def publish_alerts(settings, alerts: list[dict]) -> None:
-    from core import kafka
-
-    p = kafka.producer(settings)
-    await p.start()
-    try:
-        for a in alerts:
-            await p.send_and_wait(settings.alerts_topic, json.dumps(a).encode(), key=a["fingerprint"].encode())
-    finally:
-        await p.stop()
 
 
 @pytest.mark.integration
