@@ -15,11 +15,20 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 # -- record schemas ---------------------------------------------------------------------------------
 # PLUG-IN POINT. The records themselves are the stream's contract, defined once in
 # contracts/aggregates.py (`WindowAggregate` on cost.aggregates, `AlertEvent` on cost.alerts).
-# Until that module lands on this branch, these two models mirror its fields; when it lands,
-# replace both classes with:
-#     from contracts.aggregates import AlertEvent as AlertRecord, WindowAggregate as AggregateRecord
-# and the AsyncAPI document, the client and the wire tests follow. Extra fields are allowed here
-# so that a client built today keeps working when the server adds a field.
+# Until that module lands on this branch, the two models below mirror its fields. When it lands,
+# replace both classes with subclasses that only loosen `extra` (checked against the lead's
+# draft: the AsyncAPI document stays valid and the client tests pass):
+#
+#     from contracts.aggregates import AlertEvent, WindowAggregate
+#
+#     class AggregateRecord(WindowAggregate):
+#         model_config = ConfigDict(extra="allow")
+#
+#     class AlertRecord(AlertEvent):
+#         model_config = ConfigDict(extra="allow")
+#
+# `extra="allow"`: the server validates strictly, but a client built today must keep working
+# when a newer server adds a field.
 
 
 class AggregateRecord(BaseModel):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console, Group
@@ -16,7 +17,8 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from gpucost.client import AuthenticationError, ClientError, LiveState, Snapshot, Subscription, SubscriptionRejected
+if TYPE_CHECKING:  # the client (pydantic, websockets) is imported when watch runs, not when the CLI starts
+    from gpucost.client import LiveState, Subscription
 
 
 def spend_table(state: LiveState, top: int = 30, window_s: int | None = None, now: float | None = None) -> Table:
@@ -80,6 +82,8 @@ async def watch(url: str, api_key: str, flt: dict[str, str], console: Console, u
     with `updates`, the first frame and then one per update, `updates` of them; without, at most
     one a second until interrupted. The first frame waits for both channels' snapshots, never
     shows half of them. Returns the frames printed."""
+    from gpucost.client import LiveState, Snapshot, Subscription
+
     state = LiveState()
     channels = ("aggregates", "alerts")
     snapshots_seen: set[str] = set()
@@ -158,6 +162,8 @@ def register(app: typer.Typer) -> None:
         once: bool = typer.Option(False, "--once", help="Print one frame and exit (same as --updates 0)."),
     ):
         """Live spend per key in the terminal (sorted by spend), with the alerts firing now."""
+        from gpucost.client import AuthenticationError, ClientError, SubscriptionRejected
+
         key = api_key or _default_key()
         if not key:
             typer.echo("error: no API key: pass --api-key, set GPUCOST_API_KEY, or run `gpucost up` on this machine "

@@ -234,3 +234,21 @@ async def test_a_message_type_this_client_does_not_know_is_skipped():
             assert isinstance(update, AggregateUpdate) and update.data.spend_usd == 5.0
     finally:
         server.close()
+
+
+def test_the_client_imports_no_server_module():
+    """A program that only subscribes needs pydantic, websockets and the contracts, not the API's stack."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.support import ROOT
+
+    code = ("import sys, gpucost.client; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('fastapi', 'starlette', 'sqlalchemy', 'aiokafka', 'faust', 'core', 'streaming') "
+            "or m in ('api.hub', 'api.ws', 'api.app')))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

@@ -17,7 +17,6 @@ import pytest
 from tests.faults.harness import alert_record, publish_aggregates, publish_alerts
 from tests.support import ROOT, async_wait_for
 
-pytestmark = [pytest.mark.integration, pytest.mark.one_database]
 
 NOW = int(time.time()) // 60 * 60
 
@@ -57,6 +56,8 @@ def rows(output: str) -> list[list[str]]:
     return out
 
 
+@pytest.mark.integration
+@pytest.mark.one_database
 async def test_watch_prints_spend_per_key_sorted_with_the_alerts_firing(stack):
     stack.start_api()
     await publish_aggregates(stack.settings, RECORDS)
@@ -104,6 +105,8 @@ async def test_watch_prints_spend_per_key_sorted_with_the_alerts_firing(stack):
     assert rows(frames[2]) == [["globex", "ocr", "us-east-1", "L4", "1.61", "0.0268", "50.0", "50.0"]]
 
 
+@pytest.mark.integration
+@pytest.mark.one_database
 async def test_watch_stops_with_a_message_on_a_refused_key(stack):
     stack.start_api()
     started = time.monotonic()
@@ -111,3 +114,14 @@ async def test_watch_stops_with_a_message_on_a_refused_key(stack):
     assert r.returncode == 1
     assert "refused the API key (HTTP 403)" in r.stderr, r.stderr
     assert time.monotonic() - started < 30
+
+
+def test_registering_watch_imports_neither_pydantic_nor_websockets():
+    """`gpucost bench` must start on a bare GPU machine (torch only), and every command module is
+    imported to register it: the client is imported when watch runs."""
+    code = ("import sys, typer; from gpucost import watch_cli; watch_cli.register(typer.Typer()); "
+            "print(sorted(m for m in ('pydantic', 'websockets', 'gpucost.client') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
