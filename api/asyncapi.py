@@ -11,7 +11,10 @@ from __future__ import annotations
 import copy
 from functools import lru_cache
 
+from typing import Any
+
 from fastapi import APIRouter, Request
+from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from api import ws_protocol as p
@@ -22,7 +25,8 @@ ASYNCAPI_VERSION = "3.0.0"
 _REF = "#/components/schemas/{model}"
 
 # (message name, model, title, example payload)
-_CLIENT = [
+_MessageSpec = tuple[str, type[BaseModel], str, dict[str, Any]]
+_CLIENT: list[_MessageSpec] = [
     ("subscribe", p.SubscribeRequest, "Subscribe",
      {"op": "subscribe", "channel": "aggregates", "filter": {"tenant": "acme", "service": "chat"}, "id": "acme-chat"}),
     ("unsubscribe", p.UnsubscribeRequest, "Unsubscribe", {"op": "unsubscribe", "id": "acme-chat"}),
@@ -37,7 +41,7 @@ _ALERT_EXAMPLE = {"fingerprint": "3f2a9c", "state": "firing", "rule_id": "r-1", 
                   "group": {"tenant": "acme"}, "tenant": "acme", "service": None, "region": None, "gpu_model": None,
                   "value": 512.3, "threshold": 500.0, "summary": "acme daily: day spend $512.30 reached 100% of the $500.00 budget",
                   "starts_at": 1764633600.0, "ends_at": None, "details": {}, "emitted_at": 1764633601.2}
-_SERVER = [
+_SERVER: list[_MessageSpec] = [
     ("subscribed", p.Subscribed, "Subscription accepted",
      {"type": "subscribed", "id": "acme-chat", "channel": "aggregates", "filter": {"tenant": "acme", "service": "chat"}}),
     ("snapshot", p.Snapshot, "Current records of a subscription",
@@ -75,7 +79,7 @@ def _schemas() -> dict:
     return top["$defs"]
 
 
-def _message(name: str, model, title: str, example: dict) -> dict:
+def _message(name: str, model: type[BaseModel], title: str, example: dict[str, Any]) -> dict[str, Any]:
     return {
         "name": name,
         "title": title,

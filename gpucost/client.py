@@ -110,7 +110,7 @@ class Subscription:
         return self._messages()
 
     # -- connection -----------------------------------------------------------------------------------
-    async def _connect(self) -> None:
+    async def _connect(self) -> websockets.ClientConnection:
         """Connect and subscribe, retrying with exponential backoff and jitter."""
         attempt = 0
         while True:
@@ -138,7 +138,7 @@ class Subscription:
                 for channel in self.channels:
                     await ws.send(_subscribe_text(channel, self.filter))
                     self._pending.append(channel)
-                return
+                return ws
             attempt += 1
             if self.max_attempts is not None and attempt >= self.max_attempts:
                 raise ConnectionFailed(f"could not connect to {self.url} after {attempt} attempts (last: {reason})")
@@ -148,9 +148,7 @@ class Subscription:
 
     async def _messages(self) -> AsyncIterator[Message]:
         while not self._closed:
-            if self._ws is None:
-                await self._connect()
-            ws = self._ws
+            ws = self._ws if self._ws is not None else await self._connect()
             try:
                 async for raw in ws:
                     msg = self._read(raw)
@@ -225,9 +223,10 @@ class LiveState:
             if msg.channel == "aggregates":
                 self.recent = {}
                 for rec in msg.data:
-                    self._put(rec)
+                    if isinstance(rec, AggregateRecord):
+                        self._put(rec)
             else:
-                self.alerts = {a.fingerprint: a for a in msg.data}
+                self.alerts = {a.fingerprint: a for a in msg.data if isinstance(a, AlertRecord)}
         elif isinstance(msg, AggregateUpdate):
             self._put(msg.data)
         elif isinstance(msg, AlertUpdate):

@@ -12,7 +12,7 @@ import time
 from typing import TYPE_CHECKING
 
 import typer
-from rich.console import Console, Group
+from rich.console import Console, Group, JustifyMethod
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
@@ -33,9 +33,10 @@ def spend_table(state: LiveState, top: int = 30, window_s: int | None = None, no
              + (f" ended by {time.strftime('%H:%M:%S', time.gmtime(newest))} UTC" if newest else "")
              + f", total ${total_rate_usd_h:,.2f}/h")
     table = Table(title=title, title_justify="left", expand=False)
-    for name, justify in (("tenant", "left"), ("service", "left"), ("region", "left"), ("GPU", "left"),
-                          ("spend $/h", "right"), ("spend in window $", "right"), ("util %", "right"),
-                          ("idle %", "right")):
+    columns: list[tuple[str, JustifyMethod]] = [
+        ("tenant", "left"), ("service", "left"), ("region", "left"), ("GPU", "left"), ("spend $/h", "right"),
+        ("spend in window $", "right"), ("util %", "right"), ("idle %", "right")]
+    for name, justify in columns:
         table.add_column(name, justify=justify, no_wrap=True)
     for r in rows[:top]:
         idle_share = f"{100 * r.idle_usd / r.spend_usd:.1f}" if r.spend_usd > 0 else "-"

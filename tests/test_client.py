@@ -252,3 +252,13 @@ def test_the_client_imports_no_server_module():
                          env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+async def test_with_a_limit_on_attempts_an_unreachable_api_raises_connection_failed():
+    from gpucost.client import ConnectionFailed
+    from tests.support import free_port
+
+    url = f"ws://127.0.0.1:{free_port()}/ws"  # nothing listens there
+    with pytest.raises(ConnectionFailed, match="after 3 attempts"):
+        async with Subscription(url, "k", max_attempts=3, backoff_initial_s=0.01):
+            pass
