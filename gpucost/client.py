@@ -135,24 +135,35 @@ class Subscription:
                 self._ws = ws
                 self.connections += 1
                 self._pending = []
-                for channel in self.channels:
-                    await ws.send(_subscribe_text(channel, self.filter))
-                    self._pending.append(channel)
+                try:
+                    for channel in self.channels:
+                        await ws.send(_subscribe_text(channel, self.filter))
+                        self._pending.append(channel)
+                except ConnectionClosed:
+                    pass  # closed right after the handshake: _messages reads why (a refused key, or retry)
                 return ws
             attempt += 1
             if self.max_attempts is not None and attempt >= self.max_attempts:
                 raise ConnectionFailed(f"could not connect to {self.url} after {attempt} attempts (last: {reason})")
-            delay_s = min(self.backoff_max_s, self.backoff_initial_s * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+            delay_s = self._backoff_s(attempt)
             log.info("connecting to %s failed (%s); retrying in %.1f s", self.url, reason, delay_s)
             await asyncio.sleep(delay_s)
 
+    def _backoff_s(self, attempt: int) -> float:
+        """Exponential, capped, with jitter: clients dropped together by an API restart do not
+        all come back in the same instant."""
+        return min(self.backoff_max_s, self.backoff_initial_s * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+
     async def _messages(self) -> AsyncIterator[Message]:
+        flaps = 0  # connections in a row that closed before their snapshot
         while not self._closed:
             ws = self._ws if self._ws is not None else await self._connect()
+            served = False
             try:
                 async for raw in ws:
                     msg = self._read(raw)
                     if msg is not None:
+                        served = served or isinstance(msg, Snapshot)
                         self.messages += 1
                         yield msg
             except ConnectionClosed:
@@ -166,9 +177,14 @@ class Subscription:
                 await self.close()
                 raise AuthenticationError(f"{self.url} closed the connection: the API key was refused "
                                           f"(close code {ws.close_code}: {ws.close_reason or 'no reason given'})")
-            log.info("connection to %s lost (close code %s); reconnecting", self.url, ws.close_code)
             self._ws = None
             self.dropped_at = time.monotonic()
+            # A server that accepts and then drops at once must not be hammered: back off as for a
+            # failed connect; after a connection that served, come back soon (with jitter).
+            flaps = 0 if served else flaps + 1
+            delay_s = self._backoff_s(flaps + 1)
+            log.info("connection to %s lost (close code %s); reconnecting in %.1f s", self.url, ws.close_code, delay_s)
+            await asyncio.sleep(delay_s)
 
     def _read(self, raw: str | bytes) -> Message | None:
         try:

@@ -187,6 +187,9 @@ class Peer:
         self.connections += 1
         script = self.scripts.pop(0) if self.scripts else "hold"
         sub = json.loads(await ws.recv())
+        if script == "flap":
+            await ws.close(code=1011, reason="internal error")
+            return
         await ws.send(json.dumps({"type": "subscribed", "id": sub["id"], "channel": sub["channel"], "filter": {}}))
         await ws.send(json.dumps({"type": "snapshot", "id": sub["id"], "channel": "aggregates",
                                   "data": [agg("acme", 100 * self.connections, float(self.connections)).model_dump()]}))
@@ -262,3 +265,18 @@ async def test_with_a_limit_on_attempts_an_unreachable_api_raises_connection_fai
     with pytest.raises(ConnectionFailed, match="after 3 attempts"):
         async with Subscription(url, "k", max_attempts=3, backoff_initial_s=0.01):
             pass
+
+
+async def test_a_server_that_drops_every_connection_at_once_is_not_hammered():
+    peer = Peer(["flap"] * 1000)
+    server, url = await serve(peer)
+    try:
+        sub = Subscription(url, "k", backoff_initial_s=0.05, backoff_max_s=5.0)
+        task = asyncio.create_task(anext(aiter(sub)))  # never gets a message: every connection flaps
+        await asyncio.sleep(1.0)
+        task.cancel()
+        # Backing off 0.05 s, 0.1 s, 0.2 s, 0.4 s ... (times 0.5 to 1 for jitter): at most 8 in a
+        # second, where reconnecting at once would make hundreds.
+        assert 2 <= peer.connections <= 8, peer.connections
+    finally:
+        server.close()
