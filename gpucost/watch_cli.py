@@ -1,7 +1,7 @@
 """`gpucost watch`: live spend in the terminal, built on the Python client (`gpucost/client.py`).
 
-One row per key (tenant, service, region, GPU model) from its newest window: spend rate, spend in
-the window, utilization and idle share, sorted by spend; below, the alerts firing now. It survives
+One row per key (tenant, service, region, GPU model) from its newest ended window: spend rate,
+spend in the window, utilization and idle share, sorted by spend; below, the alerts firing now. It survives
 an API restart (the client reconnects and the fresh snapshot replaces the table) and stops with a
 clear message when the key is refused."""
 

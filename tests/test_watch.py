@@ -125,3 +125,22 @@ def test_registering_watch_imports_neither_pydantic_nor_websockets():
                          env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_names_from_the_data_are_printed_as_text_not_as_rich_markup():
+    from rich.console import Console
+
+    from api.ws_protocol import AggregateRecord, AlertRecord
+    from gpucost.client import AggregateUpdate, AlertUpdate, LiveState
+    from gpucost.watch_cli import alerts_line, spend_table
+
+    state = LiveState()
+    planted = window("[red]acme[/red]", "[link=https://example.invalid]chat[/link]", "H100-80GB", NOW - 120, 0.1, 0.5, 0.05)
+    state.apply(AggregateUpdate(type="aggregate", data=AggregateRecord.model_validate(planted)))
+    state.apply(AlertUpdate(type="alert", data=AlertRecord.model_validate({**alert_record("acme"), "summary": "[blink]x[/blink]"})))
+    console = Console(record=True, width=200)
+    console.print(spend_table(state, now=NOW))
+    console.print(alerts_line(state))
+    text = console.export_text()
+    assert "[red]acme[/red]" in text and "[link=https://example.invalid]chat[/link]" in text
+    assert "[critical] [blink]x[/blink]" in text
