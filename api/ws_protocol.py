@@ -150,7 +150,11 @@ class Subscribed(_Message):
 
 class Snapshot(_Message):
     """The current records of a subscription: the newest window per key (aggregates) or the
-    recent alert transitions (alerts). A client replaces what it holds for this subscription."""
+    recent alert transitions (alerts). A client replaces what it holds for this subscription.
+
+    The snapshot holds windows of the API's default size (GPUCOST_WINDOW_SIZE_S); live updates
+    carry every window size the worker emits (see `window_s`). The newest window of a live key
+    is still filling: its spend covers the window so far."""
 
     type: Literal["snapshot"]
     id: str
