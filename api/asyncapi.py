@@ -9,6 +9,7 @@ client sends, `send` operations what the API pushes."""
 from __future__ import annotations
 
 import copy
+import inspect
 from functools import lru_cache
 
 from typing import Any
@@ -80,10 +81,12 @@ def _schemas() -> dict:
 
 
 def _message(name: str, model: type[BaseModel], title: str, example: dict[str, Any]) -> dict[str, Any]:
+    doc = inspect.cleandoc(model.__doc__ or "")
     return {
         "name": name,
         "title": title,
-        "summary": (model.__doc__ or "").strip().split("\n\n")[0].replace("\n", " "),
+        "summary": " ".join(doc.split("\n\n")[0].split()),
+        **({"description": doc} if "\n\n" in doc else {}),
         "contentType": "application/json",
         "payload": {"$ref": _REF.format(model=model.__name__)},
         "examples": [{"name": name, "payload": example}],
