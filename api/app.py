@@ -31,7 +31,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         init_db(settings)
         await app.state.hub.start()
-        services = [events, rules, webhook_service]  # background tasks: each has start(app) / stop(app)
+        services = [events, rules, pricing, webhook_service]  # background tasks: each has start(app) / stop(app)
         for svc in services:
             await svc.start(app)
         try:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import select
 
 from api.auth import Principal
+from contracts.aggregates import AlertEvent, WindowAggregate
 from core.tables.history import AggregateRow, BilledLineItem
 from core import kafka
 from core.db import get_engine, session_scope
@@ -85,6 +86,7 @@ class Hub:
         self.recent_alerts: OrderedDict[str, dict] = OrderedDict()
         self.deadletters: dict[str, int] = {}
         self.records_in = 0
+        self.invalid_records = 0  # records on cost.aggregates / cost.alerts that broke their contract
         self._to_persist: dict[tuple, dict] = {}
         self._tasks: list[asyncio.Task] = []
 
@@ -174,11 +176,22 @@ class Hub:
         finally:
             await kafka.stop_consumer(c)
 
+    def _read(self, r, model, ingest) -> None:
+        """Validate one record against its contract; one that breaks it is logged and skipped
+        (the stream wrote it, so this is a version mismatch, not user input)."""
+        try:
+            record = model.model_validate_json(r.value)
+        except ValueError as exc:
+            self.invalid_records += 1
+            log.warning("skipping a record on %s that breaks %s: %s", r.topic, model.__name__, exc)
+            return
+        ingest(record.model_dump())
+
     def _consume_aggregates(self):
         async def persist():
             await asyncio.get_running_loop().run_in_executor(None, self._persist, self._take_persist())
 
-        return self._consume(self.settings.aggregates_topic, lambda r: self.ingest_aggregate(json.loads(r.value)),
+        return self._consume(self.settings.aggregates_topic, lambda r: self._read(r, WindowAggregate, self.ingest_aggregate),
                              group="gpucost-api", after_batch=persist, timeout_ms=500)
 
     def _consume_deadletters(self):
@@ -191,7 +204,7 @@ class Hub:
 
     def _consume_alerts(self):
         """Fan-out only (webhook delivery has its own consumer group and outbox)."""
-        return self._consume(self.settings.alerts_topic, lambda r: self.ingest_alert(json.loads(r.value)))
+        return self._consume(self.settings.alerts_topic, lambda r: self._read(r, AlertEvent, self.ingest_alert))
 
     def _consume_billed(self):
         """Validated billing line items into their table (upsert by line item, then commit)."""

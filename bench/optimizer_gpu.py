@@ -1,8 +1,25 @@
 """The optimizer's GPU matrix, in one process, side by side (docs/benchmarks.md, optimizer section).
 
-    python3 bench/optimizer_gpu.py --out optimizer/data/h100_measurements.json
+    python3 bench/optimizer_gpu.py                      # -> optimizer/data/<device>_measurements.json
+    python3 bench/optimizer_gpu.py --sections ab,batchers --instance aws/us-east-1/p5en.48xlarge
 
-Sections, in priority order, each saved to the JSON file as soon as it is measured:
+It needs only torch (and Triton) on the GPU machine: prices and device facts come from the
+catalog files shipped in core/pricing (standard library only), the results are written as JSON
+first, and `gpucost bench import FILE` stores them later where the database is. The instance
+the rows are priced on is the catalog's instance for the GPU present (H200 -> p5en.48xlarge)
+unless --instance names one. The default output file is named by the device, and a file of
+another device is never overwritten. A row not measured (time budget, missing package) is a
+row with `skipped` and the reason.
+
+Sections, each saved to the JSON file as soon as it is measured:
+  ab         interleaved side by side, per model (--ab-models): bf16 vs int8 weight-only, both
+             torch.compile + CUDA graph, gated on the same run; rounds A B / B A; median and
+             spread of the bandwidth share and of the speedup, goals met only when the whole
+             spread clears them; clocks per round; the first measurement after each build
+             (how the old per-section rows were taken) kept beside; a profile of one step
+             (kernels per step, kernel time against step time)
+  batchers   32 clients, mixed prompt and answer lengths: the dynamic batcher against the
+             in-flight (continuous) batcher, interleaved rounds
   bandwidth  batch-1 decode of the 1B model (bf16): CUDA graph alone and torch.compile + graph,
              achieved bandwidth as a share of the catalog's HBM peak and of a measured copy
   quant      int8 weight-only / fp8 decode against bf16, each through the accuracy gate
@@ -22,6 +39,7 @@ import argparse
 import gc
 import json
 import os
+import statistics
 import sys
 import time
 from dataclasses import replace
@@ -32,7 +50,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from optimizer import bench as B  # noqa: E402
-from optimizer.measure import gpu_model_name, kv_cache_bytes, peak_bandwidth_bytes_s  # noqa: E402
+from optimizer.measure import (  # noqa: E402
+    Instance, device_slug, gpu_model_name, instance_for_gpu, kv_cache_bytes, parse_instance,
+    peak_bandwidth_bytes_s, usd_per_gpu_hour,
+)
 from optimizer.quantize import torchao_available  # noqa: E402
 
 START = time.perf_counter()
@@ -63,6 +84,29 @@ def copy_bandwidth(device: torch.device, nbytes: int = 2 << 30) -> float:
     return 2 * nbytes / sorted(times[3:])[len(times[3:]) // 2]
 
 
+def results_path(out: str | None, gpu_model: str, data_dir: Path = Path("optimizer/data")) -> Path:
+    """The output file: the one named, else <data_dir>/<device>_measurements.json."""
+    return Path(out) if out else data_dir / f"{device_slug(gpu_model)}_measurements.json"
+
+
+def check_not_other_device(path: Path, gpu_model: str) -> None:
+    """Refuse to overwrite a results file measured on another device (its rows would be lost)."""
+    if not path.exists():
+        return
+    try:
+        existing = json.loads(path.read_text()).get("gpu_model")
+    except (OSError, ValueError, AttributeError):
+        raise SystemExit(f"{path} exists and is not a results file: choose another --out")
+    if existing and existing != gpu_model:
+        raise SystemExit(f"{path} holds {existing} measurements; this is {gpu_model}: choose another --out")
+
+
+def skipped_row(model: str, variant: str, reason: str, batch_size: int = 1) -> dict:
+    """A row that was not measured, with why: the matrix shows the gap instead of hiding it."""
+    log(f"skip {model} b{batch_size} {variant}: {reason}")
+    return {"model": model, "variant": variant, "batch_size": batch_size, "skipped": reason}
+
+
 def decode_row(cfg: B.BenchConfig, variant: B.Variant, ref=None) -> dict:
     t = time.perf_counter()
     row = B.run_variant(cfg, variant, ref)
@@ -78,9 +122,17 @@ def decode_row(cfg: B.BenchConfig, variant: B.Variant, ref=None) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--out", default="optimizer/data/h100_measurements.json")
-    ap.add_argument("--sections", default="bandwidth,quant,kv,batching,configs,precision,window,offload")
+    ap.add_argument("--out", default=None, help="default: optimizer/data/<device>_measurements.json")
+    ap.add_argument("--instance", default="", help="TYPE or CLOUD/REGION/TYPE the rows are priced on "
+                                                   "(default: the catalog's instance for the GPU present)")
+    ap.add_argument("--sections", default="ab,batchers,bandwidth,quant,kv,batching,configs,precision,window,offload")
     ap.add_argument("--budget-s", type=float, default=470.0, help="start no compiled variant past this")
+    ap.add_argument("--ab-models", default="1b,7b")
+    ap.add_argument("--ab-rounds", type=int, default=6)
+    ap.add_argument("--ab-variants", default="bf16+compile+cudagraph,bf16+int8-weight-only+compile+cudagraph",
+                    help="first is the baseline; a name ending in @nocdt compiles without coordinate-descent "
+                         "tuning (matmuls stay cuBLAS GEMVs instead of Inductor's tuned reductions)")
+    ap.add_argument("--clients", type=int, default=32)
     ap.add_argument("--model", default="1b")
     ap.add_argument("--big-model", default="7b", help="second model of the bandwidth section")
     ap.add_argument("--quant-model", default="1b")
@@ -99,14 +151,18 @@ def main() -> None:
     inductor_config.triton.unique_kernel_names = True
     inductor_config.fx_graph_cache = True
 
-    out_path = Path(args.out)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
     gpu = gpu_model_name(device)
+    out_path = results_path(args.out, gpu)
+    check_not_other_device(out_path, gpu)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    instance = parse_instance(args.instance) if args.instance else instance_for_gpu(gpu)
+    price, price_fallback = usd_per_gpu_hour(instance, gpu)
     doc: dict = {
         "schema": "gpucost.optimizer.gpu_measurements/1",
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "command": "python3 " + " ".join(sys.argv),
         "device": torch.cuda.get_device_name(device), "gpu_model": gpu,
+        "instance": instance.__dict__, "usd_per_gpu_hour": price, "price_fallback": price_fallback,
         "torch": torch.__version__, "cuda": torch.version.cuda,
         "peak_bandwidth_gb_s_spec": (peak_bandwidth_bytes_s(gpu) or 0) / 1e9,
         "sections": {},
@@ -119,10 +175,11 @@ def main() -> None:
             Path(out, out_path.name).write_text(json.dumps(doc, indent=1, default=str))
 
     doc["copy_bandwidth_gb_s"] = copy_bandwidth(device) / 1e9
-    log(f"{doc['device']} ({gpu}); copy {doc['copy_bandwidth_gb_s']:.0f} GB/s, spec {doc['peak_bandwidth_gb_s_spec']:.0f} GB/s")
+    log(f"{doc['device']} ({gpu}); copy {doc['copy_bandwidth_gb_s']:.0f} GB/s, spec {doc['peak_bandwidth_gb_s_spec']:.0f} GB/s; "
+        f"priced as {instance.cloud}/{instance.region}/{instance.instance_type} at ${price}/GPU-hour")
     save()
     base_cfg = B.BenchConfig(model=args.model, device="cuda", batch_size=1, prompt_tokens=128,
-                             new_tokens=256, repeats=3)
+                             new_tokens=256, repeats=3, instance=instance)
     V = B.Variant.parse
 
     def section(name: str, fn) -> None:
@@ -150,7 +207,7 @@ def main() -> None:
             cfg = replace(base_cfg, model=model_name)
             for name in ("bf16+cudagraph", "bf16+compile+cudagraph"):
                 if "compile" in name and not compiled_ok():
-                    log(f"skip {model_name} {name}: past the time budget")
+                    rows.append(skipped_row(model_name, name, "past the time budget (--budget-s)"))
                     continue
                 rows.append(decode_row(cfg, V(name)))
                 rows[-1]["inductor_coordinate_descent_tuning"] = inductor_config.coordinate_descent_tuning
@@ -173,10 +230,10 @@ def main() -> None:
         save()
         for name in args.quant_variants.split(","):
             if "torchao" in name and not torchao_available():
-                log(f"skip {name}: torchao not importable")
+                rows.append(skipped_row(args.quant_model, name, "torchao is not importable here"))
                 continue
             if "compile" in name and not compiled_ok():
-                log(f"skip {name}: past the time budget")
+                rows.append(skipped_row(args.quant_model, name, "past the time budget (--budget-s)"))
                 continue
             try:
                 rows.append(decode_row(qcfg, V(name), ref))
@@ -201,7 +258,7 @@ def main() -> None:
         ref = B.gate_reference(args.model, device, 0, 32)
         for model_name, name, gemv in plan:
             if "compile" in name and not compiled_ok():
-                log(f"skip {model_name} {name}: past the time budget")
+                rows.append(skipped_row(model_name, name, "past the time budget (--budget-s)"))
                 continue
             int8_gemv.ENABLED = gemv
             try:
@@ -232,7 +289,7 @@ def main() -> None:
             log(f"kv {kind}: {sizes[kind]}")
         del model
         cfg = B.BenchConfig(model=args.model, device="cuda", batch_size=8, prompt_tokens=1024,
-                            new_tokens=128, repeats=2)
+                            new_tokens=128, repeats=2, instance=instance)
         ref = B.gate_reference(args.model, device, 0, 32)
         rows = [decode_row(cfg, V(f"bf16+kv-{k}+cudagraph" if k != "full" else "bf16+cudagraph"), ref)
                 for k in ("full", "int8", "int4")]
@@ -261,11 +318,11 @@ def main() -> None:
         rows = []
         for bs in (1, 8, 32):
             cfg = B.BenchConfig(model=args.model, device="cuda", batch_size=bs, prompt_tokens=128,
-                                new_tokens=128, repeats=2)
+                                new_tokens=128, repeats=2, instance=instance)
             rows.append(decode_row(cfg, V("bf16+cudagraph")))
         for size in ("350m", "3b"):
             cfg = B.BenchConfig(model=size, device="cuda", batch_size=1, prompt_tokens=128,
-                                new_tokens=128, repeats=2)
+                                new_tokens=128, repeats=2, instance=instance)
             rows.append(decode_row(cfg, V("bf16+cudagraph")))
         return {"rows": rows}
 
@@ -276,34 +333,213 @@ def main() -> None:
         for size, bs in ((args.model, 1), (args.model, 8), (args.big_model, 1), (args.big_model, 8),
                          ("3b", 1), (args.model, 32)):
             if not compiled_ok():
-                log(f"skip {size} b{bs}: past the time budget")
+                rows.append(skipped_row(size, "bf16+compile+cudagraph", "past the time budget (--budget-s)", bs))
                 continue
             cfg = B.BenchConfig(model=size, device="cuda", batch_size=bs, prompt_tokens=128,
-                                new_tokens=128, repeats=2)
+                                new_tokens=128, repeats=2, instance=instance)
             rows.append(decode_row(cfg, V("bf16+compile+cudagraph")))
             save()
         return {"rows": rows}
+
+    def ab():
+        """bf16 vs int8 weight-only per model, interleaved rounds, gated on the same run."""
+        from optimizer import abtest
+        from optimizer.accuracy import gate
+        from optimizer.measure import decode_step_bytes, weight_bytes
+
+        spec = doc["peak_bandwidth_gb_s_spec"] * 1e9
+        copy = doc["copy_bandwidth_gb_s"] * 1e9
+        out = {"goal_bandwidth_share": 0.70, "goal_int8_speedup": 1.3, "prompt_tokens": 128, "new_tokens": 256,
+               "models": {}}
+        doc["sections"]["ab"] = out
+        names = tuple(args.ab_variants.split(","))
+        for model_name in args.ab_models.split(","):
+            if not compiled_ok():
+                out["models"][model_name] = {"rows": [skipped_row(model_name, n, "past the time budget (--budget-s)")
+                                                      for n in names]}
+                save()
+                continue
+            res: dict = {"arms": {}}
+            out["models"][model_name] = res
+            ref = B.gate_reference(model_name, device, 0, 32)
+            res["reference_perplexity"] = ref.perplexity
+            arms = []
+            for name in names:
+                t = time.perf_counter()
+                model, decoder = B.build_variant(model_name, V(name.split("@")[0]), device)
+                verdict = gate(model, ref)
+                # Measured right after its build, as the old one-row-at-a-time sections did; the
+                # step is compiled here, under this arm's Inductor settings.
+                inductor_config.coordinate_descent_tuning = not name.endswith("@nocdt")
+                try:
+                    first = B.measure_decode(model, decoder, 1, 128, 256, repeats=3)
+                finally:
+                    inductor_config.coordinate_descent_tuning = True
+                step_bytes = decode_step_bytes(model, 1, 128 + 256 / 2)
+                res["arms"][name] = {
+                    "gate": verdict.as_dict(), "accepted": verdict.accepted, "weight_bytes": weight_bytes(model),
+                    "step_bytes": step_bytes, "first_after_build_step_ms": first["decode_step_ms"],
+                    "first_after_build_clocks": abtest.gpu_clocks(device),
+                    "build_gate_first_s": time.perf_counter() - t}
+                log(f"{model_name} {name}: built+gated+first in {time.perf_counter() - t:.0f}s; first step "
+                    f"{first['decode_step_ms']:.3f} ms; gate agree={verdict.agreement:.3f} "
+                    f"{'ACCEPT' if verdict.accepted else 'REJECT'}")
+                arms.append(abtest.Arm(name, model, decoder))
+                save()
+            prompts = B.random_prompts(arms[0].model.args.vocab_size, 1, 128, 0)
+            m = abtest.interleaved_decode(arms, prompts, 256, args.ab_rounds)
+            base = names[0]
+            speedups = abtest.ratios_against(m["step_s"], base)
+            for name in names:
+                a = res["arms"][name]
+                steps = m["step_s"][name]
+                shares = [a["step_bytes"] / s / spec for s in steps]
+                a.update({
+                    "step_ms": abtest.spread([s * 1e3 for s in steps]),
+                    "decode_tokens_per_s": abtest.spread([1 / s for s in steps]),
+                    "bandwidth_share_of_spec": abtest.spread(shares),
+                    "bandwidth_share_of_copy": abtest.spread([a["step_bytes"] / s / copy for s in steps]),
+                    "speedup_vs_bf16": speedups[name], "clocks": m["clocks"][name],
+                    "usd_per_million_tokens": (price / (3600 / statistics.median(steps)) * 1e6) if price else None})
+                a["bandwidth_goal"] = abtest.verdict(shares, 0.70)
+                log(f"{model_name} {name}: step {a['step_ms']['median']:.3f} ms "
+                    f"[{a['step_ms']['min']:.3f}..{a['step_ms']['max']:.3f}], share {a['bandwidth_share_of_spec']['median']:.1%} "
+                    f"[{a['bandwidth_share_of_spec']['min']:.1%}..{a['bandwidth_share_of_spec']['max']:.1%}] of spec, "
+                    f"{a['bandwidth_share_of_copy']['median']:.1%} of copy; x{speedups[name]['median']:.3f} "
+                    f"[{speedups[name]['min']:.3f}..{speedups[name]['max']:.3f}]")
+            for name in names:
+                if "int8" in name:
+                    res.setdefault("int8_goal", {})[name] = abtest.verdict(res["arms"][name]["speedup_vs_bf16"]["values"], 1.3)
+                    res.setdefault("int8_gate", {})[name] = "accepted" if res["arms"][name]["accepted"] else "rejected"
+            save()
+            for arm in arms:  # kernels per step and where the step's time goes (1B: fixed kernel cost)
+                try:
+                    res["arms"][arm.name]["profile"] = profile_step(arm)
+                    pr = res["arms"][arm.name]["profile"]
+                    log(f"{model_name} {arm.name}: {pr['kernels_per_step']:.0f} kernels/step, "
+                        f"kernel time {pr['kernel_us_per_step']:.0f} us/step")
+                except Exception as exc:
+                    res["arms"][arm.name]["profile"] = {"error": repr(exc)}
+            save()
+            del arms, model, decoder
+            gc.collect()
+            torch.cuda.empty_cache()
+        return out
+
+    def profile_step(arm, steps: int = 5) -> dict:
+        """torch.profiler over `steps` compiled decode steps launched without the graph."""
+        from torch.profiler import ProfilerActivity, profile
+
+        tokens = torch.zeros(1, 1, dtype=torch.long, device=device)
+        pos = torch.tensor([200], device=device)
+        with torch.no_grad():
+            for _ in range(3):
+                arm.decoder.step(tokens, pos)
+            torch.cuda.synchronize()
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                for _ in range(steps):
+                    arm.decoder.step(tokens, pos)
+                torch.cuda.synchronize()
+        kernels = []
+        for e in prof.key_averages():
+            us = getattr(e, "self_device_time_total", None)
+            if us is None:
+                us = getattr(e, "self_cuda_time_total", 0.0)
+            if us and us > 0:
+                kernels.append({"name": e.key[:120], "calls_per_step": e.count / steps, "us_per_step": us / steps})
+        kernels.sort(key=lambda k: -k["us_per_step"])
+        return {"kernels_per_step": sum(k["calls_per_step"] for k in kernels),
+                "kernel_us_per_step": sum(k["us_per_step"] for k in kernels),
+                "distinct_kernels": len(kernels), "top": kernels[:15]}
+
+    def batchers():
+        """32 clients, mixed lengths: dynamic batcher vs in-flight batcher, interleaved rounds."""
+        import asyncio
+        import random
+
+        from optimizer import abtest
+        from optimizer.batcher import DynamicBatcher, run_load
+        from optimizer.continuous import ContinuousBatcher
+        from optimizer.generate import ensure_caches, generate
+
+        model, decoder = B.build_variant(args.model, V("bf16+cudagraph"), device)
+        rng = random.Random(0)
+        clients, n_req, seq = args.clients, 4 * args.clients, 512
+        prompts = [[rng.randrange(1, model.args.vocab_size) for _ in range(rng.randint(16, 256))] for _ in range(n_req)]
+        lengths = [rng.randint(16, 256) for _ in range(n_req)]
+        ensure_caches(model, clients, seq)
+
+        def run_batch(ps, max_new):
+            return generate(model, ps, max_new, decoder=decoder)
+
+        async def dynamic(n):
+            async with DynamicBatcher(run_batch, clients, 5.0) as b:
+                return await run_load(b.submit, prompts, n, lengths, clients), {"batch_sizes": [x.size for x in b.batches]}
+
+        async def continuous(n, min_join=1):
+            async with ContinuousBatcher(model, clients, seq, cuda_graph=True, min_join=min_join) as b:
+                r = await run_load(b.submit, prompts, n, lengths, clients)
+                return r, {"mean_busy_rows": sum(b.steps) / max(len(b.steps), 1), "decode_steps": len(b.steps),
+                           "admissions": len(b.admissions), "engine_prefill_s": b.prefill_s,
+                           "engine_decode_s": b.decode_s}
+
+        runners = {"dynamic": dynamic, "continuous": continuous,
+                   "continuous_join8": lambda n: continuous(n, 8)}
+        for fn in runners.values():  # warm-up: graphs for the batch sizes seen
+            asyncio.run(fn(clients))
+        out = {"clients": clients, "requests_per_round": n_req, "prompt_tokens": "uniform 16..256",
+               "new_tokens": "uniform 16..256", "variant": "bf16+cudagraph", "model": args.model, "rounds": []}
+        doc["sections"]["batchers"] = out
+        for r in range(3):
+            order = tuple(runners) if r % 2 == 0 else tuple(runners)[::-1]
+            rnd = {}
+            for name in order:
+                res, info = asyncio.run(runners[name](n_req))
+                lat = B.latency_summary_ms([c.latency_s for c in res.completions])
+                rnd[name] = {"tokens_per_s": res.tokens_per_s, "tokens": res.tokens, "wall_s": res.wall_s,
+                             **lat, "ttft_p50_ms": B.latency_summary_ms([c.ttft_s for c in res.completions])["p50_ms"],
+                             **info}
+                log(f"batchers round {r} {name}: {res.tokens_per_s:.0f} tok/s, p50 {lat['p50_ms']:.0f} ms, "
+                    f"p99 {lat['p99_ms']:.0f} ms {info if name != 'dynamic' else ''}")
+            out["rounds"].append(rnd)
+            save()
+        for name in runners:
+            if name != "dynamic":
+                out[f"{name}_throughput_ratio"] = abtest.spread(
+                    [x[name]["tokens_per_s"] / x["dynamic"]["tokens_per_s"] for x in out["rounds"]])
+                out[f"{name}_p99_ratio"] = abtest.spread([x[name]["p99_ms"] / x["dynamic"]["p99_ms"] for x in out["rounds"]])
+        tput = [x["continuous"]["tokens_per_s"] / x["dynamic"]["tokens_per_s"] for x in out["rounds"]]
+        p99 = [x["continuous"]["p99_ms"] / x["dynamic"]["p99_ms"] for x in out["rounds"]]
+        out["throughput_ratio"] = abtest.spread(tput)
+        out["p99_ratio"] = abtest.spread(p99)
+        out["goal"] = ("met" if min(tput) >= 1.5 and max(p99) <= 1.0 else
+                       "not met" + (" (spread crosses the goal)" if max(tput) >= 1.5 and min(p99) <= 1.0 else ""))
+        log(f"batchers: continuous/dynamic tokens/s x{out['throughput_ratio']['median']:.2f} "
+            f"[{min(tput):.2f}..{max(tput):.2f}], p99 x{out['p99_ratio']['median']:.2f} [{min(p99):.2f}..{max(p99):.2f}]: {out['goal']}")
+        del model, decoder
+        return out
 
     def precision():
         return {"rows": [decode_row(base_cfg, V(v)) for v in ("bf16+cudagraph", "fp16+cudagraph", "fp32+cudagraph")]}
 
     def window():
         cfg = B.BenchConfig(model=args.model, device="cuda", batch_size=8, prompt_tokens=1792,
-                            new_tokens=256, repeats=2)
+                            new_tokens=256, repeats=2, instance=instance)
         return {"rows": [decode_row(cfg, V(v)) for v in ("bf16+cudagraph", "bf16+window-256+cudagraph")]}
 
     def offload():
         cfg = B.BenchConfig(model=args.model, device="cuda", batch_size=1, prompt_tokens=32,
-                            new_tokens=8, repeats=1)
+                            new_tokens=8, repeats=1, instance=instance)
         return {"rows": [decode_row(cfg, V("bf16")), decode_row(cfg, V("bf16+offload"))]}
 
     # Cheap sections first; the compiled quantized variants last, under the time budget.
-    for name, fn in (("quant_gemv", quant_gemv), ("configs_compiled", configs_compiled), ("bandwidth", bandwidth), ("kv", kv), ("batching", batching), ("configs", configs),
+    for name, fn in (("batchers", batchers), ("ab", ab), ("quant_gemv", quant_gemv), ("configs_compiled", configs_compiled), ("bandwidth", bandwidth), ("kv", kv), ("batching", batching), ("configs", configs),
                      ("window", window), ("precision", precision), ("offload", offload), ("quant", quant)):
         section(name, fn)
     # Side by side: each row against the first row of its section with the same model and batch.
     for name, section_doc in doc["sections"].items():
-        rows = [r for r in section_doc.get("rows", []) if "error" not in r] if isinstance(section_doc, dict) else []
+        rows = [r for r in section_doc.get("rows", []) if "error" not in r and "skipped" not in r
+                and "extra" in r] if isinstance(section_doc, dict) else []
         for r in rows:
             base = next(b for b in rows if b["model"] == r["model"] and b["batch_size"] == r["batch_size"])
             ratio = r["extra"]["decode_tokens_per_s"] / base["extra"]["decode_tokens_per_s"]

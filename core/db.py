@@ -9,13 +9,10 @@ from contextlib import contextmanager
 from functools import lru_cache
 
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from core.settings import Settings, get_settings
-
-class Base(DeclarativeBase):
-    pass
-
+from core.tables import Base
 
 @lru_cache(maxsize=8)
 def _engine_for(url: str) -> Engine:
@@ -48,8 +45,6 @@ def _sessionmaker_for(url: str) -> sessionmaker[Session]:
 
 def init_db(settings: Settings | None = None) -> Engine:
     """Create every table that does not exist yet (idempotent)."""
-    import core.tables  # noqa: F401  (declares every table on Base)
-
     engine = get_engine(settings)
     Base.metadata.create_all(engine)
     return engine

@@ -52,6 +52,8 @@ async def ensure_topics(settings: Settings | None = None) -> None:
         NewTopic(settings.aggregates_topic, p, 1),
         NewTopic(settings.alerts_topic, 1, 1),
         NewTopic(settings.rules_topic, 1, 1, topic_configs={"cleanup.policy": "compact"}),
+        # Price overrides: the whole set as one record (contracts/prices.py).
+        NewTopic(settings.prices_topic, 1, 1, topic_configs={"cleanup.policy": "compact"}),
         # Validated billing line items, keyed by line item: compaction keeps the latest of each.
         NewTopic(settings.billed_topic, p, 1, topic_configs={"cleanup.policy": "compact"}),
     ]

@@ -108,8 +108,9 @@ class Settings(BaseSettings):
         return self.topic("cost.billed")
 
     @property
-    def alert_state_topic(self) -> str:  # compacted: the alert evaluator's folded budget totals
-        return self.topic("cost.alertstate")
+    def prices_topic(self) -> str:  # compacted: price overrides, written by the API
+        return self.topic("cost.prices")
+
 
 
 @lru_cache

@@ -14,7 +14,14 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from core.settings import get_settings
+
+def get_settings():
+    """The settings, loaded on first use: `gpucost bench` must start where only torch is installed
+    (a bare GPU machine has no pydantic), so nothing at import time may need them."""
+    from core.settings import get_settings as load
+
+    return load()
+
 
 app = typer.Typer(help="gpucost: real-time GPU cost monitor.", no_args_is_help=True, add_completion=False)
 kafka_app = typer.Typer(help="The local Apache Kafka broker (KRaft, one node).", no_args_is_help=True)
@@ -51,7 +58,7 @@ def kafka_status():
 @app.command()
 def worker(loglevel: str = typer.Option("warning", help="Faust log level")):
     """Run the stream worker (Faust) until interrupted."""
-    from streaming.app import run_worker
+    from streaming.worker import run_worker
 
     run_worker(get_settings(), loglevel=loglevel)
 

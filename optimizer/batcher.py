@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -144,13 +144,14 @@ class LoadResult:
 
 
 async def run_load(submit: Callable[[list[int], int], Awaitable[Completion]], prompts: list[list[int]],
-                   n_requests: int, max_new_tokens: int, concurrency: int = 1,
+                   n_requests: int, max_new_tokens: int | Sequence[int], concurrency: int = 1,
                    arrival_rate_per_s: float | None = None, seed: int = 0) -> LoadResult:
     """Send `n_requests` (cycling through `prompts`) with at most `concurrency` in flight.
 
     Without an arrival rate it is a closed loop: each of `concurrency` clients sends its next
     request as soon as the last one returns. With one, arrivals are Poisson at that rate
-    (seeded), still capped at `concurrency` outstanding requests."""
+    (seeded), still capped at `concurrency` outstanding requests. `max_new_tokens` is one answer
+    length for all, or a list cycled like the prompts (mixed lengths)."""
     if n_requests < 1 or concurrency < 1:
         raise ValueError("n_requests and concurrency must be at least 1")
     result = LoadResult()
@@ -160,7 +161,8 @@ async def run_load(submit: Callable[[list[int], int], Awaitable[Completion]], pr
 
     async def one(i: int) -> None:
         try:
-            result.completions.append(await submit(prompts[i % len(prompts)], max_new_tokens))
+            n_new = max_new_tokens if isinstance(max_new_tokens, int) else max_new_tokens[i % len(max_new_tokens)]
+            result.completions.append(await submit(prompts[i % len(prompts)], n_new))
         finally:
             in_flight.release()
 

@@ -1,9 +1,15 @@
-"""The optimizer's commands: `gpucost bench`, `gpucost optimize` and `gpucost optimizer`."""
+"""The optimizer's commands: `gpucost bench` (and `gpucost bench import FILE`), `gpucost optimize`
+and `gpucost optimizer`.
+
+`gpucost bench` runs where only torch is installed (a bare GPU machine): it writes its JSON
+results first, stores them only where the database layer imports, and `gpucost bench import FILE`
+stores them later on the machine that has the database."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shlex
 import sys
 import time
@@ -33,18 +39,50 @@ def _fmt(x: float | None, spec: str = ".1f", none: str = "-") -> str:
     return none if x is None else format(x, spec)
 
 
-def _instance(cloud: str, region: str, instance_type: str):
-    from optimizer.measure import Instance
+def _instance(cloud: str, region: str, instance_type: str, device: str = "cpu"):
+    """The instance runs are priced on: the one named, or the catalog's instance for the GPU
+    actually present (an H200 is priced as a p5en.48xlarge, not as the H100's p5)."""
+    from optimizer.measure import Instance, gpu_model_name, instance_for_gpu, parse_instance
 
-    return Instance(cloud=cloud, region=region, instance_type=instance_type)
+    if instance_type:
+        try:
+            return parse_instance(instance_type, Instance(cloud, region))
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from exc
+    return instance_for_gpu(gpu_model_name(device), cloud, region)
 
 
-def _results_path(out: Path | None, stem: str) -> Path:
+def _data_dir() -> Path:
+    try:
+        from core.settings import get_settings
+    except ImportError:  # a bare GPU machine (no pydantic): the settings' own default location
+        home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+        return Path(os.environ.get("GPUCOST_DATA_DIR") or Path(home) / "gpucost")
+    return get_settings().data_dir
+
+
+def _results_path(out: Path | None, stem: str, device: str = "cpu") -> Path:
+    """The file named, or one named by the device and time (never another run's file)."""
     if out is not None:
         return out
-    from core.settings import get_settings
+    from optimizer.measure import device_slug, gpu_model_name
 
-    return get_settings().data_dir / "optimizer" / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    slug = device_slug(gpu_model_name(device))
+    return _data_dir() / "optimizer" / f"{stem}-{slug}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+
+
+def _store(rows, source: str, results: Path | None = None) -> int | None:
+    """Insert into benchmark_runs; None (with a hint) where the database layer is not installed."""
+    try:
+        from optimizer.publish import store_runs
+
+        import core.db  # noqa: F401  (SQLAlchemy and the settings)
+    except ImportError as exc:
+        hint = f" gpucost bench import {results}" if results else " gpucost bench import FILE"
+        err.print(f"[yellow]not stored: the database layer is not installed here ({exc.name}); "
+                  f"store the results later with:{hint}")
+        return None
+    return len(store_runs(rows, source=source))
 
 
 def _save_and_report(rows, doc: dict, out: Path, store: bool, publish: bool, instance, source: str) -> None:
@@ -52,10 +90,9 @@ def _save_and_report(rows, doc: dict, out: Path, store: bool, publish: bool, ins
     out.write_text(json.dumps(doc, indent=1, default=str))
     console.print(f"results: {out}")
     if store:
-        from optimizer.publish import store_runs
-
-        ids = store_runs(rows, source=source)
-        console.print(f"stored {len(ids)} runs in benchmark_runs")
+        n = _store(rows, source, out)
+        if n is not None:
+            console.print(f"stored {n} runs in benchmark_runs")
     if publish:
         from optimizer.publish import publish_runs
 
@@ -88,9 +125,54 @@ def results_table(rows, title: str) -> Table:
     return table
 
 
+def runs_from_document(doc: dict) -> list:
+    """The measured rows of a results file: `gpucost bench`'s ("runs") or
+    bench/optimizer_gpu.py's (rows of every section). Skipped and failed rows are not runs."""
+    from dataclasses import MISSING, fields
+
+    from optimizer.measure import RunMetrics
+
+    names = {f.name for f in fields(RunMetrics)}
+    required = {f.name for f in fields(RunMetrics) if f.default is MISSING and f.default_factory is MISSING}
+    candidates = list(doc.get("runs", []))
+    for section in (doc.get("sections") or {}).values():
+        if isinstance(section, dict):
+            candidates += section.get("rows", [])
+    rows = []
+    for c in candidates:
+        if not isinstance(c, dict) or "skipped" in c or "error" in c or not required <= c.keys():
+            continue
+        rows.append(RunMetrics(**{k: v for k, v in c.items() if k in names}))
+    return rows
+
+
 def register(app: typer.Typer) -> None:
-    @app.command()
+    bench_app = typer.Typer(invoke_without_command=True, no_args_is_help=False,
+                            help="Measure a matrix of variants side by side (`bench import FILE`: store results).")
+    app.add_typer(bench_app, name="bench")
+
+    @bench_app.command("import")
+    def bench_import(
+        file: Path = typer.Argument(..., exists=True, dir_okay=False, help="A results JSON file."),
+    ):
+        """Store a results file written elsewhere (e.g. on a GPU machine with only torch) in benchmark_runs."""
+        try:
+            doc = json.loads(file.read_text())
+        except (OSError, ValueError) as exc:
+            raise typer.BadParameter(f"{file}: not a JSON results file ({exc})") from exc
+        if not isinstance(doc, dict) or not str(doc.get("schema", "")).startswith("gpucost.optimizer."):
+            raise typer.BadParameter(f"{file}: not a gpucost optimizer results file (no gpucost.optimizer schema)")
+        rows = runs_from_document(doc)
+        if not rows:
+            raise typer.BadParameter(f"{file}: no measured runs in it")
+        n = _store(rows, source=f"import:{file.name}")
+        if n is None:
+            raise typer.Exit(1)
+        console.print(f"stored {n} runs from {file} ({doc.get('device') or rows[0].device}) in benchmark_runs")
+
+    @bench_app.callback()
     def bench(
+        ctx: typer.Context,
         model: str = typer.Option("test", help=MODEL_HELP),
         variants: str = typer.Option("", help="Comma-separated variants, e.g. fp32,bf16+int8-weight-only+kv-int8 "
                                                "(default: the device's matrix). The first is the baseline."),
@@ -101,17 +183,22 @@ def register(app: typer.Typer) -> None:
         repeats: int = typer.Option(3, min=1),
         gate: bool = typer.Option(True, help="Run the accuracy gate against the fp32 baseline."),
         out: Path = typer.Option(None, help="JSON results file (default: <data dir>/optimizer/bench-<time>.json)"),
-        store: bool = typer.Option(True, help="Store the runs in the benchmark_runs table."),
+        store: bool = typer.Option(True, help="Store the runs in the benchmark_runs table (where the "
+                                                  "database layer is installed; else `bench import` later)."),
         publish: bool = typer.Option(False, help="Publish each run as a usage event (needs Kafka)."),
         cloud: str = typer.Option("aws"), region: str = typer.Option("us-east-1"),
-        instance_type: str = typer.Option("p5.48xlarge", help="Catalog instance the runs are priced on."),
+        instance_type: str = typer.Option("", "--instance", "--instance-type",
+                                          help="Catalog instance the runs are priced on: TYPE or CLOUD/REGION/TYPE "
+                                               "(default: the catalog's instance for the GPU present)."),
     ):
         """Measure a matrix of variants side by side: table with ratios against the first, JSON results."""
+        if ctx.invoked_subcommand is not None:
+            return
         from optimizer.bench import BenchConfig, Variant, default_variants, gate_reference, results_document, run_variant
 
         dev = _device(device)
         chosen = [Variant.parse(v) for v in variants.split(",") if v.strip()] or default_variants(dev)
-        instance = _instance(cloud, region, instance_type)
+        instance = _instance(cloud, region, instance_type, dev)
         cfg = BenchConfig(model=model, device=dev, batch_size=batch_size, prompt_tokens=prompt_tokens,
                           new_tokens=new_tokens, repeats=repeats, instance=instance)
         rows = []
@@ -126,8 +213,8 @@ def register(app: typer.Typer) -> None:
         console.print(results_table(rows, f"{model} on {rows[0].device}, batch {batch_size}, "
                                           f"{prompt_tokens}+{new_tokens} tokens"))
         command = "gpucost " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-        doc = results_document(rows, command)
-        _save_and_report(rows, doc, _results_path(out, "bench"), store, publish, instance, "bench")
+        doc = results_document(rows, command, instance=instance.__dict__)
+        _save_and_report(rows, doc, _results_path(out, "bench", dev), store, publish, instance, "bench")
 
     @app.command()
     def optimize(
@@ -142,7 +229,8 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(None), store: bool = typer.Option(True),
         publish: bool = typer.Option(False),
         cloud: str = typer.Option("aws"), region: str = typer.Option("us-east-1"),
-        instance_type: str = typer.Option("p5.48xlarge"),
+        instance_type: str = typer.Option("", "--instance", "--instance-type",
+                                          help="TYPE or CLOUD/REGION/TYPE (default: the GPU present's instance)."),
     ):
         """Search variants for the goal; every step is validated by the accuracy gate."""
         from optimizer.bench import BenchConfig, results_document
@@ -151,7 +239,7 @@ def register(app: typer.Typer) -> None:
         if goal not in GOALS:
             raise typer.BadParameter(f"goal must be one of {', '.join(GOALS)}")
         dev = _device(device)
-        instance = _instance(cloud, region, instance_type)
+        instance = _instance(cloud, region, instance_type, dev)
         cfg = BenchConfig(model=model, device=dev, batch_size=batch_size, prompt_tokens=prompt_tokens,
                           new_tokens=new_tokens, repeats=repeats, min_agreement=min_agreement,
                           max_ppl_increase=max_ppl_increase, instance=instance)
@@ -170,7 +258,7 @@ def register(app: typer.Typer) -> None:
         doc = results_document(rows, command, optimize={
             "goal": goal, "best": result.best.variant, "improvement": result.improvement,
             "trials": [{"variant": t.variant, "score": t.score, "kept": t.kept, "why": t.why} for t in result.trials]})
-        _save_and_report(rows, doc, _results_path(out, f"optimize-{goal}"), store, publish, instance, "optimize")
+        _save_and_report(rows, doc, _results_path(out, f"optimize-{goal}", dev), store, publish, instance, "optimize")
 
     @app.command("optimizer")
     def optimizer_service(

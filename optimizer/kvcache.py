@@ -25,7 +25,10 @@ class KVCache(nn.Module):
         self.register_buffer("k_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.register_buffer("v_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
 
-    def update(self, slots: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    def update(self, slots: Tensor, k: Tensor, v: Tensor, rows: Tensor | None = None
+               ) -> tuple[Tensor, Tensor]:
+        if slots.dim() == 2:
+            return _put_rows(self.k_cache, slots, rows, k), _put_rows(self.v_cache, slots, rows, v)
         bsz = k.shape[0]
         k_out, v_out = self.k_cache[:bsz], self.v_cache[:bsz]
         k_out[:, :, slots] = k
@@ -34,6 +37,15 @@ class KVCache(nn.Module):
 
     def nbytes(self) -> int:
         return sum(b.numel() * b.element_size() for b in self.buffers())
+
+
+def _put_rows(store: Tensor, slots: Tensor, rows: Tensor | None, x: Tensor) -> Tensor:
+    """Write x [B, H, T, W] at per-row slots [B, T] of cache rows `rows` (0..B-1 when None);
+    returns those rows [B, H, S, W] (a view for 0..B-1, a gathered copy otherwise)."""
+    bsz = x.shape[0]
+    index = torch.arange(bsz, device=store.device) if rows is None else rows
+    store[index[:, None], :, slots] = x.transpose(1, 2).to(store.dtype)
+    return store[:bsz] if rows is None else store[rows]
 
 
 def quantize_groupwise(x: Tensor, bits: int, group_size: int = GROUP_SIZE) -> tuple[Tensor, Tensor]:
@@ -90,14 +102,19 @@ class Int8KVCache(KVCache):
     def _load(self, stored: Tensor) -> Tensor:
         return stored
 
-    def update(self, slots: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    def update(self, slots: Tensor, k: Tensor, v: Tensor, rows: Tensor | None = None
+               ) -> tuple[Tensor, Tensor]:
         bsz = k.shape[0]
         out = []
         for name, x in (("k", k), ("v", v)):
             q, scale = quantize_groupwise(x, self.bits)
-            store, scales = getattr(self, f"{name}_q")[:bsz], getattr(self, f"{name}_scale")[:bsz]
-            store[:, :, slots] = self._store(q)
-            scales[:, :, slots] = scale
+            if slots.dim() == 2:  # per-row positions (the in-flight batcher)
+                store = _put_rows(getattr(self, f"{name}_q"), slots, rows, self._store(q))
+                scales = _put_rows(getattr(self, f"{name}_scale"), slots, rows, scale)
+            else:
+                store, scales = getattr(self, f"{name}_q")[:bsz], getattr(self, f"{name}_scale")[:bsz]
+                store[:, :, slots] = self._store(q)
+                scales[:, :, slots] = scale
             out.append(dequantize_groupwise(self._load(store), scales, self.dtype))
         return out[0], out[1]
 

@@ -9,10 +9,10 @@ catalog: `usd_per_gpu_hour / (tokens_per_s * 3600) * 1e6`."""
 from __future__ import annotations
 
 import math
+import re
 import threading
 from dataclasses import asdict, dataclass, field
 
-import psutil
 import torch
 import torch.nn as nn
 
@@ -47,6 +47,15 @@ class PeakMemory:
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
         else:
+            try:
+                import psutil  # CPU runs only: a bare GPU machine needs nothing but torch
+            except ImportError:  # the process's lifetime peak instead of this block's
+                import resource
+
+                self.source = "process_maxrss"
+                self.peak_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+                self._thread = None
+                return self
             self._proc = psutil.Process()
             self._stop = threading.Event()
             self.peak_bytes = self._proc.memory_info().rss
@@ -63,6 +72,10 @@ class PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             self.peak_bytes = torch.cuda.max_memory_allocated(self.device)
+        elif self._thread is None:
+            import resource
+
+            self.peak_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         else:
             self._stop.set()
             self._thread.join()
@@ -115,9 +128,10 @@ def device_description(device: torch.device | str) -> str:
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
+    import os
     import platform
 
-    return f"{platform.processor() or platform.machine()} CPU, {psutil.cpu_count(logical=True)} threads"
+    return f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} threads"
 
 
 def peak_bandwidth_bytes_s(gpu_model: str) -> float | None:
@@ -139,6 +153,48 @@ class Instance:
     cloud: str = "aws"
     region: str = "us-east-1"
     instance_type: str = "p5.48xlarge"
+
+
+# The instance a GPU's runs are priced on when none is named: each part's own 8-GPU AWS instance.
+DEFAULT_INSTANCE_TYPES = {"H100-80GB": "p5.48xlarge", "H200-141GB": "p5en.48xlarge"}
+
+
+def instance_for_gpu(gpu_model: str, cloud: str = "aws", region: str = "us-east-1") -> Instance:
+    """The catalog instance that holds this GPU: the default above, else the first catalog row of
+    that GPU in `cloud`/`region`, else in any region or cloud; a CPU (or unpriced GPU) gets the
+    plain default, whose price the CPU runs do not use."""
+    from core.pricing import default_catalog
+
+    catalog = default_catalog()
+    preferred = DEFAULT_INSTANCE_TYPES.get(gpu_model)
+    if preferred and catalog.row(cloud, region, preferred) is not None:
+        return Instance(cloud, region, preferred)
+    rows = [r for r in catalog.rows if r.gpu_model == gpu_model]
+    rows.sort(key=lambda r: (r.cloud != cloud, r.region != region, r.cloud, r.region, r.instance_type))
+    if not rows:
+        return Instance()
+    return Instance(rows[0].cloud, rows[0].region, rows[0].instance_type)
+
+
+def parse_instance(text: str, default: Instance | None = None) -> Instance:
+    """"p5en.48xlarge", "aws/us-east-2/p5en.48xlarge" or "gcp:us-central1:a3-ultragpu-8g"."""
+    default = default or Instance()
+    parts = [p for p in re.split(r"[/:]", text.strip()) if p]
+    if len(parts) == 1:
+        return Instance(default.cloud, default.region, parts[0])
+    if len(parts) == 3:
+        return Instance(*parts)
+    raise ValueError(f"instance {text!r}: expected TYPE or CLOUD/REGION/TYPE")
+
+
+def device_slug(gpu_model: str) -> str:
+    """The short name results files carry: "H200-141GB" -> "h200", "A100-80GB" -> "a100_80gb"."""
+    if gpu_model == "cpu":
+        return "cpu"
+    base = gpu_model.lower()
+    head = base.split("-")[0]
+    keep_size = head in ("a100",)  # two memory sizes of one part
+    return re.sub(r"[^a-z0-9]+", "_", base if keep_size else head).strip("_")
 
 
 def usd_per_gpu_hour(instance: Instance, gpu_model: str) -> tuple[float | None, bool]:

@@ -77,9 +77,9 @@ def precompute_rope(seq_len: int, head_dim: int, base: float) -> Tensor:
 
 
 def apply_rope(x: Tensor, rope: Tensor) -> Tensor:
-    """x: [B, T, H, D]; rope: [T, D/2, 2]."""
+    """x: [B, T, H, D]; rope: [T, D/2, 2], or [B, T, D/2, 2] when each row has its own positions."""
     xs = x.float().reshape(*x.shape[:-1], -1, 2)
-    rope = rope.view(1, xs.size(1), 1, xs.size(3), 2)
+    rope = rope.view(rope.size(0) if rope.dim() == 4 else 1, xs.size(1), 1, xs.size(3), 2)
     out = torch.stack([
         xs[..., 0] * rope[..., 0] - xs[..., 1] * rope[..., 1],
         xs[..., 1] * rope[..., 0] + xs[..., 0] * rope[..., 1],
@@ -97,7 +97,7 @@ class Attention(nn.Module):
         self.wo = nn.Linear(args.n_head * args.head_dim, args.dim, bias=False)
 
     def forward(self, x: Tensor, rope: Tensor, mask: Tensor | None, cache: KVCache | None,
-                slots: Tensor | None) -> Tensor:
+                slots: Tensor | None, rows: Tensor | None = None) -> Tensor:
         bsz, seqlen, _ = x.shape
         q_size, kv_size = self.n_head * self.head_dim, self.n_kv_head * self.head_dim
         q, k, v = self.wqkv(x).split([q_size, kv_size, kv_size], dim=-1)
@@ -106,7 +106,7 @@ class Attention(nn.Module):
         v = v.view(bsz, seqlen, self.n_kv_head, self.head_dim)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))
         if cache is not None:
-            k, v = cache.update(slots, k, v)
+            k, v = cache.update(slots, k, v, rows)
         if mask is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
         else:
@@ -135,8 +135,8 @@ class TransformerBlock(nn.Module):
         self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
 
     def forward(self, x: Tensor, rope: Tensor, mask: Tensor | None, cache: KVCache | None,
-                slots: Tensor | None) -> Tensor:
-        h = x + self.attention(self.attention_norm(x), rope, mask, cache, slots)
+                slots: Tensor | None, rows: Tensor | None = None) -> Tensor:
+        h = x + self.attention(self.attention_norm(x), rope, mask, cache, slots, rows)
         return h + self.feed_forward(self.ffn_norm(h))
 
 
@@ -145,7 +145,11 @@ class Transformer(nn.Module):
 
     Without caches (`setup_caches` not called) it is a plain causal LM over `idx`, used for
     perplexity. With caches, `input_pos` are absolute positions; prompts of a batch are
-    left-padded and `pad_mask` (True = real token) keeps pad keys out of every real query."""
+    left-padded and `pad_mask` (True = real token) keeps pad keys out of every real query.
+
+    Per-row positions (the in-flight batcher, continuous.py): `input_pos` [B, T] gives each row
+    its own positions, and `rows` [B] (optional) names the cache rows the batch writes and reads,
+    so one request can be prefilled into its row while the others keep theirs."""
 
     def __init__(self, args: ModelArgs):
         super().__init__()
@@ -223,14 +227,44 @@ class Transformer(nn.Module):
         # A padding query sees itself, so its softmax is never over an empty set (no NaNs).
         return slots, mask | (k_pos == q_pos)
 
+    def reset_rows(self, rows: Tensor) -> None:
+        """Forget what the cache rows `rows` hold (a new request takes them over)."""
+        self.slot_real[rows] = False
+        self.slot_pos[rows] = -1
+
+    def _row_mask(self, input_pos: Tensor, pad_mask: Tensor | None, rows: Tensor | None
+                  ) -> tuple[Tensor, Tensor]:
+        """`_cached_mask` when every row has its own positions [B, T]."""
+        bsz = input_pos.shape[0]
+        slots = input_pos % self.cache_slots
+        real_new = torch.ones_like(slots, dtype=torch.bool) if pad_mask is None else pad_mask
+        if rows is None:  # rows 0..B-1: views, written in place (this runs inside graph capture)
+            pos, real = self.slot_pos[:bsz], self.slot_real[:bsz]
+            pos.scatter_(1, slots, input_pos)
+            real.scatter_(1, slots, real_new)
+        else:
+            self.slot_pos[rows[:, None], slots] = input_pos
+            self.slot_real[rows[:, None], slots] = real_new
+            pos, real = self.slot_pos[rows], self.slot_real[rows]
+        q_pos = input_pos.view(bsz, 1, -1, 1)
+        k_pos = pos.view(bsz, 1, 1, -1)
+        mask = real.view(bsz, 1, 1, -1) & (k_pos <= q_pos) & (k_pos >= 0)
+        if self.window is not None:
+            mask = mask & (q_pos - k_pos < self.window)
+        return slots, mask | (k_pos == q_pos)
+
     def forward(self, idx: Tensor, input_pos: Tensor | None = None,
-                pad_mask: Tensor | None = None) -> Tensor:
+                pad_mask: Tensor | None = None, rows: Tensor | None = None) -> Tensor:
         bsz, seqlen = idx.shape
         if input_pos is None:
             input_pos = torch.arange(seqlen, device=idx.device)
         rope = self.rope[input_pos]
         slots = None
-        if self.caches is not None:
+        if rows is not None and (self.caches is None or input_pos.dim() != 2):
+            raise ValueError("rows need the KV caches and per-row positions [B, T]")
+        if self.caches is not None and input_pos.dim() == 2:
+            slots, mask = self._row_mask(input_pos, pad_mask, rows)
+        elif self.caches is not None:
             slots, mask = self._cached_mask(input_pos, pad_mask, bsz)
         elif self.window is not None:
             q = input_pos.view(-1, 1)
@@ -239,7 +273,7 @@ class Transformer(nn.Module):
             mask = None
         x = self.tok_embeddings(idx)
         for i, layer in enumerate(self.layers):
-            x = layer(x, rope, mask, None if self.caches is None else self.caches[i], slots)
+            x = layer(x, rope, mask, None if self.caches is None else self.caches[i], slots, rows)
         return self.output(self.norm(x))
 
 

@@ -7,9 +7,9 @@ per source partition with the last source offset folded into them: a pane's dura
 pane only if its offset is past the offset that pane was restored with. That makes the aggregation
 exactly-once on top of Faust's at-least-once delivery (faust issue #502), with no transactions.
 
-Two stages: a worker folds events of the source partitions it owns into panes (stage 1) and writes
-each changed pane's absolute record to `cost.panes`, partitioned by aggregate key; the window stage
-(a consumer-group member on `cost.panes`) holds every pane of its keys, whichever worker wrote them,
+Two stages use it: the meter (streaming/meter.py) folds events of the source partitions it owns
+into panes and writes each changed pane's absolute record to `cost.panes`, partitioned by tenant;
+the window stage (streaming/windows.py) holds every pane of its keys, whichever worker wrote them,
 and sums windows from them. With one worker or many, each key's windows are summed in one place.
 
 Cost model (DESIGN.md): metered cost = price_per_gpu_hour * interval_s / 3600; idle waste =
@@ -22,9 +22,12 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from core.pricing import PricingError
+from contracts.aggregates import AggregateKey, PaneRecordKey, PaneSums, WindowAggregate
 from contracts.events import UsageEvent
+from core.pricing import PricingError
 
+# The hot path keys panes by plain tuples (an AggregateKey compares and hashes equal to one, and is
+# built only where a record leaves this module).
 AggKey = tuple[str, str, str, str]  # (tenant, service, region, gpu_model)
 
 # Slots of a pane's running sums (a list, for speed on the hot path).
@@ -76,8 +79,9 @@ class PaneStore:
     panes: dict[AggKey, dict[int, dict[int, list]]] = field(default_factory=dict)
     dirty: set[tuple[AggKey, int, int]] = field(default_factory=set)  # (key, pane_start, partition)
     pending_windows: set[tuple[AggKey, int]] = field(default_factory=set)
-    ready_windows: list[dict] = field(default_factory=list)  # completed by an eviction, to emit
+    ready_windows: list[WindowAggregate] = field(default_factory=list)  # completed by an eviction, to emit
     evicted_upto: dict[AggKey, int] = field(default_factory=dict)  # newest evicted pane per key
+    emitted: dict[tuple[AggKey, int], int] = field(default_factory=dict)  # records sent per open window
     # Event-time watermark: the minimum over source partitions of the newest event time each has
     # delivered (a partition read ahead of the others must not make their events look late).
     # Partitions silent for idle_partition_s of wall time stop holding it back.
@@ -99,8 +103,11 @@ class PaneStore:
         their GPU model) with the reason, for the dead-letter topic: never silently dropped."""
         spec = self.spec
         step = spec.step_s
-        # A pane is closed once the last window holding it (ending pane_start + size) is past
-        # the watermark by more than the allowed lateness.
+        # The rule for lateness: an event is counted only if every window that holds it is still
+        # open. A window closes when its first pane is evicted (evict_closed: the window ends at or
+        # before the horizon), so the oldest window holding pane p, [p - size + step, p + step),
+        # is open while p + step > horizon. Later events are dead-lettered and counted, never
+        # folded into a pane whose older windows are already out.
         horizon = self.watermark - spec.allowed_lateness_s
         rejected: list[Rejected] = []
         panes = self.panes
@@ -125,10 +132,11 @@ class PaneStore:
                 if sums is not None and offset <= sums[RESTORED_OFFSET]:
                     self.replayed_events += 1
                     continue
-                if pane_start + spec.size_s <= horizon:
+                if pane_start + step <= horizon:
                     rejected.append(Rejected(
-                        f"late: event time {ts:.3f} is before the oldest open window "
-                        f"(watermark {self.watermark:.3f}, allowed lateness {spec.allowed_lateness_s}s)", ev))
+                        f"late: the window [{pane_start + step - spec.size_s}, {pane_start + step}) holding "
+                        f"event time {ts:.3f} is closed (watermark {self.watermark:.3f}, allowed lateness "
+                        f"{spec.allowed_lateness_s}s)", ev))
                     self.late_events += 1
                     continue
             pkey = (ev.cloud, ev.region, ev.instance_type, ev.gpu_model)
@@ -193,24 +201,23 @@ class PaneStore:
             self.watermark = candidate
 
     # -- durable state ----------------------------------------------------------------------
-    def take_dirty(self) -> list[tuple[str, dict, AggKey]]:
-        """Pane records to persist (record key, value, aggregate key) for every pane changed since
-        the last call. Windows are summed from these records (see `restore`), not from here, so
-        that the panes of one key held by several workers meet in one place."""
+    def take_dirty(self) -> list[tuple[PaneRecordKey, PaneSums]]:
+        """Pane records to persist for every pane changed since the last call. Windows are summed
+        from these records (see `restore`), not from here, so that the panes of one key held by
+        several workers meet in one place."""
         out = []
         for key, pane_start, partition in self.dirty:
             sums = self.panes[key][pane_start][partition]
-            value = pane_record_value(sums)
-            value["watermark"] = self.partition_watermarks.get(partition, 0.0)
-            out.append((pane_record_key(partition, key, pane_start), value, key))
+            out.append((PaneRecordKey(partition, AggregateKey(*key), pane_start),
+                        pane_sums(sums, self.partition_watermarks.get(partition, 0.0))))
         self.dirty.clear()
         return out
 
-    def restore(self, record_key: str, value: dict | None, mark_windows: bool = True) -> None:
+    def restore(self, record_key: PaneRecordKey, value: PaneSums | None, mark_windows: bool = True) -> None:
         """Load one durable pane record (None = tombstone): a stage-1 store restores its own
         partitions' panes before folding; the window stage applies every record of its keys
         (absolute values: a record read twice changes nothing) and marks their windows."""
-        partition, key, pane_start = parse_pane_record_key(record_key)
+        partition, key, pane_start = record_key
         if value is None:
             # An evicted pane's windows are closed: emit what is pending for them as it stands now
             # (complete), and never emit them again (any later value would lack this pane).
@@ -219,7 +226,8 @@ class PaneStore:
                     self.pending_windows.discard((key, ws))
                     rec = self.window(key, ws)
                     if rec is not None:
-                        self.ready_windows.append(rec)
+                        self.ready_windows.append(self._revised(rec))
+                self.emitted.pop((key, ws), None)  # closed: no record of it follows
             if pane_start > self.evicted_upto.get(key, -1):
                 self.evicted_upto[key] = pane_start
             by_start = self.panes.get(key, {})
@@ -229,17 +237,10 @@ class PaneStore:
             if key in self.panes and not by_start:
                 del self.panes[key]
             return
-        sums = new_sums(int(value["last_offset"]))
-        sums[SPEND] = value["spend_usd"]
-        sums[GPU_S] = value["gpu_seconds"]
-        sums[UTIL_S] = value["util_seconds"]
-        sums[IDLE] = value["idle_usd"]
-        sums[EVENTS] = value["events"]
-        sums[TOKENS] = value["tokens"]
-        sums[REQUESTS] = value["requests"]
-        sums[FALLBACK] = value.get("fallback_priced", 0)
+        sums = [value.spend_usd, value.gpu_seconds, value.util_seconds, value.idle_usd, value.events,
+                value.tokens, value.requests, value.fallback_priced, value.last_offset, value.last_offset]
         self.panes.setdefault(key, {}).setdefault(pane_start, {})[partition] = sums
-        wm = value.get("watermark", 0.0)
+        wm = value.watermark
         if wm > self.partition_watermarks.get(partition, 0.0):
             self.partition_watermarks[partition] = wm
             self.partition_seen[partition] = time.monotonic()
@@ -248,15 +249,15 @@ class PaneStore:
             for ws in self.spec.window_starts(pane_start):
                 self.pending_windows.add((key, ws))
 
-    def evict_closed(self) -> list[tuple[str, AggKey]]:
-        """Drop panes no open window needs; returns (record key, aggregate key) tombstones."""
+    def evict_closed(self) -> list[PaneRecordKey]:
+        """Drop panes no open window needs; returns the keys of their records, to tombstone."""
         horizon = self.watermark - self.spec.allowed_lateness_s
         tombstones = []
         for key in list(self.panes):
             by_start = self.panes[key]
             for pane_start in [s for s in by_start if s + self.spec.size_s <= horizon]:
                 for partition in by_start.pop(pane_start):
-                    tombstones.append((pane_record_key(partition, key, pane_start), key))
+                    tombstones.append(PaneRecordKey(partition, AggregateKey(*key), pane_start))
             if not by_start:
                 del self.panes[key]
         return tombstones
@@ -279,7 +280,7 @@ class PaneStore:
             self.partition_seen.pop(p, None)
 
     # -- windows ----------------------------------------------------------------------------
-    def window(self, key: AggKey, window_start: int) -> dict | None:
+    def window(self, key: AggKey, window_start: int) -> WindowAggregate | None:
         spec = self.spec
         by_start = self.panes.get(key)
         if not by_start:
@@ -295,7 +296,7 @@ class PaneStore:
             return None
         return window_record(key, window_start, spec.size_s, total)
 
-    def take_pending_windows(self) -> list[dict]:
+    def take_pending_windows(self) -> list[WindowAggregate]:
         """Window records to emit: those completed by an eviction first, then every window marked
         since the last call, except windows that lost a pane to eviction (closed and emitted)."""
         records, self.ready_windows = self.ready_windows, []
@@ -304,9 +305,16 @@ class PaneStore:
                 continue
             rec = self.window(key, ws)
             if rec is not None:
-                records.append(rec)
+                records.append(self._revised(rec))
         self.pending_windows.clear()
         return records
+
+    def _revised(self, rec: WindowAggregate) -> WindowAggregate:
+        """Number the records of each open window: a record after the first is a correction."""
+        k = (rec.key, rec.window_start)
+        rec.revision = self.emitted.get(k, 0)
+        self.emitted[k] = rec.revision + 1
+        return rec
 
     def forget_closed_pending(self) -> None:
         """After a rebuild from the compacted topic, whose tombstones may be gone: drop pending
@@ -315,48 +323,21 @@ class PaneStore:
         self.pending_windows = {(k, ws) for k, ws in self.pending_windows if ws + self.spec.size_s > horizon}
 
 
-def window_record(key: AggKey, window_start: int, window_s: int, total: list) -> dict:
+def window_record(key: AggKey, window_start: int, window_s: int, total: list) -> WindowAggregate:
     tenant, service, region, gpu_model = key
     gpu_seconds = total[GPU_S]
     spend = total[SPEND]
-    return {
-        "kind": "usage",
-        "window_start": window_start,
-        "window_end": window_start + window_s,
-        "window_s": window_s,
-        "tenant": tenant,
-        "service": service,
-        "region": region,
-        "gpu_model": gpu_model,
-        "spend_usd": spend,
-        "spend_rate_usd_h": spend * 3600.0 / window_s,
-        "gpu_seconds": gpu_seconds,
-        "util_avg": total[UTIL_S] / gpu_seconds if gpu_seconds else 0.0,
-        "idle_usd": total[IDLE],
-        "events": int(total[EVENTS]),
-        "tokens": int(total[TOKENS]),
-        "requests": int(total[REQUESTS]),
-        "fallback_priced_events": int(total[FALLBACK]),
-    }
+    return WindowAggregate(
+        window_start=window_start, window_end=window_start + window_s, window_s=window_s,
+        tenant=tenant, service=service, region=region, gpu_model=gpu_model,
+        spend_usd=spend, spend_rate_usd_h=spend * 3600.0 / window_s, gpu_seconds=gpu_seconds,
+        util_avg=total[UTIL_S] / gpu_seconds if gpu_seconds else 0.0, idle_usd=total[IDLE],
+        events=int(total[EVENTS]), tokens=int(total[TOKENS]), requests=int(total[REQUESTS]),
+        fallback_priced_events=int(total[FALLBACK]))
 
 
-_SEP = "\x1f"  # unit separator: cannot appear in validated names by accident in practice
-
-
-def pane_record_key(partition: int, key: AggKey, pane_start: int) -> str:
-    return _SEP.join((str(partition), *key, str(pane_start)))
-
-
-def parse_pane_record_key(record_key: str) -> tuple[int, AggKey, int]:
-    parts = record_key.split(_SEP)
-    if len(parts) != 6:
-        raise ValueError(f"not a pane record key: {record_key!r}")
-    return int(parts[0]), (parts[1], parts[2], parts[3], parts[4]), int(parts[5])
-
-
-def pane_record_value(sums: list) -> dict:
-    return {
-        "spend_usd": sums[SPEND], "gpu_seconds": sums[GPU_S], "util_seconds": sums[UTIL_S],
-        "idle_usd": sums[IDLE], "events": sums[EVENTS], "tokens": sums[TOKENS],
-        "requests": sums[REQUESTS], "fallback_priced": sums[FALLBACK], "last_offset": sums[LAST_OFFSET],
-    }
+def pane_sums(sums: list, watermark: float) -> PaneSums:
+    """A pane's durable record from its running sums."""
+    return PaneSums(spend_usd=sums[SPEND], gpu_seconds=sums[GPU_S], util_seconds=sums[UTIL_S],
+                    idle_usd=sums[IDLE], events=sums[EVENTS], tokens=sums[TOKENS], requests=sums[REQUESTS],
+                    fallback_priced=sums[FALLBACK], last_offset=sums[LAST_OFFSET], watermark=watermark)

@@ -18,7 +18,8 @@ def healthz(request: Request) -> dict:
 @router.get("/api/stats")
 def stats(request: Request, p: Principal = Depends(principal)) -> dict:
     hub = request.app.state.hub
-    out = {"aggregates_received": hub.records_in, "keys_live": len(hub.latest), "clients": len(hub.clients)}
+    out = {"aggregates_received": hub.records_in, "keys_live": len(hub.latest), "clients": len(hub.clients),
+           "invalid_records": hub.invalid_records}
     if p.is_admin:
         out["deadletters_by_reason"] = dict(hub.deadletters)
         out["deadletters_total"] = sum(hub.deadletters.values())

@@ -1,12 +1,13 @@
-"""REST history of aggregates (persisted by the hub), always limited to the key's tenant."""
+"""REST history of aggregates (persisted by the hub) and the recent alerts, always limited to the
+key's tenant; both served in their contract models (contracts/aggregates.py)."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
-from pydantic import BaseModel
 from sqlalchemy import select
 
 from api.auth import Principal, principal
+from contracts.aggregates import AlertEvent, WindowAggregate
 from core.tables.history import AggregateRow
 from core.db import session_scope
 
@@ -14,27 +15,7 @@ router = APIRouter(prefix="/api", tags=["history"])
 INT32_MAX = 2**31 - 1
 
 
-class Aggregate(BaseModel):
-    kind: str = "usage"
-    tenant: str
-    service: str
-    region: str
-    gpu_model: str
-    window_start: int
-    window_end: int
-    window_s: int
-    spend_usd: float
-    spend_rate_usd_h: float
-    gpu_seconds: float
-    util_avg: float
-    idle_usd: float
-    events: int
-    tokens: int
-    requests: int
-    fallback_priced_events: int
-
-
-@router.get("/history", response_model=list[Aggregate])
+@router.get("/history", response_model=list[WindowAggregate])
 def history(
     request: Request,
     tenant: str | None = None,
@@ -68,9 +49,18 @@ def history(
     return rows
 
 
-@router.get("/latest", response_model=list[Aggregate])
+@router.get("/latest", response_model=list[WindowAggregate])
 def latest(request: Request, tenant: str | None = None, p: Principal = Depends(principal)) -> list[dict]:
     """The newest window of every live key (what a WebSocket snapshot holds)."""
     hub = request.app.state.hub
     scoped = p.scope_tenant(tenant)
     return [r for r in hub.latest.values() if scoped is None or r["tenant"] == scoped]
+
+
+@router.get("/alerts", response_model=list[AlertEvent])
+def alerts(request: Request, tenant: str | None = None, p: Principal = Depends(principal)) -> list[dict]:
+    """The latest transition of each recent alert fingerprint (what a WebSocket alerts snapshot
+    holds), oldest first."""
+    hub = request.app.state.hub
+    scoped = p.scope_tenant(tenant)
+    return [a for a in hub.recent_alerts.values() if scoped is None or a.get("tenant") == scoped]

@@ -1,19 +1,97 @@
 """Pricing: the catalog, per-GPU-hour quotes, GPU specs, and user price overrides (admin keys
 only), which every lookup then applies. Overrides are global, not per tenant: the meter prices
-one fleet."""
+one fleet. They reach the stream worker the way rules do, through Kafka: a background publisher
+puts the whole stored set on the compacted `cost.prices` topic whenever it differs from what this
+process last published (at start, right after a change, and on a 5 s check), so the topic
+converges on the database and the worker needs no database."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from dataclasses import asdict
+
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
 
 from api.auth import Principal, principal
+from contracts.prices import PRICES_KEY, PriceOverrides, PriceRow
+from core import kafka
 from core.db import session_scope
 from core.pricing import PricingError, UnknownGPUModel, default_catalog
 from core.pricing.effective import effective_catalog, invalidate
-from core.pricing.overrides import OverrideRequest, delete_override, list_overrides, set_override
+from core.pricing.overrides import OverrideRequest, delete_override, list_overrides, override_row, set_override
+from core.settings import Settings
 
+log = logging.getLogger("gpucost.api.pricing")
 router = APIRouter(prefix="/api/pricing", tags=["pricing"])
+
+
+class PricePublisher:
+    """Keeps `cost.prices` equal to the stored overrides (contracts/prices.py)."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.producer = None
+        self.published: bytes | None = None  # what this process last put on the topic
+        self.lock = asyncio.Lock()  # one read-and-send at a time: never a stale set after a newer one
+        self.task: asyncio.Task | None = None
+
+    def _current(self) -> bytes:
+        base = default_catalog()
+        with session_scope(self.settings) as session:
+            rows = [PriceRow(**asdict(override_row(o, base))) for o in list_overrides(session)]
+        return PriceOverrides(rows=rows).model_dump_json().encode()
+
+    async def publish_if_changed(self) -> None:
+        async with self.lock:
+            try:
+                value = await run_in_threadpool(self._current)
+                if value == self.published:
+                    return
+                if self.producer is None:
+                    p = kafka.producer(self.settings)
+                    await p.start()
+                    self.producer = p
+                await self.producer.send_and_wait(self.settings.prices_topic, key=PRICES_KEY, value=value)
+                self.published = value
+            except Exception as exc:  # broker or database away: the next round retries
+                log.warning("publishing price overrides to %s failed: %r", self.settings.prices_topic, exc)
+
+    async def run(self) -> None:
+        while True:
+            await self.publish_if_changed()
+            await asyncio.sleep(5.0)
+
+    async def stop(self) -> None:
+        if self.task:
+            self.task.cancel()
+            try:
+                await self.task
+            except (asyncio.CancelledError, Exception):
+                pass
+        if self.producer is not None:
+            await self.producer.stop()
+
+
+async def start(app) -> None:
+    await kafka.ensure_topics(app.state.settings)
+    publisher = app.state.price_publisher = PricePublisher(app.state.settings)
+    publisher.task = asyncio.create_task(publisher.run(), name="price-publisher")
+
+
+async def stop(app) -> None:
+    await app.state.price_publisher.stop()
+
+
+async def _changed(request: Request) -> None:
+    """After a stored change: this process's catalog now, the worker's as soon as it is published
+    (a failed publish is retried by the publisher's loop)."""
+    invalidate()
+    publisher = getattr(request.app.state, "price_publisher", None)
+    if publisher is not None:
+        await publisher.publish_if_changed()
 
 
 class CatalogRowOut(BaseModel):
@@ -144,25 +222,31 @@ def overrides(request: Request, p: Principal = Depends(principal)) -> list[dict]
 
 
 @router.put("/overrides", response_model=OverrideOut)
-def put_override(body: OverrideIn, request: Request, p: Principal = Depends(principal)) -> dict:
+async def put_override(body: OverrideIn, request: Request, p: Principal = Depends(principal)) -> dict:
     """Create or replace the price of (cloud, region, instance_type)."""
     _admin(p)
-    try:
+
+    def write() -> dict:
         with session_scope(request.app.state.settings) as session:
-            out = _override_out(set_override(session, OverrideRequest(**body.model_dump())))
-    except UnknownGPUModel as exc:
+            return _override_out(set_override(session, OverrideRequest(**body.model_dump())))
+
+    try:
+        out = await run_in_threadpool(write)
+    except PricingError as exc:  # UnknownGPUModel included
         raise HTTPException(422, str(exc)) from exc
-    except PricingError as exc:
-        raise HTTPException(422, str(exc)) from exc
-    invalidate()
+    await _changed(request)
     return out
 
 
 @router.delete("/overrides/{cloud}/{region}/{instance_type}", status_code=204)
-def remove_override(cloud: str, region: str, instance_type: str, request: Request,
-                    p: Principal = Depends(principal)) -> None:
+async def remove_override(cloud: str, region: str, instance_type: str, request: Request,
+                          p: Principal = Depends(principal)) -> None:
     _admin(p)
-    with session_scope(request.app.state.settings) as session:
-        if not delete_override(session, cloud, region, instance_type):
-            raise HTTPException(404, f"no override for {cloud}/{region}/{instance_type}")
-    invalidate()
+
+    def delete() -> bool:
+        with session_scope(request.app.state.settings) as session:
+            return delete_override(session, cloud, region, instance_type)
+
+    if not await run_in_threadpool(delete):
+        raise HTTPException(404, f"no override for {cloud}/{region}/{instance_type}")
+    await _changed(request)

@@ -20,7 +20,7 @@ from api.auth import Principal, principal
 from core import kafka
 from core.db import session_scope
 from core.settings import Settings
-from streaming.alerts import Rule, RuleSpec
+from contracts.rules import Rule, RuleSpec
 
 log = logging.getLogger("gpucost.api.rules")
 router = APIRouter(prefix="/api/rules", tags=["alerts"])

@@ -3,7 +3,7 @@ Prometheus Alertmanager webhook version 4 (one alert per notification) and Slack
 
 from __future__ import annotations
 
-from streaming.alerts import iso
+from contracts.aggregates import iso
 
 FORMATS = ("gpucost", "alertmanager", "slack")
 ZERO_TIME = "0001-01-01T00:00:00Z"  # Alertmanager's "no end" for a firing alert

@@ -6,7 +6,6 @@ no-op, so every transition is stored exactly once before its first attempt."""
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 
@@ -15,6 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 
 from core.tables.alerts import DeliveryRow, WebhookRow, new_id
+from contracts.aggregates import AlertEvent
 from core import kafka
 from core.db import session_scope
 from core.settings import Settings
@@ -77,8 +77,8 @@ class AlertOutbox:
                     for records in batches.values():
                         for r in records:
                             try:
-                                alerts.append(json.loads(r.value))
-                            except (TypeError, ValueError) as exc:
+                                alerts.append(AlertEvent.model_validate_json(r.value).model_dump())
+                            except ValueError as exc:
                                 log.warning("skipping malformed alert at offset %s: %s", r.offset, exc)
                     if not batches:
                         continue

@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import Float, Index, Integer, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from core.db import Base
+from core.tables.base import Base
 
 
 class AggregateRow(Base):

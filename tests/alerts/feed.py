@@ -3,7 +3,8 @@ window record to an AlertEvaluator, the way the worker's emit timer does."""
 
 from __future__ import annotations
 
-from streaming.alerts import AlertEvaluator, Rule
+from contracts.rules import Rule
+from streaming.alert_eval import AlertEvaluator
 from streaming.panes import PaneStore, WindowSpec
 from contracts.events import UsageEvent
 
@@ -41,10 +42,10 @@ class Feed:
     def send(self, events: list[UsageEvent]) -> list[dict]:
         self.offset += 1
         assert not self.store.add(events, 0, self.offset), "no event may be late in these sequences"
-        for record_key, value, _ in self.store.take_dirty():
+        for record_key, value in self.store.take_dirty():
             self.windows.restore(record_key, value)
         records = self.windows.take_pending_windows()
-        for record_key, _ in self.store.evict_closed():
+        for record_key in self.store.evict_closed():
             self.windows.restore(record_key, None)
         out = self.evaluator.observe(records, self.windows.watermark)
         self.alerts.extend(out)

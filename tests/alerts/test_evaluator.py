@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from streaming.alerts import AlertEvaluator, RuleSpec, period_bounds
+from contracts.rules import RuleSpec
+from streaming.alert_book import period_bounds
+from streaming.alert_eval import AlertEvaluator
 from tests.alerts.feed import DAY0, Feed, rule, usage
 
 
@@ -159,7 +161,8 @@ def test_rule_spec_validates_params_per_kind_and_groups_admin_rules_by_tenant():
 
 
 def test_budget_totals_survive_a_worker_restart_exactly():
-    from streaming.panes import PaneStore, WindowSpec, pane_record_key, pane_record_value
+    from contracts.aggregates import AggregateKey, PaneRecordKey
+    from streaming.panes import PaneStore, WindowSpec, pane_sums
 
     feed = Feed(rule("budget", period="1d", limit_usd=10.0))
     feed.run(DAY0 + 3600, 1200, gpus=2)  # $2.40 so far, most of it folded
@@ -167,15 +170,14 @@ def test_budget_totals_survive_a_worker_restart_exactly():
     assert state and all(v["frozen_upto"] == feed.evaluator.book.frozen_upto for _, v in state)
 
     # the restarted worker: the window stage restored from the pane records (re-emitting their
-    # windows), the evaluator from cost.alertstate
+    # windows), the evaluator from its table of totals
     old = feed.windows
     windows = PaneStore(WindowSpec(60, 10, 120), old.price)
     for key, by_start in old.panes.items():
         for pane_start, by_partition in by_start.items():
             for partition, sums in by_partition.items():
-                value = pane_record_value(sums)
-                value["watermark"] = old.partition_watermarks[partition]
-                windows.restore(pane_record_key(partition, key, pane_start), value)
+                value = pane_sums(sums, old.partition_watermarks[partition])
+                windows.restore(PaneRecordKey(partition, AggregateKey(*key), pane_start), value)
     fresh = AlertEvaluator(clock=lambda: 0.0)
     fresh.observe(windows.take_pending_windows(), windows.watermark)  # records may come before the restore
     for k, v in state:

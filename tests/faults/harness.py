@@ -14,6 +14,7 @@ from aiokafka import TopicPartition
 
 from core import kafka
 from core.settings import Settings
+from contracts.aggregates import AggregateKey, PaneRecordKey
 from contracts.events import UsageEvent
 from ingest.producer import EventProducer
 from tests.support import expected_windows, last_aggregates, read_topic
@@ -171,7 +172,7 @@ async def pane_offsets(settings: Settings) -> dict[int, int]:
     out: dict[int, int] = {}
     for r in await read_topic(settings, settings.panes_topic):
         if r.value is not None:
-            p = int(r.key.decode().split("\x1f", 1)[0])
+            p = PaneRecordKey.decode(r.key.decode()).partition
             out[p] = max(out.get(p, -1), json.loads(r.value)["last_offset"])
     return out
 
@@ -191,7 +192,7 @@ async def publish_aggregates(settings: Settings, records: list[dict]) -> None:
     await p.start()
     try:
         for rec in records:
-            key = "|".join((rec["tenant"], rec["service"], rec["region"], rec["gpu_model"])).encode()
+            key = AggregateKey.of(rec).encode().encode()
             await p.send_and_wait(settings.aggregates_topic, json.dumps(rec).encode(), key=key)
     finally:
         await p.stop()

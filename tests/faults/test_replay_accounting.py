@@ -6,7 +6,8 @@ reported as anything else: a replayed event older than the restored watermark's 
 from __future__ import annotations
 
 from contracts.events import UsageEvent
-from streaming.panes import PaneStore, WindowSpec, pane_record_key
+from contracts.aggregates import AggregateKey, PaneRecordKey, PaneSums
+from streaming.panes import PaneStore, WindowSpec
 
 T0 = 1_790_000_000
 KEY = ("acme", "chat", "us-east-1", "H100")
@@ -20,9 +21,9 @@ def ev(ts: float) -> UsageEvent:
 
 def restored_store(last_offset: int, watermark: float) -> PaneStore:
     s = PaneStore(WindowSpec(60, 10, 120), lambda e: (3.6, False))
-    s.restore(pane_record_key(0, KEY, T0), {
-        "spend_usd": 0.01, "gpu_seconds": 10.0, "util_seconds": 5.0, "idle_usd": 0.005, "events": 1,
-        "tokens": 0, "requests": 0, "fallback_priced": 0, "last_offset": last_offset, "watermark": watermark})
+    s.restore(PaneRecordKey(0, AggregateKey(*KEY), T0), PaneSums(
+        spend_usd=0.01, gpu_seconds=10.0, util_seconds=5.0, idle_usd=0.005, events=1,
+        tokens=0, requests=0, fallback_priced=0, last_offset=last_offset, watermark=watermark))
     return s
 
 

@@ -77,7 +77,7 @@ def test_stored_benchmark_runs_are_read_and_gate_rejected_ones_skipped():
     from sqlalchemy import create_engine
     from sqlalchemy.orm import Session
 
-    from core.db import Base
+    from core.tables.base import Base
     from core.tables.benchmarks import BenchmarkRun
 
     engine = create_engine("sqlite://")

@@ -4,7 +4,7 @@ import pytest
 from sqlalchemy import create_engine
 from sqlalchemy.orm import Session
 
-from core.db import Base
+from core.tables.base import Base
 from core.pricing import PricingError, UnknownGPUModel, default_catalog
 from core.pricing.overrides import (
     OverrideRequest,

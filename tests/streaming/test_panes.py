@@ -4,7 +4,7 @@ and idempotent replay (the basis of exactly-once results on at-least-once delive
 import pytest
 
 from contracts.events import UsageEvent
-from streaming.panes import PaneStore, WindowSpec, parse_pane_record_key
+from streaming.panes import PaneStore, WindowSpec
 
 T0 = 1_790_000_000  # a multiple of 10 and of 60
 
@@ -34,7 +34,7 @@ def window_stage(*stage1_stores):
     """The window stage: a store fed only the durable pane records the stage-1 stores wrote."""
     w = store()
     for s in stage1_stores:
-        for record_key, value, _key in s.take_dirty():
+        for record_key, value in s.take_dirty():
             w.restore(record_key, value)
     return w
 
@@ -44,19 +44,19 @@ def test_event_counts_wholly_in_every_window_containing_its_ts():
     s.add([ev(T0 + 25)], partition=0, offset=0)
     recs = window_stage(s).take_pending_windows()
     # windows [T0-30, T0+30) ... [T0+20, T0+80) contain T0+25: starts T0-30..T0+20 step 10
-    assert sorted(r["window_start"] for r in recs) == [T0 - 30, T0 - 20, T0 - 10, T0, T0 + 10, T0 + 20]
-    assert all(r["events"] == 1 and r["spend_usd"] == pytest.approx(0.01) for r in recs)
+    assert sorted(r.window_start for r in recs) == [T0 - 30, T0 - 20, T0 - 10, T0, T0 + 10, T0 + 20]
+    assert all(r.events == 1 and r.spend_usd == pytest.approx(0.01) for r in recs)
 
 
 def test_spend_idle_util_follow_the_cost_model():
     s = store()
     s.add([ev(T0 + 1, util=0.25, interval_s=10), ev(T0 + 2, util=1.0, interval_s=30)], 0, 0)
     w = window_stage(s).window(("acme", "chat", "us-east-1", "H100-80GB"), T0)
-    assert w["spend_usd"] == pytest.approx(0.01 + 0.03)
-    assert w["spend_rate_usd_h"] == pytest.approx(0.04 * 3600 / 60)
-    assert w["gpu_seconds"] == pytest.approx(40)
-    assert w["util_avg"] == pytest.approx((0.25 * 10 + 1.0 * 30) / 40)
-    assert w["idle_usd"] == pytest.approx(0.01 * 0.75 + 0.03 * 0.0)
+    assert w.spend_usd == pytest.approx(0.01 + 0.03)
+    assert w.spend_rate_usd_h == pytest.approx(0.04 * 3600 / 60)
+    assert w.gpu_seconds == pytest.approx(40)
+    assert w.util_avg == pytest.approx((0.25 * 10 + 1.0 * 30) / 40)
+    assert w.idle_usd == pytest.approx(0.01 * 0.75 + 0.03 * 0.0)
 
 
 def test_keys_are_aggregated_separately():
@@ -71,7 +71,7 @@ def test_panes_of_one_key_from_two_workers_sum_into_one_window():
     worker_a.add([ev(T0 + 1)], 0, 5)
     worker_b.add([ev(T0 + 2), ev(T0 + 3)], 1, 9)
     w = window_stage(worker_a, worker_b).window(("acme", "chat", "us-east-1", "H100-80GB"), T0)
-    assert w["events"] == 3 and w["spend_usd"] == pytest.approx(0.03)
+    assert w.events == 3 and w.spend_usd == pytest.approx(0.03)
 
 
 def test_the_window_stage_reading_a_record_twice_changes_nothing():
@@ -81,7 +81,7 @@ def test_the_window_stage_reading_a_record_twice_changes_nothing():
     w = store()
     for r in records + records:
         w.restore(r[0], r[1])
-    assert w.window(("acme", "chat", "us-east-1", "H100-80GB"), T0)["events"] == 2
+    assert w.window(("acme", "chat", "us-east-1", "H100-80GB"), T0).events == 2
 
 
 def test_a_tombstone_removes_the_pane_from_the_window_stage():
@@ -89,7 +89,7 @@ def test_a_tombstone_removes_the_pane_from_the_window_stage():
     s.add([ev(T0)], 0, 0)
     w = window_stage(s)
     s.add([ev(T0 + 120)], 0, 1)
-    for record_key, _ in s.evict_closed():
+    for record_key in s.evict_closed():
         w.restore(record_key, None)
     assert w.window(("acme", "chat", "us-east-1", "H100-80GB"), T0) is None
 
@@ -101,14 +101,14 @@ def test_replayed_messages_are_not_counted_twice_after_restore():
     durable = s.take_dirty()
     # A new worker restores the durable pane records, then Kafka redelivers offsets 0..2.
     t = store()
-    for key, value, _agg_key in durable:
+    for key, value in durable:
         t.restore(key, value)
     t.add([ev(T0 + 1), ev(T0 + 11)], 0, 0)
     t.add([ev(T0 + 2)], 0, 1)
     t.add([ev(T0 + 3)], 0, 2)  # new
     w = t.window(("acme", "chat", "us-east-1", "H100-80GB"), T0)
-    assert w["events"] == 4
-    assert w["spend_usd"] == pytest.approx(0.04)
+    assert w.events == 4
+    assert w.spend_usd == pytest.approx(0.04)
     assert t.replayed_events == 3
 
 
@@ -119,11 +119,11 @@ def test_a_pane_not_yet_durable_takes_the_replay():
     durable = s.take_dirty()
     s.add([ev(T0 + 1), ev(T0 + 15)], 0, 1)  # crash before this batch was persisted
     t = store()
-    for key, value, _ in durable:
+    for key, value in durable:
         t.restore(key, value)
     t.add([ev(T0 + 1), ev(T0 + 15)], 0, 1)
     w = t.window(("acme", "chat", "us-east-1", "H100-80GB"), T0)
-    assert w["events"] == 3
+    assert w.events == 3
 
 
 def test_late_events_are_rejected_with_a_reason_not_dropped():
@@ -132,8 +132,12 @@ def test_late_events_are_rejected_with_a_reason_not_dropped():
     late = s.add([ev(T0 + 1000 - 60 - 30 - 1)], 0, 1)  # its last window ended 31 s before
     assert len(late) == 1 and late[0].reason.startswith("late:")
     assert s.late_events == 1
-    ok = s.add([ev(T0 + 1000 - 60)], 0, 2)
-    assert ok == []
+    # 60 s behind: its last window is open, but its first, [T0+890, T0+950), closed at T0+980
+    # (issue 12: an event counts in every window that holds it, or is late)
+    late = s.add([ev(T0 + 1000 - 60)], 0, 2)
+    assert len(late) == 1 and "[1790000890, 1790000950) holding" in late[0].reason
+    ok = s.add([ev(T0 + 1000 - 30)], 0, 3)  # its first window, [T0+920, T0+980), is still open
+    assert ok == [] and s.late_events == 2
 
 
 def test_watermark_is_the_slowest_partition_so_backfill_is_not_late():
@@ -152,16 +156,16 @@ def test_closed_panes_are_evicted_with_tombstones():
     s.take_dirty()
     s.add([ev(T0 + 60)], 0, 2)  # the pane at T0 is in no open window now; T0+10 still is
     tombs = s.evict_closed()
-    assert [parse_pane_record_key(k)[2] for k, _ in tombs] == [T0]
+    assert [k.pane_start for k in tombs] == [T0]
     assert s.window(("acme", "chat", "us-east-1", "H100-80GB"), T0 - 50) is None  # held only pane T0
-    assert s.window(("acme", "chat", "us-east-1", "H100-80GB"), T0)["events"] == 1  # pane T0+10 only
+    assert s.window(("acme", "chat", "us-east-1", "H100-80GB"), T0).events == 1  # pane T0+10 only
 
 
 def test_tokens_and_requests_are_summed():
     s = store()
     s.add([ev(T0, tokens=100, requests=2), ev(T0 + 1, tokens=50)], 0, 0)
     w = s.window(("acme", "chat", "us-east-1", "H100-80GB"), T0)
-    assert (w["tokens"], w["requests"]) == (150, 2)
+    assert (w.tokens, w.requests) == (150, 2)
 
 
 def test_a_window_closed_by_an_eviction_is_emitted_whole_once_and_never_partial():
@@ -172,14 +176,34 @@ def test_a_window_closed_by_an_eviction_is_emitted_whole_once_and_never_partial(
     s.add([ev(T0), ev(T0 + 10)], 0, 0)
     w = window_stage(s)
     s.add([ev(T0 + 200)], 0, 1)
-    for record_key, _ in s.evict_closed():
+    for record_key in s.evict_closed():
         w.restore(record_key, None)
-    recs = {r["window_start"]: r for r in w.take_pending_windows()}
-    assert recs[T0]["events"] == 2  # [T0, T0+60) held both panes
-    assert T0 - 50 in recs and recs[T0 - 50]["events"] == 1
+    recs = {r.window_start: r for r in w.take_pending_windows()}
+    assert recs[T0].events == 2  # [T0, T0+60) held both panes
+    assert T0 - 50 in recs and recs[T0 - 50].events == 1
     # A straggler for pane T0+10 (still open in stage 1's eyes in a slower partition):
     s.add([ev(T0 + 11)], 1, 0)
-    for record_key, value, _ in s.take_dirty():
+    for record_key, value in s.take_dirty():
         w.restore(record_key, value)
-    later = {r["window_start"] for r in w.take_pending_windows()}
+    later = {r.window_start for r in w.take_pending_windows()}
     assert T0 not in later and T0 - 50 not in later
+
+
+def test_an_allowed_late_event_corrects_emitted_windows_as_revisions():
+    s = store(size=60, step=10, lateness=120)
+    w = store()
+
+    def emit():
+        for record_key, value in s.take_dirty():
+            w.restore(record_key, value)
+        return {r.window_start: r for r in w.take_pending_windows()}
+
+    s.add([ev(T0 + 5)], 0, 0)
+    first = emit()
+    assert first[T0].revision == 0 and first[T0].events == 1
+    s.add([ev(T0 + 100)], 0, 1)   # the watermark moves on 95 s
+    emit()
+    s.add([ev(T0 + 6)], 0, 2)     # late, but every window holding it is still open
+    again = emit()
+    assert again[T0].revision == 1 and again[T0].events == 2  # a correction of the emitted record
+    assert set(again) == {T0 - 50, T0 - 40, T0 - 30, T0 - 20, T0 - 10, T0}

@@ -21,7 +21,7 @@ async def test_two_workers_emit_exact_windows_for_a_key_spread_over_their_partit
     stack._spawn("worker2", "worker", "--loglevel", "info")
     wait_for(lambda: stack.log("worker2").count("Worker]: Ready") >= 1, 60, what="second worker ready")
     # Both members own usage partitions once the group has rebalanced.
-    wait_for(lambda: "stage 1: read" in stack.log("worker2") and "stage 1: read" in stack.log("worker"), 60,
+    wait_for(lambda: "meter: read" in stack.log("worker2") and "meter: read" in stack.log("worker"), 60,
              what="both workers assigned source partitions")
     await asyncio.sleep(2)
 

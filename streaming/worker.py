@@ -1,0 +1,110 @@
+"""The worker (`gpucost worker`): one Faust app that assembles the stages of DESIGN.md.
+
+    gpu.usage   -> meter (meter.py, bulk consumer)        -> cost.panes, gpu.deadletter
+    cost.panes  -> window stage (windows.py, bulk)        -> cost.aggregates
+                -> alert stage (alerts.py, alert_eval.py) -> cost.alerts (+ its Faust table)
+    gpu.billing -> billing (billing.py, a Faust agent)    -> cost.billed, gpu.deadletter
+    cost.prices -> the meter's prices (prices.py);  cost.rules -> the alert stage
+
+Faust owns the lifecycle, the producer every stage writes through, the billing agent, the alert
+stage's table (changelog recovery) and the timers (emit, stats); the two stages that see every
+event or pane consume in bulk because of Faust's per-message cost (docs/design-changes.md says
+which parts use Faust and why, with the figures)."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+
+import faust
+
+from core.settings import Settings, get_settings
+from streaming.alerts import AlertStage, totals_table
+from streaming.billing import add_billing_agent
+from streaming.deadletter import DeadLetters, WorkerStats
+from streaming.meter import UsageMeter
+from streaming.panes import PaneStore, WindowSpec
+from streaming.prices import Metering, PriceFollower
+from streaming.windows import WindowStage
+
+log = logging.getLogger("gpucost.worker")
+
+
+def create_app(settings: Settings | None = None) -> faust.App:
+    settings = settings or get_settings()
+    app = faust.App(
+        f"{settings.topic_prefix}{settings.worker_id}",
+        broker=f"kafka://{settings.kafka_bootstrap}",
+        store="memory://",
+        value_serializer="raw",
+        key_serializer="raw",
+        topic_partitions=settings.topic_partitions,
+        topic_allow_declare=True,
+        producer_acks=-1,
+        producer_linger_ms=5,
+        broker_commit_every=10_000,
+        broker_commit_interval=1.0,
+        stream_buffer_maxsize=8192,
+        consumer_max_fetch_size=4 * 1024 * 1024,
+        stream_wait_empty=False,
+        web_enabled=False,
+        logging_config=None,
+    )
+
+    def raw_topic(name: str):
+        return app.topic(name, key_type=bytes, value_type=bytes, value_serializer="raw")
+
+    spec = WindowSpec(settings.window_size_s, settings.window_step_s, settings.allowed_lateness_s)
+    metering = Metering()
+    stats = WorkerStats()
+    dead_letters = DeadLetters(raw_topic(settings.deadletter_topic), stats)
+    store = PaneStore(spec, metering, expected_partitions=frozenset(range(settings.topic_partitions)))
+    meter = UsageMeter(settings, store, PriceFollower(settings, metering), raw_topic(settings.panes_topic),
+                       dead_letters, stats)
+    windows = WindowStage(settings, spec, metering, raw_topic(settings.aggregates_topic))
+    alerts = AlertStage(settings, raw_topic(settings.alerts_topic), totals_table(app))
+    app.service(meter)
+    app.service(windows)
+    add_billing_agent(app, settings, raw_topic(settings.billing_topic), raw_topic(settings.billed_topic), dead_letters)
+    # for the benchmark, the tests and debugging
+    app.gpucost_store, app.gpucost_stats, app.gpucost_alerts = store, stats, alerts.evaluator
+
+    @app.task
+    async def alert_rules():
+        await alerts.run()
+
+    @app.timer(interval=settings.emit_interval_s)
+    async def emit_aggregates():
+        if windows.ready:
+            await alerts.observe(await windows.emit(), windows.combined.watermark)
+
+    @app.timer(interval=30.0)
+    async def report_stats():
+        log.info("messages=%d events=%d late=%d replay-skipped=%d deadletters=%s keys=%d",
+                 stats.messages, stats.events, store.late_events, store.replayed_events,
+                 stats.deadletters, len(store.panes))
+
+    return app
+
+
+def run_worker(settings: Settings | None = None, loglevel: str = "warning") -> None:
+    """Run the worker in this process until SIGINT/SIGTERM."""
+    from faust.worker import Worker
+
+    from core.kafka import ensure_topics
+
+    settings = settings or get_settings()
+    asyncio.run(ensure_topics(settings))
+    app = create_app(settings)
+    # The hot path allocates many short-lived objects and no cycles worth collecting often:
+    # move what start-up built out of the collector's way and collect young objects less often.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
+    logging.basicConfig(level=getattr(logging, loglevel.upper(), logging.WARNING),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("gpucost").setLevel(logging.INFO)
+    # aiokafka logs every send at debug level; building those records cost ~3 % of the hot path.
+    logging.getLogger("aiokafka").setLevel(logging.WARNING)
+    Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()
