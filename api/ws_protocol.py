@@ -3,84 +3,36 @@ what the server sends back (subscribed, snapshot, aggregate, alert, heartbeat, e
 
 One definition serves three readers: the AsyncAPI document (`api/asyncapi.py`) is generated from
 these models, the Python client (`gpucost/client.py`) parses the wire with them, and the tests
-check that what the real server sends validates against the document. Only pydantic is imported
-here, so a client program does not pull in the server."""
+check that what the real server sends validates against the document. Only pydantic and the
+record contracts (contracts/aggregates.py) are imported here, so a client does not pull in the
+server."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Union, get_args
+from typing import Annotated, Literal, Union, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+from contracts.aggregates import AlertEvent, WindowAggregate
+
 # -- record schemas ---------------------------------------------------------------------------------
-# PLUG-IN POINT. The records themselves are the stream's contract, defined once in
-# contracts/aggregates.py (`WindowAggregate` on cost.aggregates, `AlertEvent` on cost.alerts).
-# Until that module lands on this branch, the two models below mirror its fields. When it lands,
-# replace both classes with subclasses that only loosen `extra` (checked against the lead's
-# draft: the AsyncAPI document stays valid and the client tests pass):
-#
-#     from contracts.aggregates import AlertEvent, WindowAggregate
-#
-#     class AggregateRecord(WindowAggregate):
-#         model_config = ConfigDict(extra="allow")
-#
-#     class AlertRecord(AlertEvent):
-#         model_config = ConfigDict(extra="allow")
-#
-# `extra="allow"`: the server validates strictly, but a client built today must keep working
-# when a newer server adds a field.
+# The records are the stream's contract, defined once in contracts/aggregates.py (the worker
+# builds them, the API validates what it reads against them). The protocol uses them as they are,
+# except for `extra`: the server is strict, but a client built today must keep working when a
+# newer server adds a field (as `revision` was added).
 
 
-class AggregateRecord(BaseModel):
+class AggregateRecord(WindowAggregate):
     """One hopping window of one key (tenant, service, region, gpu_model), as on cost.aggregates."""
 
     model_config = ConfigDict(extra="allow")
 
-    kind: Literal["usage"] = "usage"
-    window_start: int = Field(description="epoch seconds")
-    window_end: int = Field(description="epoch seconds, exclusive")
-    window_s: int
-    tenant: str
-    service: str
-    region: str
-    gpu_model: str
-    spend_usd: float = Field(description="metered spend in the window")
-    spend_rate_usd_h: float = Field(description="spend_usd * 3600 / window_s")
-    gpu_seconds: float
-    util_avg: float = Field(description="utilization weighted by GPU-seconds, 0..1")
-    idle_usd: float = Field(description="sum of each event's metered cost times (1 - util)")
-    events: int
-    tokens: int = 0
-    requests: int = 0
-    fallback_priced_events: int = Field(0, description="events priced at the GPU model's fallback price")
 
-
-class AlertRecord(BaseModel):
+class AlertRecord(AlertEvent):
     """An alert transition: one record when a fingerprint (rule + group + level) starts firing
     and one when it resolves, as on cost.alerts."""
 
     model_config = ConfigDict(extra="allow")
-
-    fingerprint: str
-    state: Literal["firing", "resolved"]
-    rule_id: str
-    rule_kind: str
-    rule_name: str
-    rule_version: int = 1
-    level: str = ""
-    severity: str
-    group: dict[str, str]
-    tenant: str | None = None
-    service: str | None = None
-    region: str | None = None
-    gpu_model: str | None = None
-    value: float
-    threshold: float
-    summary: str
-    starts_at: float
-    ends_at: float | None = None
-    details: dict[str, Any] = Field(default_factory=dict)
-    emitted_at: float
 
 
 # -- subscriptions ------------------------------------------------------------------------------------
