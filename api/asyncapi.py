@@ -36,7 +36,7 @@ _CLIENT: list[_MessageSpec] = [
 _AGG_EXAMPLE = {"kind": "usage", "tenant": "acme", "service": "chat", "region": "us-east-1", "gpu_model": "H100-80GB",
                 "window_start": 1764633600, "window_end": 1764633660, "window_s": 60, "spend_usd": 0.0764,
                 "spend_rate_usd_h": 4.5867, "gpu_seconds": 40.0, "util_avg": 0.6, "idle_usd": 0.0306, "events": 4,
-                "tokens": 1000, "requests": 0, "fallback_priced_events": 0}
+                "tokens": 1000, "requests": 0, "fallback_priced_events": 0, "revision": 0}
 _ALERT_EXAMPLE = {"fingerprint": "3f2a9c", "state": "firing", "rule_id": "r-1", "rule_kind": "budget",
                   "rule_name": "acme daily", "rule_version": 1, "level": "100%", "severity": "critical",
                   "group": {"tenant": "acme"}, "tenant": "acme", "service": None, "region": None, "gpu_model": None,

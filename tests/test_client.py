@@ -97,10 +97,14 @@ async def test_the_client_resumes_from_a_fresh_exact_snapshot_after_an_api_resta
 
         await async_wait_for(stored, 30, what="newest windows stored by the API")
         stack.kill("api", signal.SIGKILL)
+        killed = time.monotonic()
         await asyncio.sleep(1.0)  # the client notices and starts retrying with backoff
         await asyncio.to_thread(stack.start_api)
+        up_s = time.monotonic() - killed
 
         await async_wait_for(lambda: rec.snapshots(2), 30, what="a fresh snapshot on the second connection")
+        print(f"\nAPI killed; healthy again after {up_s:.1f} s, fresh snapshot on the client after "
+              f"{time.monotonic() - killed:.1f} s")
         fresh = rec.snapshots(2)[0]
         assert exact(fresh.data, want), f"snapshot after restart: {[r.model_dump() for r in fresh.data]}"
 
