@@ -10,7 +10,7 @@ from fastapi import FastAPI, HTTPException
 from fastapi.responses import FileResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
-from api import ws
+from api import asyncapi, ws
 from api.hub import Hub
 from api.routes import (billing_imports, events, forecast, health, history, keys, metrics, pricing, recommendations,
                         reconciliation, receiver, rules, services, webhooks)
@@ -81,8 +81,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.hub = Hub(settings)
     app.add_middleware(RequestLimits, max_bytes=settings.max_request_bytes)
     app.add_middleware(SecurityHeaders)
-    for module in (health, history, reconciliation, ws, pricing, recommendations, services, keys, events, rules,
-                   webhooks, receiver, forecast, billing_imports, metrics):
+    for module in (health, asyncapi, history, reconciliation, ws, pricing, recommendations, services, keys, events,
+                   rules, webhooks, receiver, forecast, billing_imports, metrics):
         app.include_router(module.router)
 
     import web

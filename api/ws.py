@@ -2,7 +2,8 @@
 
 Client messages: {"op": "subscribe", "channel": "aggregates"|"alerts", "filter": {...}, "id"?: str}
 and {"op": "unsubscribe", "id": str} (or the same channel and filter). Server messages carry a
-`type`: snapshot, aggregate, alert, heartbeat, subscribed, unsubscribed, error."""
+`type`: snapshot, aggregate, alert, heartbeat, subscribed, unsubscribed, error. The messages are
+typed in api/ws_protocol.py and documented as AsyncAPI 3.0 at GET /asyncapi.json."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from collections import OrderedDict
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from api.auth import ws_principal
-from api.hub import CHANNELS, FILTER_FIELDS, Client, Subscription
+from api.hub import Client, Subscription
+from api.ws_protocol import CHANNELS, CLOSE_UNAUTHORIZED, FILTER_FIELDS  # the protocol, as /asyncapi.json documents it
 
 router = APIRouter()
 #: Each subscription is checked against every record fanned out: bound what one client can ask.
@@ -57,7 +59,7 @@ def _sub_id(sub: Subscription) -> str:
 async def websocket_endpoint(ws: WebSocket):
     principal = await asyncio.to_thread(ws_principal, ws)  # a cache miss reads the database
     if principal is None:
-        await ws.close(code=4401, reason="missing or unknown API key")
+        await ws.close(code=CLOSE_UNAUTHORIZED, reason="missing or unknown API key")
         return
     await ws.accept()
     hub = ws.app.state.hub

@@ -274,11 +274,11 @@ def _has_command(name: str) -> bool:
 
 
 def _register_commands() -> None:
-    from gpucost import keys_cli, pricing_cli, sources_cli
+    from gpucost import keys_cli, pricing_cli, sources_cli, watch_cli
     from optimizer import cli as optimizer_cli
     from optimizer import recommend_cli
 
-    for module in (pricing_cli, recommend_cli, keys_cli, optimizer_cli, sources_cli):
+    for module in (pricing_cli, recommend_cli, keys_cli, optimizer_cli, sources_cli, watch_cli):
         module.register(app)
 
 

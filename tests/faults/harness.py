@@ -196,3 +196,24 @@ async def publish_aggregates(settings: Settings, records: list[dict]) -> None:
             await p.send_and_wait(settings.aggregates_topic, json.dumps(rec).encode(), key=key)
     finally:
         await p.stop()
+
+
+def alert_record(tenant: str, state: str = "firing") -> dict:
+    """An alert transition as the worker's evaluator writes it on cost.alerts."""
+    now = time.time()
+    return {"fingerprint": f"fp-{tenant}", "state": state, "rule_id": "r1", "rule_kind": "budget",
+            "rule_name": f"{tenant} daily", "rule_version": 1, "level": "100%", "severity": "critical",
+            "group": {"tenant": tenant}, "tenant": tenant, "service": None, "region": None, "gpu_model": None,
+            "value": 12.5, "threshold": 10.0, "summary": f"{tenant} daily: day spend $12.50 reached 100% of the $10.00 budget",
+            "starts_at": now, "ends_at": None, "details": {"period": "day"}, "emitted_at": now}
+
+
+async def publish_alerts(settings: Settings, alerts: list[dict]) -> None:
+    """Put alert transitions on cost.alerts as the worker would (key: the fingerprint)."""
+    p = kafka.producer(settings)
+    await p.start()
+    try:
+        for a in alerts:
+            await p.send_and_wait(settings.alerts_topic, json.dumps(a).encode(), key=a["fingerprint"].encode())
+    finally:
+        await p.stop()
