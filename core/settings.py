@@ -7,7 +7,7 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -40,18 +40,20 @@ class Settings(BaseSettings):
     window_size_s: int = 60
     window_step_s: int = 10
     allowed_lateness_s: int = 120
-    max_future_skew_s: float = 300.0
+    max_future_skew_s: float = 300.0  # events further ahead of the receiver's clock are dead-lettered
     flush_interval_s: float = 0.25
     flush_max_events: int = 20000
     emit_interval_s: float = 1.0  # at most one aggregate per key and window per interval
-    worker_web_port: int = 6066
 
     # API
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     ws_heartbeat_s: float = 10.0
     ws_queue_max: int = 1000
-    history_retention_s: int = 7 * 24 * 3600
+    # History (core/rollups.py): 1-minute windows, hourly and daily rollups, each kept this long.
+    history_retention_s: int = Field(7 * 24 * 3600, ge=2 * 3600)  # an hour is rolled up from its 1-minute windows
+    history_hourly_retention_s: int = Field(90 * 24 * 3600, ge=2 * 24 * 3600)  # a day is rolled up from its hours
+    history_daily_retention_s: int = Field(0, ge=0)  # 0: daily rollups are kept for ever
     auth_disabled: bool = False  # every REST call and /ws needs an API key (`gpucost keys create`)
     max_request_bytes: int = 4 * 1024 * 1024  # whole API; larger bodies get 413
     ws_max_message_bytes: int = 64 * 1024  # client messages on /ws are small subscribe/unsubscribe ops
@@ -65,6 +67,14 @@ class Settings(BaseSettings):
     webhook_expire_s: float = 24 * 3600.0  # then the delivery is marked dead
     webhook_timeout_s: float = 10.0
     webhook_poll_s: float = 1.0
+
+    @model_validator(mode="after")
+    def _retention_grows_with_resolution(self) -> "Settings":
+        if self.history_hourly_retention_s < self.history_retention_s:
+            raise ValueError("history_hourly_retention_s must be at least history_retention_s")
+        if 0 < self.history_daily_retention_s < self.history_hourly_retention_s:
+            raise ValueError("history_daily_retention_s must be 0 (keep) or at least history_hourly_retention_s")
+        return self
 
     @property
     def database(self) -> str:

@@ -1,4 +1,9 @@
-"""REST history of aggregates (persisted by the hub), always limited to the key's tenant."""
+"""REST history of aggregates (persisted by the hub), always limited to the key's tenant.
+
+`window_s` picks the resolution: the stream's window size (default, 60 s: kept for
+`history_retention_s`), 3600 (hourly rollups) or 86400 (daily rollups), each the exact sum of the
+aligned 1-minute windows it covers (core/rollups.py). Rows come oldest first; `limit` keeps the
+newest."""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ from sqlalchemy import select
 from api.auth import Principal, principal
 from core.tables.history import AggregateRow
 from core.db import session_scope
+from core.rollups import ROLLUP_SIZES_S
 
 router = APIRouter(prefix="/api", tags=["history"])
 INT32_MAX = 2**31 - 1
@@ -42,7 +48,8 @@ def history(
     region: str | None = None,
     gpu_model: str | None = None,
     # Upper bounds: the columns are 32-bit integers; a larger value must be a 422, not a driver error.
-    window_s: int | None = Query(None, gt=0, le=INT32_MAX),
+    window_s: int | None = Query(None, gt=0, le=INT32_MAX,
+                                 description="resolution: the window size (default), 3600 (hourly) or 86400 (daily)"),
     since: int | None = Query(None, ge=0, le=INT32_MAX, description="window_start >= since (epoch s)"),
     until: int | None = Query(None, ge=0, le=INT32_MAX, description="window_start < until (epoch s)"),
     limit: int = Query(5000, gt=0, le=50000),
@@ -51,6 +58,9 @@ def history(
     if since is not None and until is not None and until <= since:
         raise HTTPException(422, "until must be greater than since")
     settings = request.app.state.settings
+    sizes = (settings.window_size_s, *ROLLUP_SIZES_S)
+    if window_s is not None and window_s not in sizes:
+        raise HTTPException(422, f"window_s must be one of {', '.join(map(str, sizes))}")
     q = select(AggregateRow)
     scoped = p.scope_tenant(tenant)
     for col, val in (("tenant", scoped), ("service", service), ("region", region), ("gpu_model", gpu_model)):
