@@ -215,11 +215,11 @@ class Hub:
             c.assign(tps)
             since_ms = int((time.time() - self.fan_out_lookback_s) * 1000)
             found = await c.offsets_for_times({tp: since_ms for tp in tps})
+            # Explicit end offsets, not seek_to_end: aiokafka resolves that lazily, at the first
+            # fetch, which would skip whatever was produced in between.
+            end = await c.end_offsets(tps)
             for tp in tps:
-                if found.get(tp) is None:
-                    await c.seek_to_end(tp)
-                else:
-                    c.seek(tp, found[tp].offset)
+                c.seek(tp, end[tp] if found.get(tp) is None else found[tp].offset)
             while True:
                 batches = await c.getmany(timeout_ms=500, max_records=5000)
                 for records in batches.values():
