@@ -30,12 +30,10 @@ sys.path.insert(0, str(ROOT))
 
 from core import broker  # noqa: E402
 from core.settings import Settings  # noqa: E402
-from tests.faults.harness import Tally, aggregate_record, publish_aggregates  # noqa: E402
-from tests.faults.test_api_restart import ReconnectingClient  # noqa: E402
-from tests.faults.test_broker_restart import run_broker_restart  # noqa: E402
-from tests.faults.test_worker_crash import run_worker_crash  # noqa: E402
-from tests.support import Stack as _Stack  # noqa: E402
-from tests.support import async_wait_for, free_port  # noqa: E402
+from bench.fault_harness import (  # noqa: E402
+    ReconnectingClient, Tally, aggregate_record, publish_aggregates, run_broker_restart, run_worker_crash)
+from bench.stack import Stack as _Stack  # noqa: E402
+from bench.stack import async_wait_for, free_port  # noqa: E402
 
 
 def Stack(tmp: Path, **kw) -> _Stack:  # noqa: N802 (a test Stack in a folder of its own)

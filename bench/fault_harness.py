@@ -1,4 +1,4 @@
-"""Shared by the fault tests and bench/faults.py: a deterministic fleet of usage events sent tick
+"""Shared by the fault tests and bench/faults.py (no pytest needed): a deterministic fleet of usage events sent tick
 by tick while a fault is injected, the exact windows they must produce (brute force, independent
 of the worker's panes), and the tally of events sent / aggregated / lost / double-counted."""
 
@@ -6,17 +6,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
+import signal
 import time
 from dataclasses import dataclass, field
 
 from aiokafka import TopicPartition
 
-from core import kafka
+from core import broker, kafka
 from core.settings import Settings
 from contracts.events import UsageEvent
 from ingest.producer import EventProducer
-from tests.support import expected_windows, last_aggregates, read_topic
+from bench.stack import expected_windows, last_aggregates, read_topic
 
 WINDOW_S = 60
 FLEET = [  # (cloud, region, instance_type, gpu_model, gpus per host)
@@ -195,3 +197,90 @@ async def publish_aggregates(settings: Settings, records: list[dict]) -> None:
             await p.send_and_wait(settings.aggregates_topic, json.dumps(rec).encode(), key=key)
     finally:
         await p.stop()
+
+
+class ReconnectingClient:
+    """A client as a program would write one: websockets' reconnecting iterator (exponential
+    backoff), subscribing again on every new connection."""
+
+    def __init__(self, url: str, key: str):
+        self.url = url + "?api_key=" + key
+        self.connections = 0
+        self.snapshots: list[list[dict]] = []
+        self.updates: list[dict] = []
+
+    async def run(self) -> None:
+        import websockets
+        from websockets.exceptions import ConnectionClosed
+
+        async for ws in websockets.connect(self.url, open_timeout=2):
+            self.connections += 1
+            try:
+                await ws.send(json.dumps({"op": "subscribe", "channel": "aggregates", "filter": {}}))
+                async for raw in ws:
+                    msg = json.loads(raw)
+                    if msg["type"] == "snapshot":
+                        self.snapshots.append(msg["data"])
+                    elif msg["type"] == "aggregate":
+                        self.updates.append(msg["data"])
+            except ConnectionClosed:
+                continue
+
+    def saw(self, spend_usd: float) -> bool:
+        return any(r["spend_usd"] == spend_usd for r in self.updates) or any(
+            r["spend_usd"] == spend_usd for snap in self.snapshots for r in snap)
+
+
+async def run_worker_crash(stack, n_ticks: int = 100) -> Tally:
+    """SIGKILL the worker twice mid-stream; before the second restart rewind its committed offsets
+    half way (a crash between durable panes and the commit), so folded messages are replayed."""
+    stack.env.update({"BROKER_SESSION_TIMEOUT": "10", "BROKER_HEARTBEAT_INTERVAL": "1"})  # Faust's own group
+    await asyncio.to_thread(stack.start_worker)
+    producer = TickProducer(stack.settings, make_ticks(n_ticks), pace_s=0.15)
+    sending = asyncio.create_task(producer.run())
+
+    await producer.reached(n_ticks * 3 // 10)
+    stack.kill("worker", signal.SIGKILL)  # mid-stream: the producer keeps going
+    await asyncio.to_thread(stack.start_worker)
+
+    await producer.reached(n_ticks * 6 // 10)
+    stack.kill("worker", signal.SIGKILL)
+    committed = await usage_group_offsets(stack.settings)
+    durable = await pane_offsets(stack.settings)
+    # Rewind half way, not to the start: a replay from offset 0 would come out right even with no
+    # state restored at all. From half way, a lost restore loses the first half and a missing
+    # offset check counts the second half twice.
+    rewound = {p: off // 2 for p, off in committed.items()}
+    await rewind_usage_group(stack.settings, rewound)
+    await asyncio.to_thread(stack.start_worker)
+
+    await sending
+    t = await converge("worker SIGKILL x2 + replay", stack.settings, producer.sent)
+    t.notes["replayed msgs"] = sum(committed.values()) - sum(rewound.values())
+    t.notes["durable before replay"] = sum(off + 1 for off in durable.values())
+    return t
+
+
+async def run_broker_restart(stack, broker_settings: Settings, n_ticks: int = 80, hard: bool = False,
+                             down_s: float = 2.0) -> Tally:
+    """Stop (or SIGKILL) a broker of its own mid-stream, keep it down a while, start it again."""
+    await asyncio.to_thread(stack.start_worker)
+    producer = TickProducer(stack.settings, make_ticks(n_ticks, seed=23), pace_s=0.1)
+    sending = asyncio.create_task(producer.run())
+    await producer.reached(n_ticks * 4 // 10)
+    down_at = time.monotonic()
+    if hard:
+        pid = int((broker_settings.data_dir / "kafka" / "kafka.pid").read_text())
+        os.killpg(pid, signal.SIGKILL)
+        await asyncio.to_thread(broker.stop, broker_settings)  # reaps it, removes the pid file
+    else:
+        await asyncio.to_thread(broker.stop, broker_settings)
+    await asyncio.sleep(down_s)  # down for a while: sends pile up behind it
+    await asyncio.to_thread(broker.start, broker_settings)
+    downtime_s = time.monotonic() - down_at
+    await sending  # raises if any send was given up on
+    t = await converge("broker " + ("SIGKILL" if hard else "restart"), stack.settings, producer.sent, timeout_s=120)
+    t.notes["broker down s"] = round(downtime_s, 1)
+    t.notes["slowest send s"] = round(producer.slowest_send_s, 1)
+    t.notes["worker alive"] = stack.procs["worker"].poll() is None
+    return t
