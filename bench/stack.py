@@ -73,6 +73,7 @@ class Stack:
             self.env["GPUCOST_DATABASE_URL"] = database_url
         self.env.update({k: str(v) for k, v in env_overrides.items()})
         self.procs: dict[str, subprocess.Popen] = {}
+        self.ports: dict[str, int] = {"api": self.port}  # API instance name -> port
         self.admin_key: str | None = None  # created for this stack's database by start_api()
         self.settings = Settings(**{k[len("GPUCOST_"):].lower(): v for k, v in self.env.items()
                                     if k.startswith("GPUCOST_") and k != "GPUCOST_ENV_FILE"})
@@ -85,9 +86,9 @@ class Stack:
     def ws_url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/ws"
 
-    def _spawn(self, name: str, *args: str) -> subprocess.Popen:
+    def _spawn(self, name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
         log = open(self.tmp / f"{name}.log", "ab")
-        proc = subprocess.Popen([sys.executable, "-m", "gpucost.cli", *args], env=self.env, cwd=ROOT,
+        proc = subprocess.Popen([sys.executable, "-m", "gpucost.cli", *args], env={**self.env, **(env or {})}, cwd=ROOT,
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.procs[name] = proc
         return proc
@@ -96,11 +97,12 @@ class Stack:
         p = self.tmp / f"{name}.log"
         return p.read_text(errors="replace") if p.exists() else ""
 
-    def start_worker(self) -> None:
-        seen = len(self.log("worker"))  # a restart appends to the same log: wait for a new "Ready"
-        self._spawn("worker", "worker", "--loglevel", "info")
-        wait_for(lambda: "Worker]: Ready" in self.log("worker")[seen:] or self._dead("worker"), 60, what="worker ready")
-        assert not self._dead("worker"), self.log("worker")[-4000:]
+    def start_worker(self, name: str = "worker") -> None:
+        """Start a worker; further names are further members of the same worker group."""
+        seen = len(self.log(name))  # a restart appends to the same log: wait for a new "Ready"
+        self._spawn(name, "worker", "--loglevel", "info")
+        wait_for(lambda: "Worker]: Ready" in self.log(name)[seen:] or self._dead(name), 60, what=f"{name} ready")
+        assert not self._dead(name), self.log(name)[-4000:]
 
     @property
     def headers(self) -> dict[str, str]:
@@ -120,12 +122,17 @@ class Stack:
 
         return create_key(self.settings, tenant=tenant, name="test tenant").key
 
-    def start_api(self) -> None:
+    def start_api(self, name: str = "api") -> str:
+        """Start an API instance; a name other than "api" is a further instance on a port of its
+        own (same topics and database). Returns its base URL."""
         self.ensure_admin_key()
-        self._spawn("api", "api")
-        wait_for(lambda: self._dead("api") or httpx.get(self.url + "/healthz", timeout=2).status_code == 200,
-                 60, what="api healthz")
-        assert not self._dead("api"), self.log("api")[-4000:]
+        port = self.ports.setdefault(name, self.port if name == "api" else free_port())
+        url = f"http://127.0.0.1:{port}"
+        self._spawn(name, "api", env={"GPUCOST_API_PORT": str(port)})
+        wait_for(lambda: self._dead(name) or httpx.get(url + "/healthz", timeout=2).status_code == 200,
+                 60, what=f"{name} healthz")
+        assert not self._dead(name), self.log(name)[-4000:]
+        return url
 
     def _dead(self, name: str) -> bool:
         p = self.procs.get(name)
