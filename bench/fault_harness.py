@@ -284,3 +284,117 @@ async def run_broker_restart(stack, broker_settings: Settings, n_ticks: int = 80
     t.notes["slowest send s"] = round(producer.slowest_send_s, 1)
     t.notes["worker alive"] = stack.procs["worker"].poll() is None
     return t
+
+
+def free_cluster_base(brokers: int = 3) -> int:
+    """A base port with `brokers` free ports from it and `brokers` free ports 100 above it."""
+    import socket
+
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(30000, 60000 - 200)
+        try:
+            socks = []
+            for p in [*range(base, base + brokers), *range(base + 100, base + 100 + brokers)]:
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", p))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no free port range for a local cluster")
+
+
+class GapWatch:
+    """Arrival times of window records on WebSocket clients: the longest silence after a moment
+    (a broker killed) is how long the stream stalled for those clients."""
+
+    def __init__(self):
+        self.arrivals: list[float] = []
+
+    def saw(self) -> None:
+        self.arrivals.append(time.monotonic())
+
+    def stall_after(self, t: float) -> float:
+        """Longest gap between arrivals from t until 15 s later (or until the last arrival)."""
+        pts = [t] + [a for a in self.arrivals if t < a <= t + 15.0]
+        return max((b - a for a, b in zip(pts, pts[1:])), default=float("inf"))
+
+
+async def run_cluster_faults(stack, cluster_settings: Settings, nodes, n_ticks: int = 150) -> Tally:
+    """Two workers and two APIs on a three-node cluster: SIGKILL a broker that is not the quorum
+    leader mid-stream, bring it back, then SIGKILL the quorum (controller) leader. The final
+    windows must be exact (nothing lost, nothing counted twice), on cost.aggregates and on a
+    WebSocket of each API; the stall each kill causes is measured on the WebSocket clients and
+    on the producer's acknowledged sends."""
+    import websockets
+
+    for name in ("worker", "worker2"):
+        await asyncio.to_thread(stack.start_worker, name)
+    urls = [await asyncio.to_thread(stack.start_api, name) for name in ("api", "api2")]
+    watch = GapWatch()
+    latest: list[dict] = [{}, {}]
+
+    async def client(i: int, url: str) -> None:
+        async for ws in websockets.connect(url.replace("http", "ws") + "/ws?api_key=" + stack.ensure_admin_key()):
+            try:
+                await ws.send(json.dumps({"op": "subscribe", "channel": "aggregates", "filter": {}}))
+                async for raw in ws:
+                    msg = json.loads(raw)
+                    recs = msg["data"] if msg["type"] == "snapshot" else [msg["data"]] if msg["type"] == "aggregate" else []
+                    for r in recs:
+                        if r["window_s"] == WINDOW_S:
+                            latest[i][(r["tenant"], r["service"], r["region"], r["gpu_model"], r["window_start"])] = r
+                    if msg["type"] == "aggregate":
+                        watch.saw()
+            except Exception:
+                await asyncio.sleep(0.5)
+
+    clients = [asyncio.create_task(client(i, u)) for i, u in enumerate(urls)]
+    producer = TickProducer(stack.settings, make_ticks(n_ticks, seed=31), pace_s=0.1)
+    sending = asyncio.create_task(producer.run())
+    notes = {}
+    try:
+        await producer.reached(n_ticks * 3 // 10)
+        leader = broker.controller_leader(nodes)
+        victim = next(n for n in nodes if n.node_id != leader)
+        killed_at = time.monotonic()
+        broker.kill_node(victim)
+        slow_before = producer.slowest_send_s
+        await producer.reached(n_ticks * 5 // 10, timeout_s=120)
+        notes["broker killed"] = victim.node_id
+        await asyncio.to_thread(broker.start_node, cluster_settings, victim)
+        await asyncio.to_thread(broker.wait_answering, [victim])
+        await asyncio.sleep(5.0)  # its replicas catch up and rejoin the ISR before the next kill
+        await producer.reached(n_ticks * 6 // 10, timeout_s=120)
+        leader = broker.controller_leader(nodes)
+        leader_node = next(n for n in nodes if n.node_id == leader)
+        leader_killed_at = time.monotonic()
+        broker.kill_node(leader_node)
+        notes["controller leader killed"] = leader
+        await sending
+        notes["new controller leader"] = broker.controller_leader(nodes)
+        notes["ws stall after broker kill s"] = round(watch.stall_after(killed_at), 2)
+        notes["ws stall after leader kill s"] = round(watch.stall_after(leader_killed_at), 2)
+        notes["slowest send s"] = round(producer.slowest_send_s, 2)
+        notes["slowest send before 2nd kill s"] = round(slow_before, 2)
+        t = await converge("3 brokers: kill 1, leader", stack.settings, producer.sent, timeout_s=180)
+        expected = {k for k in expected_windows(producer.sent)}
+        for i in range(2):  # the same exact windows on a WebSocket of each API
+            deadline = time.monotonic() + 60
+            while True:
+                ws_t = tally("ws", producer.sent, dict(latest[i]))
+                if ws_t.exact or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(1.0)
+            notes[f"api{i + 1} ws exact"] = ws_t.exact and set(latest[i]) == expected
+        t.notes.update(notes)
+        t.notes["workers alive"] = all(stack.procs[n].poll() is None for n in ("worker", "worker2"))
+        return t
+    finally:
+        for c in clients:
+            c.cancel()
+        sending.cancel()

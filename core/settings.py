@@ -31,6 +31,12 @@ class Settings(BaseSettings):
     kafka_version: str = "4.1.1"
     topic_prefix: str = ""  # tests give each run its own topics on the shared broker
     topic_partitions: int = 4
+    # Topics' replication: 1 on the single local broker; a cluster (`gpucost kafka start
+    # --brokers 3`) prints 3 and 2 (acks=all producers then survive one broker down).
+    kafka_replication_factor: int = Field(1, ge=1)
+    kafka_min_insync_replicas: int = Field(1, ge=1)
+    kafka_cluster_port: int = 19092  # node i listens on this + i - 1, its controller 100 higher
+    kafka_cluster_heap: str = "-Xms128m -Xmx384m"  # per node: three JVMs on one small machine
 
     # Database: SQLite file under data_dir unless a URL is given (postgresql+psycopg://...).
     database_url: str | None = None

@@ -7,13 +7,15 @@ newest."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+import json
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from pydantic import BaseModel
 from sqlalchemy import select
 
 from api.auth import Principal, principal
 from core.tables.history import AggregateRow
-from core.db import session_scope
+from core.db import get_engine
 from core.rollups import ROLLUP_SIZES_S
 
 router = APIRouter(prefix="/api", tags=["history"])
@@ -54,28 +56,31 @@ def history(
     until: int | None = Query(None, ge=0, le=INT32_MAX, description="window_start < until (epoch s)"),
     limit: int = Query(5000, gt=0, le=50000),
     p: Principal = Depends(principal),
-) -> list[dict]:
+) -> Response:
     if since is not None and until is not None and until <= since:
         raise HTTPException(422, "until must be greater than since")
     settings = request.app.state.settings
     sizes = (settings.window_size_s, *ROLLUP_SIZES_S)
     if window_s is not None and window_s not in sizes:
         raise HTTPException(422, f"window_s must be one of {', '.join(map(str, sizes))}")
-    q = select(AggregateRow)
+    A = AggregateRow
+    # Plain columns and json.dumps, not ORM objects and response-model validation: a tenant's
+    # month of daily rollups at 1,000 keys is 30,000 rows, and this is 3-4x faster (bench/history.py).
+    q = select(*(getattr(A, f) for f in A.FIELDS))
     scoped = p.scope_tenant(tenant)
     for col, val in (("tenant", scoped), ("service", service), ("region", region), ("gpu_model", gpu_model)):
         if val is not None:
-            q = q.where(getattr(AggregateRow, col) == val)
-    q = q.where(AggregateRow.window_s == (window_s or settings.window_size_s))
+            q = q.where(getattr(A, col) == val)
+    q = q.where(A.window_s == (window_s or settings.window_size_s))
     if since is not None:
-        q = q.where(AggregateRow.window_start >= since)
+        q = q.where(A.window_start >= since)
     if until is not None:
-        q = q.where(AggregateRow.window_start < until)
-    q = q.order_by(AggregateRow.window_start.desc()).limit(limit)
-    with session_scope(settings) as s:
-        rows = [r.to_dict() for r in s.scalars(q)]
+        q = q.where(A.window_start < until)
+    q = q.order_by(A.window_start.desc()).limit(limit)
+    with get_engine(settings).connect() as conn:
+        rows = [{"kind": "usage", **m} for m in conn.execute(q).mappings()]
     rows.reverse()
-    return rows
+    return Response(json.dumps(rows, separators=(",", ":")), media_type="application/json")
 
 
 @router.get("/latest", response_model=list[Aggregate])
