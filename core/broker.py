@@ -356,7 +356,7 @@ def _prepare_node(settings: Settings, node: ClusterNode, nodes: list[ClusterNode
 
 def start_node(settings: Settings, node: ClusterNode, lib: Path | None = None) -> int:
     """Start one cluster node unless it runs (does not wait); returns its pid."""
-    pid = _read_pid(node.dir)
+    pid = _node_pid(node)
     if pid is not None:
         return pid
     if _port_open(node.bootstrap):
@@ -371,12 +371,29 @@ def start_node(settings: Settings, node: ClusterNode, lib: Path | None = None) -
     return proc.pid
 
 
+def _node_pid(node: ClusterNode) -> int | None:
+    """The running node's pid. Our own child is asked directly: right after the fork its cmdline
+    is still Python's, not kafka.Kafka, which _read_pid checks for."""
+    try:
+        pid = int((node.dir / "kafka.pid").read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+    child = _children.get(pid)
+    if child is not None:
+        return pid if child.poll() is None else None
+    return _read_pid(node.dir)
+
+
+def _node_exited(node: ClusterNode) -> bool:
+    return _node_pid(node) is None
+
+
 def wait_answering(nodes: list[ClusterNode], timeout_s: float = 120.0) -> None:
     deadline = time.monotonic() + timeout_s
     pending = list(nodes)
     while pending:
         for n in list(pending):
-            if _read_pid(n.dir) is None:
+            if _node_exited(n):
                 tail = (n.dir / "stdout.log").read_text(errors="replace")[-3000:] if (n.dir / "stdout.log").exists() else ""
                 raise BrokerError(f"cluster node {n.node_id} exited; see {n.dir}/server.log\n{tail}")
             if answers(n.bootstrap):
@@ -398,15 +415,19 @@ def start_cluster(settings: Settings | None = None, brokers: int = 3, timeout_s:
     cluster_dir(settings).mkdir(parents=True, exist_ok=True)
     for n in nodes:
         _prepare_node(settings, n, nodes, lib)
-    for n in nodes:
-        start_node(settings, n, lib)
-    wait_answering(nodes, timeout_s)
+    try:
+        for n in nodes:
+            start_node(settings, n, lib)
+        wait_answering(nodes, timeout_s)
+    except BaseException:
+        stop_cluster(settings, brokers)  # nothing left running when start fails
+        raise
     return nodes
 
 
 def kill_node(node: ClusterNode, sig: int = signal.SIGKILL) -> bool:
     """Signal one node's JVM (SIGKILL: a crash) and reap it; True if it was running."""
-    pid = _read_pid(node.dir)
+    pid = _node_pid(node)
     if pid is None:
         return False
     os.kill(pid, sig)
@@ -414,7 +435,7 @@ def kill_node(node: ClusterNode, sig: int = signal.SIGKILL) -> bool:
     if child is not None:
         child.wait(30)
     else:
-        while _read_pid(node.dir) is not None:
+        while _node_pid(node) is not None:
             time.sleep(0.1)
     (node.dir / "kafka.pid").unlink(missing_ok=True)
     return True
@@ -423,14 +444,14 @@ def kill_node(node: ClusterNode, sig: int = signal.SIGKILL) -> bool:
 def stop_cluster(settings: Settings | None = None, brokers: int = 3, timeout_s: float = 30.0) -> int:
     """Stop every node of the local cluster (SIGTERM, then SIGKILL); returns how many ran."""
     settings = settings or get_settings()
-    nodes = [n for n in cluster_nodes(settings, brokers) if _read_pid(n.dir) is not None]
+    nodes = [n for n in cluster_nodes(settings, brokers) if _node_pid(n) is not None]
     for n in nodes:
-        os.kill(_read_pid(n.dir), signal.SIGTERM)
+        os.kill(_node_pid(n), signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and any(_read_pid(n.dir) is not None for n in nodes):
+    while time.monotonic() < deadline and any(_node_pid(n) is not None for n in nodes):
         time.sleep(0.2)
     for n in nodes:
-        kill_node(n, signal.SIGKILL)
+        kill_node(n, signal.SIGKILL)  # those still running; reaps and removes the pid file
         (n.dir / "kafka.pid").unlink(missing_ok=True)
     return len(nodes)
 
@@ -444,7 +465,7 @@ def controller_leader(nodes: list[ClusterNode]) -> int | None:
     pattern = re.compile(r"\[RaftManager id=(\d+)\] Completed transition to Leader\(.*?epoch=(\d+)")
     for n in nodes:
         log = n.dir / "server.log"
-        if _read_pid(n.dir) is None or not log.exists():
+        if _node_pid(n) is None or not log.exists():
             continue
         for m in pattern.finditer(log.read_text(errors="replace")):
             cand = (int(m.group(2)), int(m.group(1)))  # (epoch, node id)

@@ -11,7 +11,7 @@ import json
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from pydantic import BaseModel
-from sqlalchemy import select
+from sqlalchemy import Text, cast, func, literal, literal_column, select, text
 
 from api.auth import Principal, principal
 from core.tables.history import AggregateRow
@@ -64,8 +64,8 @@ def history(
     if window_s is not None and window_s not in sizes:
         raise HTTPException(422, f"window_s must be one of {', '.join(map(str, sizes))}")
     A = AggregateRow
-    # Plain columns and json.dumps, not ORM objects and response-model validation: a tenant's
-    # month of daily rollups at 1,000 keys is 30,000 rows, and this is 3-4x faster (bench/history.py).
+    # Plain columns, not ORM objects and response-model validation: a tenant's month of daily
+    # rollups at 1,000 keys is 30,000 rows (bench/history.py).
     q = select(*(getattr(A, f) for f in A.FIELDS))
     scoped = p.scope_tenant(tenant)
     for col, val in (("tenant", scoped), ("service", service), ("region", region), ("gpu_model", gpu_model)):
@@ -77,7 +77,17 @@ def history(
     if until is not None:
         q = q.where(A.window_start < until)
     q = q.order_by(A.window_start.desc()).limit(limit)
-    with get_engine(settings).connect() as conn:
+    engine = get_engine(settings)
+    with engine.connect() as conn:
+        if engine.dialect.name == "postgresql":
+            # PostgreSQL writes the JSON itself (json_agg): Python only passes the bytes on.
+            from sqlalchemy.dialects.postgresql import aggregate_order_by
+
+            t = q.add_columns(literal("usage").label("kind")).subquery("t")
+            body = conn.execute(select(cast(func.coalesce(
+                func.json_agg(aggregate_order_by(literal_column("t"), t.c.window_start)), text("'[]'::json")), Text)
+            ).select_from(t)).scalar_one()  # as text: psycopg would parse json into Python objects
+            return Response(body, media_type="application/json")
         rows = [{"kind": "usage", **m} for m in conn.execute(q).mappings()]
     rows.reverse()
     return Response(json.dumps(rows, separators=(",", ":")), media_type="application/json")
