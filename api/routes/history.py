@@ -76,7 +76,8 @@ def history(
         q = q.where(A.window_start >= since)
     if until is not None:
         q = q.where(A.window_start < until)
-    q = q.order_by(A.window_start.desc()).limit(limit)
+    # Newest `limit` rows, returned oldest first; ties in key order, so the order is stable.
+    q = q.order_by(A.window_start.desc(), A.tenant, A.service, A.region, A.gpu_model).limit(limit)
     engine = get_engine(settings)
     with engine.connect() as conn:
         if engine.dialect.name == "postgresql":
@@ -85,11 +86,12 @@ def history(
 
             t = q.add_columns(literal("usage").label("kind")).subquery("t")
             body = conn.execute(select(cast(func.coalesce(
-                func.json_agg(aggregate_order_by(literal_column("t"), t.c.window_start)), text("'[]'::json")), Text)
+                func.json_agg(aggregate_order_by(literal_column("t"), t.c.window_start, t.c.tenant, t.c.service,
+                                                 t.c.region, t.c.gpu_model)), text("'[]'::json")), Text)
             ).select_from(t)).scalar_one()  # as text: psycopg would parse json into Python objects
             return Response(body, media_type="application/json")
         rows = [{"kind": "usage", **m} for m in conn.execute(q).mappings()]
-    rows.reverse()
+    rows.sort(key=lambda r: (r["window_start"], r["tenant"], r["service"], r["region"], r["gpu_model"]))
     return Response(json.dumps(rows, separators=(",", ":")), media_type="application/json")
 
 
