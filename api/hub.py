@@ -98,7 +98,8 @@ class Hub:
     async def start(self) -> None:
         self._load_latest_from_db()
         loop = asyncio.get_running_loop()
-        # Rollups a crash or an upgrade from before rollups left behind; then retention.
+        # Rollups missing from a database upgraded from before rollups existed (cheap otherwise:
+        # only the hours since the newest hourly rollup are recomputed).
         await loop.run_in_executor(None, self._rollup_pending)
         await kafka.ensure_topics(self.settings)
         self._tasks = [
