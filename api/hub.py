@@ -1,7 +1,12 @@
 """The API's live core: reads `cost.aggregates` (and the dead-letter topic, to count it), persists
-aggregate history in batches, keeps the latest window per key for snapshots, and fans records out
-to WebSocket subscribers. A slow client never slows the others: each has its own coalescing
-queue (latest value per key wins) and a count of what it dropped."""
+aggregate history in batches with its hourly and daily rollups, keeps the latest window per key for
+snapshots, and fans records out to WebSocket subscribers. A slow client never slows the others:
+each has its own coalescing queue (latest value per key wins) and a count of what it dropped.
+
+Several API instances run side by side: each reads every partition of `cost.aggregates` with no
+consumer group (assigned, from a short look-back) and fans out to its own clients, while
+persistence is one consumer group shared by all instances, so each partition is stored by one of
+them (the upserts keep a re-read or an overlap during a rebalance harmless)."""
 
 from __future__ import annotations
 
@@ -17,13 +22,14 @@ from sqlalchemy import select
 from api.auth import Principal
 from contracts.aggregates import AlertEvent, WindowAggregate
 from core.tables.history import AggregateRow, BilledLineItem
-from core import kafka
+from core import kafka, rollups
 from core.db import get_engine, session_scope
 from core.settings import Settings
 
 log = logging.getLogger("gpucost.api")
 
 FILTER_FIELDS = ("tenant", "service", "region", "gpu_model")
+RETENTION_EVERY_S = 600.0  # history retention is a slow sweep; the settings say how long rows live
 CHANNELS = ("aggregates", "alerts")
 
 
@@ -93,13 +99,18 @@ class Hub:
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
         self._load_latest_from_db()
+        loop = asyncio.get_running_loop()
+        # Rollups missing from a database upgraded from before rollups existed (cheap otherwise:
+        # only the hours since the newest hourly rollup are recomputed).
+        await loop.run_in_executor(None, self._rollup_pending)
         await kafka.ensure_topics(self.settings)
         self._tasks = [
-            asyncio.create_task(self._consume_aggregates(), name="aggregates"),
+            asyncio.create_task(self._fan_out_aggregates(), name="aggregates-fanout"),
+            asyncio.create_task(self._consume_aggregates(), name="aggregates-persist"),
             asyncio.create_task(self._consume_deadletters(), name="deadletters"),
             asyncio.create_task(self._consume_alerts(), name="alerts"),
             asyncio.create_task(self._consume_billed(), name="billed"),
-            asyncio.create_task(self._persist_loop(), name="persist"),
+            asyncio.create_task(self._retention_loop(), name="retention"),
         ]
 
     async def stop(self) -> None:
@@ -130,14 +141,18 @@ class Hub:
             self.latest[k] = rec
 
     def ingest_aggregate(self, rec: dict) -> None:
+        """Fan-out: this instance's snapshot state and clients (every partition)."""
         self.records_in += 1
         self._remember(rec)
         pkey = (*agg_key(rec), rec["window_s"], rec["window_start"])
-        self._to_persist[pkey] = rec
         message = {"type": "aggregate", "data": rec}
         for c in self.clients:
             if c.wants("aggregates", rec):
                 c.offer(("aggregate", *pkey), message)
+
+    def stage_aggregate(self, rec: dict) -> None:
+        """Persistence: stored (with its rollups) by the next batch of the shared group."""
+        self._to_persist[(*agg_key(rec), rec["window_s"], rec["window_start"])] = rec
 
     def ingest_alert(self, alert: dict) -> None:
         fp = alert.get("fingerprint", "")
@@ -188,11 +203,44 @@ class Hub:
         ingest(record.model_dump())
 
     def _consume_aggregates(self):
+        """Persistence, in the group every instance shares: offsets are committed only after the
+        batch's windows and rollups are stored."""
         async def persist():
             await asyncio.get_running_loop().run_in_executor(None, self._persist, self._take_persist())
 
-        return self._consume(self.settings.aggregates_topic, lambda r: self._read(r, WindowAggregate, self.ingest_aggregate),
+        return self._consume(self.settings.aggregates_topic, lambda r: self._read(r, WindowAggregate, self.stage_aggregate),
                              group="gpucost-api", after_batch=persist, timeout_ms=500)
+
+    @property
+    def fan_out_lookback_s(self) -> float:
+        """How far back a starting instance re-reads `cost.aggregates` for its snapshots: what is
+        older is in the database by then (loaded by _load_latest_from_db)."""
+        return self.settings.window_size_s + self.settings.allowed_lateness_s + 30.0
+
+    async def _fan_out_aggregates(self) -> None:
+        """Every partition, no group (so every instance gets every record), from the look-back."""
+        from aiokafka import TopicPartition
+
+        s = self.settings
+        c = kafka.consumer(settings=s, group_id=None)
+        await c.start()
+        try:
+            tps = [TopicPartition(s.aggregates_topic, p) for p in sorted(await kafka.partitions_of(c, s.aggregates_topic))]
+            c.assign(tps)
+            since_ms = int((time.time() - self.fan_out_lookback_s) * 1000)
+            found = await c.offsets_for_times({tp: since_ms for tp in tps})
+            # Explicit end offsets, not seek_to_end: aiokafka resolves that lazily, at the first
+            # fetch, which would skip whatever was produced in between.
+            end = await c.end_offsets(tps)
+            for tp in tps:
+                c.seek(tp, end[tp] if found.get(tp) is None else found[tp].offset)
+            while True:
+                batches = await c.getmany(timeout_ms=500, max_records=5000)
+                for records in batches.values():
+                    for r in records:
+                        self._read(r, WindowAggregate, self.ingest_aggregate)
+        finally:
+            await kafka.stop_consumer(c)
 
     def _consume_deadletters(self):
         def count(r):
@@ -233,32 +281,35 @@ class Hub:
         self._to_persist.clear()
         return rows
 
-    async def _persist_loop(self) -> None:
+    def _persist(self, rows: list[dict]) -> None:
+        """Store window records, then recompute the hourly and daily rollups they change."""
+        if rows:
+            values = [{f: r.get(f, 0) for f in AggregateRow.FIELDS} for r in rows]
+            self._upsert(AggregateRow, values, rollups.AGGREGATE_CONFLICT)
+            rollups.rollup(get_engine(self.settings), self.settings,
+                           rollups.hour_buckets(values, self.settings.window_size_s))
+
+    def _rollup_pending(self) -> None:
+        engine = get_engine(self.settings)
+        n = rollups.rollup(engine, self.settings, rollups.pending_hours(engine, self.settings))
+        if n:
+            log.info("recomputed %d pending rollup rows", n)
+
+    async def _retention_loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(1.0)
-            rows = self._take_persist()
-            if rows:
-                await loop.run_in_executor(None, self._persist, rows)
-
-    def _persist(self, rows: list[dict]) -> None:
-        if rows:
-            self._upsert(AggregateRow, [{f: r.get(f, 0) for f in AggregateRow.FIELDS} for r in rows],
-                         ["tenant", "service", "region", "gpu_model", "window_s", "window_start"])
+            try:
+                deleted = await loop.run_in_executor(None, rollups.apply_retention, get_engine(self.settings),
+                                                     self.settings)
+                if any(deleted.values()):
+                    log.info("history retention deleted %s (rows by window_s)", deleted)
+            except Exception:  # a busy database: try again at the next sweep
+                log.exception("history retention failed")
+            await asyncio.sleep(RETENTION_EVERY_S)
 
     def _upsert(self, model, values: list[dict], conflict: list[str]) -> None:
         """Insert or update by the unique columns: re-reading a topic after a restart is harmless."""
-        engine = get_engine(self.settings)
-        if engine.dialect.name == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
-        else:
-            from sqlalchemy.dialects.sqlite import insert
-        stmt = insert(model)
-        stmt = stmt.on_conflict_do_update(index_elements=conflict,
-                                          set_={f: stmt.excluded[f] for f in model.FIELDS if f not in conflict})
-        with engine.begin() as conn:
-            for i in range(0, len(values), 500):
-                conn.execute(stmt, values[i:i + 500])
+        rollups.upsert(get_engine(self.settings), model, values, conflict)
 
     # -- clients --------------------------------------------------------------------------
     def snapshot(self, client: Client, sub: Subscription) -> list[dict]:

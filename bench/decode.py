@@ -17,7 +17,7 @@ from typing import Annotated
 from rich.console import Console
 from rich.table import Table
 
-from contracts.events import MAX_FUTURE_SKEW_S, decode_usage
+from contracts.events import decode_usage, max_future_skew_s
 
 console = Console()
 
@@ -73,7 +73,7 @@ def msgspec_decoder():
             # what Meta cannot say: finiteness, the clock, and used <= total
             if not all(map(math.isfinite, (self.ts, self.mem_used_gb, self.mem_total_gb, self.power_w))):
                 raise ValueError("non-finite number")
-            if self.ts > time.time() + MAX_FUTURE_SKEW_S:
+            if self.ts > time.time() + max_future_skew_s():
                 raise ValueError("ts in the future")
             if self.mem_used_gb > self.mem_total_gb * 1.01:
                 raise ValueError("mem_used_gb exceeds mem_total_gb")

@@ -8,6 +8,10 @@ events sent, aggregated, lost and double-counted (lost and double-counted must b
                                down ~45 s, past the producer's 30 s request timeout)
   API SIGKILL                  window records published before, during and after an API restart;
                                a reconnecting WebSocket client and REST history must hold them all
+  cluster                      a three-broker KRaft cluster of its own (replication 3,
+                               min.insync.replicas 2), two workers, two APIs: SIGKILL one broker
+                               mid-stream, restart it, then SIGKILL the controller leader; the
+                               stall on the WebSocket clients and the producer is measured
 
     python -m bench.faults            (needs `gpucost kafka start`; ~4 minutes on 2 cores)
 """
@@ -30,12 +34,11 @@ sys.path.insert(0, str(ROOT))
 
 from core import broker  # noqa: E402
 from core.settings import Settings  # noqa: E402
-from tests.faults.harness import Tally, aggregate_record, publish_aggregates  # noqa: E402
-from tests.faults.test_api_restart import ReconnectingClient  # noqa: E402
-from tests.faults.test_broker_restart import run_broker_restart  # noqa: E402
-from tests.faults.test_worker_crash import run_worker_crash  # noqa: E402
-from tests.support import Stack as _Stack  # noqa: E402
-from tests.support import async_wait_for, free_port  # noqa: E402
+from bench.fault_harness import (  # noqa: E402
+    ReconnectingClient, Tally, aggregate_record, free_cluster_base, publish_aggregates, run_broker_restart,
+    run_cluster_faults, run_worker_crash)
+from bench.stack import Stack as _Stack  # noqa: E402
+from bench.stack import async_wait_for, free_port  # noqa: E402
 
 
 def Stack(tmp: Path, **kw) -> _Stack:  # noqa: N802 (a test Stack in a folder of its own)
@@ -66,6 +69,18 @@ async def broker_fault(tmp: Path, hard: bool, down_s: float = 2.0) -> Tally:
     finally:
         stack.stop()
         await asyncio.to_thread(broker.stop, bs)
+
+
+async def cluster_fault(tmp: Path) -> Tally:
+    cs = Settings(data_dir=tmp / "cluster", kafka_cluster_port=free_cluster_base())
+    nodes = await asyncio.to_thread(broker.start_cluster, cs, 3)
+    stack = Stack(tmp / "stack-cluster", **broker.cluster_env(cs, 3), BROKER_SESSION_TIMEOUT="10",
+                  BROKER_HEARTBEAT_INTERVAL="1")
+    try:
+        return await run_cluster_faults(stack, cs, nodes)
+    finally:
+        stack.stop()
+        await asyncio.to_thread(broker.stop_cluster, cs, 3)
 
 
 async def api_fault(tmp: Path, per_phase: int = 20) -> Tally:
@@ -133,7 +148,8 @@ async def main(args) -> int:
             return 2
         runs = [("worker", lambda: worker_fault(tmp)), ("broker", lambda: broker_fault(tmp, hard=False)),
                 ("broker", lambda: broker_fault(tmp, hard=True)),
-                ("broker", lambda: broker_fault(tmp, hard=True, down_s=45.0)), ("api", lambda: api_fault(tmp))]
+                ("broker", lambda: broker_fault(tmp, hard=True, down_s=45.0)), ("api", lambda: api_fault(tmp)),
+                ("cluster", lambda: cluster_fault(tmp))]
         for name, run in runs:
             if args.only and name not in args.only:
                 continue
@@ -151,6 +167,6 @@ async def main(args) -> int:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", nargs="*", choices=["worker", "broker", "api"])
+    parser.add_argument("--only", nargs="*", choices=["worker", "broker", "api", "cluster"])
     parser.add_argument("--json", help="also write the tallies here")
     sys.exit(asyncio.run(main(parser.parse_args())))

@@ -7,13 +7,21 @@ unknown extra fields are kept so newer producers do not break older consumers.""
 from __future__ import annotations
 
 import time
+from functools import lru_cache
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 SCHEMA_VERSION = 1
-#: How far ahead of the receiver's clock an event's `ts` may be (clock skew allowance).
-MAX_FUTURE_SKEW_S = 300.0
+
+
+@lru_cache(maxsize=1)
+def max_future_skew_s() -> float:
+    """How far ahead of the receiver's clock an event's `ts` may be (`GPUCOST_MAX_FUTURE_SKEW_S`,
+    read once per process: the check runs per event on the worker's hot path)."""
+    from core.settings import get_settings
+
+    return get_settings().max_future_skew_s
 
 # Names carry no control characters: PostgreSQL cannot store NUL, and the worker's pane record
 # keys join names with the unit separator (streaming/panes.py).
@@ -38,8 +46,9 @@ class _Event(BaseModel):
     # it checks what field constraints cannot, here and in the subclass's _check_fields.
     @model_validator(mode="after")
     def _meaningful(self):
-        if self.ts > time.time() + MAX_FUTURE_SKEW_S:
-            raise ValueError(f"ts {self.ts} is more than {MAX_FUTURE_SKEW_S:.0f}s in the future")
+        skew_s = max_future_skew_s()
+        if self.ts > time.time() + skew_s:
+            raise ValueError(f"ts {self.ts} is more than {skew_s:.0f}s in the future")
         self._check_fields()
         return self
 

@@ -82,37 +82,41 @@ def ensure_jars(settings: Settings | None = None) -> Path:
     return lib
 
 
-def _write_config(settings: Settings) -> Path:
-    bdir = _broker_dir(settings)
-    bdir.mkdir(parents=True, exist_ok=True)
-    host, port = _host_port(settings.kafka_bootstrap)
-    cport = settings.kafka_controller_port
-    props = f"""# written by gpucost/broker.py
+def _props(node_id: int, host: str, port: int, cport: int, voters: str, log_dir: Path, partitions: int,
+           replication: int, min_isr: int) -> str:
+    return f"""# written by core/broker.py
 process.roles=broker,controller
-node.id=1
-controller.quorum.voters=1@{host}:{cport}
+node.id={node_id}
+controller.quorum.voters={voters}
 listeners=PLAINTEXT://{host}:{port},CONTROLLER://{host}:{cport}
 advertised.listeners=PLAINTEXT://{host}:{port}
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
 listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
-log.dirs={bdir / 'data'}
-num.partitions={settings.topic_partitions}
+log.dirs={log_dir}
+num.partitions={partitions}
 auto.create.topics.enable=true
-offsets.topic.replication.factor=1
+default.replication.factor={replication}
+min.insync.replicas={min_isr}
+unclean.leader.election.enable=false
+offsets.topic.replication.factor={replication}
 offsets.topic.num.partitions=8
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
+transaction.state.log.replication.factor={replication}
+transaction.state.log.min.isr={min_isr}
 transaction.state.log.num.partitions=4
-share.coordinator.state.topic.replication.factor=1
-share.coordinator.state.topic.min.isr=1
+share.coordinator.state.topic.replication.factor={replication}
+share.coordinator.state.topic.min.isr={min_isr}
 group.initial.rebalance.delay.ms=0
 log.retention.hours=48
 log.segment.bytes=67108864
 num.network.threads=2
 num.io.threads=4
 """
-    (bdir / "server.properties").write_text(props)
+
+
+def _write_log4j(bdir: Path, raft_info: bool = False) -> None:
+    # A cluster logs the quorum's leader changes (controller_leader() reads them).
+    raft = "logger.raft.name = org.apache.kafka.raft\nlogger.raft.level = info\n" if raft_info else ""
     (bdir / "log4j2.properties").write_text(
         f"""status = warn
 appender.file.type = File
@@ -126,8 +130,18 @@ logger.kafka.name = kafka
 logger.kafka.level = info
 logger.state.name = state.change.logger
 logger.state.level = warn
-"""
+{raft}"""
     )
+
+
+def _write_config(settings: Settings) -> Path:
+    bdir = _broker_dir(settings)
+    bdir.mkdir(parents=True, exist_ok=True)
+    host, port = _host_port(settings.kafka_bootstrap)
+    cport = settings.kafka_controller_port
+    (bdir / "server.properties").write_text(_props(1, host, port, cport, f"1@{host}:{cport}", bdir / "data",
+                                                   settings.topic_partitions, 1, 1))
+    _write_log4j(bdir)
     return bdir
 
 
@@ -281,3 +295,180 @@ def _is_group_leader(pid: int) -> bool:
         return os.getpgid(pid) == pid
     except ProcessLookupError:
         return False
+
+
+# -- a local three-node cluster ------------------------------------------------------------
+# `gpucost kafka start --brokers 3`: KRaft nodes that are each broker and controller, on ports of
+# their own (settings.kafka_cluster_port and up; controllers 100 higher) and in a data dir of
+# their own, so a cluster never collides with the single broker on 9092/9093. Topics get
+# replication factor 3 and min.insync.replicas=2 (settings.kafka_replication_factor and
+# kafka_min_insync_replicas, which the printed environment sets for every gpucost process).
+
+
+@dataclass
+class ClusterNode:
+    node_id: int
+    port: int
+    controller_port: int
+    dir: Path
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+def cluster_dir(settings: Settings) -> Path:
+    return settings.data_dir / "kafka-cluster"
+
+
+def cluster_nodes(settings: Settings, brokers: int = 3) -> list[ClusterNode]:
+    base = settings.kafka_cluster_port
+    return [ClusterNode(i, base + i - 1, base + 100 + i - 1, cluster_dir(settings) / f"node-{i}")
+            for i in range(1, brokers + 1)]
+
+
+def cluster_bootstrap(settings: Settings, brokers: int = 3) -> str:
+    return ",".join(n.bootstrap for n in cluster_nodes(settings, brokers))
+
+
+def cluster_env(settings: Settings, brokers: int = 3) -> dict[str, str]:
+    """The environment every gpucost process needs to use the cluster."""
+    return {"GPUCOST_KAFKA_BOOTSTRAP": cluster_bootstrap(settings, brokers),
+            "GPUCOST_KAFKA_REPLICATION_FACTOR": str(min(3, brokers)),
+            "GPUCOST_KAFKA_MIN_INSYNC_REPLICAS": str(min(2, brokers))}
+
+
+def _prepare_node(settings: Settings, node: ClusterNode, nodes: list[ClusterNode], lib: Path) -> None:
+    node.dir.mkdir(parents=True, exist_ok=True)
+    voters = ",".join(f"{n.node_id}@127.0.0.1:{n.controller_port}" for n in nodes)
+    (node.dir / "server.properties").write_text(_props(
+        node.node_id, "127.0.0.1", node.port, node.controller_port, voters, node.dir / "data",
+        settings.topic_partitions, min(3, len(nodes)), min(2, len(nodes))))
+    _write_log4j(node.dir, raft_info=True)
+    if (node.dir / "data" / "meta.properties").exists():
+        return
+    cmd = [*_java_base(lib, node.dir, "-Xmx256m"), "kafka.tools.StorageTool", "format",
+           "-t", _cluster_id(cluster_dir(settings)), "-c", str(node.dir / "server.properties"), "-g"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise BrokerError(f"formatting node {node.node_id} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+
+
+def start_node(settings: Settings, node: ClusterNode, lib: Path | None = None) -> int:
+    """Start one cluster node unless it runs (does not wait); returns its pid."""
+    pid = _node_pid(node)
+    if pid is not None:
+        return pid
+    if _port_open(node.bootstrap):
+        raise BrokerError(f"port {node.port} for cluster node {node.node_id} is taken by another process")
+    lib = lib or ensure_jars(settings)
+    log = open(node.dir / "stdout.log", "ab")
+    proc = subprocess.Popen(
+        [*_java_base(lib, node.dir, settings.kafka_cluster_heap), "kafka.Kafka", str(node.dir / "server.properties")],
+        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    (node.dir / "kafka.pid").write_text(str(proc.pid))
+    _children[proc.pid] = proc
+    return proc.pid
+
+
+def _node_pid(node: ClusterNode) -> int | None:
+    """The running node's pid. Our own child is asked directly: right after the fork its cmdline
+    is still Python's, not kafka.Kafka, which _read_pid checks for."""
+    try:
+        pid = int((node.dir / "kafka.pid").read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+    child = _children.get(pid)
+    if child is not None:
+        return pid if child.poll() is None else None
+    return _read_pid(node.dir)
+
+
+def _node_exited(node: ClusterNode) -> bool:
+    return _node_pid(node) is None
+
+
+def wait_answering(nodes: list[ClusterNode], timeout_s: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    pending = list(nodes)
+    while pending:
+        for n in list(pending):
+            if _node_exited(n):
+                tail = (n.dir / "stdout.log").read_text(errors="replace")[-3000:] if (n.dir / "stdout.log").exists() else ""
+                raise BrokerError(f"cluster node {n.node_id} exited; see {n.dir}/server.log\n{tail}")
+            if answers(n.bootstrap):
+                pending.remove(n)
+        if pending and time.monotonic() > deadline:
+            raise BrokerError(f"cluster nodes {[n.node_id for n in pending]} did not answer within {timeout_s:.0f}s")
+        if pending:
+            time.sleep(0.5)
+
+
+def start_cluster(settings: Settings | None = None, brokers: int = 3, timeout_s: float = 120.0) -> list[ClusterNode]:
+    """Start a local KRaft cluster of `brokers` nodes (each broker and controller) unless it runs;
+    returns when every node answers."""
+    settings = settings or get_settings()
+    if brokers < 1:
+        raise BrokerError("a cluster needs at least one broker")
+    lib = ensure_jars(settings)
+    nodes = cluster_nodes(settings, brokers)
+    cluster_dir(settings).mkdir(parents=True, exist_ok=True)
+    for n in nodes:
+        _prepare_node(settings, n, nodes, lib)
+    try:
+        for n in nodes:
+            start_node(settings, n, lib)
+        wait_answering(nodes, timeout_s)
+    except BaseException:
+        stop_cluster(settings, brokers)  # nothing left running when start fails
+        raise
+    return nodes
+
+
+def kill_node(node: ClusterNode, sig: int = signal.SIGKILL) -> bool:
+    """Signal one node's JVM (SIGKILL: a crash) and reap it; True if it was running."""
+    pid = _node_pid(node)
+    if pid is None:
+        return False
+    os.kill(pid, sig)
+    child = _children.pop(pid, None)
+    if child is not None:
+        child.wait(30)
+    else:
+        while _node_pid(node) is not None:
+            time.sleep(0.1)
+    (node.dir / "kafka.pid").unlink(missing_ok=True)
+    return True
+
+
+def stop_cluster(settings: Settings | None = None, brokers: int = 3, timeout_s: float = 30.0) -> int:
+    """Stop every node of the local cluster (SIGTERM, then SIGKILL); returns how many ran."""
+    settings = settings or get_settings()
+    nodes = [n for n in cluster_nodes(settings, brokers) if _node_pid(n) is not None]
+    for n in nodes:
+        os.kill(_node_pid(n), signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and any(_node_pid(n) is not None for n in nodes):
+        time.sleep(0.2)
+    for n in nodes:
+        kill_node(n, signal.SIGKILL)  # those still running; reaps and removes the pid file
+        (n.dir / "kafka.pid").unlink(missing_ok=True)
+    return len(nodes)
+
+
+def controller_leader(nodes: list[ClusterNode]) -> int | None:
+    """The quorum leader among the running nodes: the newest "transition to Leader" (highest
+    epoch) that a node still running logged about itself."""
+    import re
+
+    best: tuple[int, int] | None = None  # (epoch, node id)
+    pattern = re.compile(r"\[RaftManager id=(\d+)\] Completed transition to Leader\(.*?epoch=(\d+)")
+    for n in nodes:
+        log = n.dir / "server.log"
+        if _node_pid(n) is None or not log.exists():
+            continue
+        for m in pattern.finditer(log.read_text(errors="replace")):
+            cand = (int(m.group(2)), int(m.group(1)))  # (epoch, node id)
+            if best is None or cand > best:
+                best = cand
+    return best[1] if best else None

@@ -43,19 +43,23 @@ async def ensure_topics(settings: Settings | None = None) -> None:
     """Create gpucost's topics with the configured partition counts (idempotent)."""
     settings = settings or get_settings()
     p = settings.topic_partitions
+    rf = settings.kafka_replication_factor
+    # On a cluster an acknowledged write (acks=all) is on at least min.insync.replicas brokers.
+    isr = {"min.insync.replicas": str(settings.kafka_min_insync_replicas)} if rf > 1 else {}
+    compact = {"cleanup.policy": "compact"}
     wanted = [
-        NewTopic(settings.usage_topic, p, 1),
-        NewTopic(settings.billing_topic, p, 1),
-        NewTopic(settings.deadletter_topic, 1, 1),
+        NewTopic(settings.usage_topic, p, rf, topic_configs=isr),
+        NewTopic(settings.billing_topic, p, rf, topic_configs=isr),
+        NewTopic(settings.deadletter_topic, 1, rf, topic_configs=isr),
         # Pane state: compacted, it is the worker's durable state (see streaming/panes.py).
-        NewTopic(settings.panes_topic, p, 1, topic_configs={"cleanup.policy": "compact", "segment.ms": "600000"}),
-        NewTopic(settings.aggregates_topic, p, 1),
-        NewTopic(settings.alerts_topic, 1, 1),
-        NewTopic(settings.rules_topic, 1, 1, topic_configs={"cleanup.policy": "compact"}),
+        NewTopic(settings.panes_topic, p, rf, topic_configs={**compact, "segment.ms": "600000", **isr}),
+        NewTopic(settings.aggregates_topic, p, rf, topic_configs=isr),
+        NewTopic(settings.alerts_topic, 1, rf, topic_configs=isr),
+        NewTopic(settings.rules_topic, 1, rf, topic_configs={**compact, **isr}),
         # Price overrides: the whole set as one record (contracts/prices.py).
-        NewTopic(settings.prices_topic, 1, 1, topic_configs={"cleanup.policy": "compact"}),
+        NewTopic(settings.prices_topic, 1, rf, topic_configs={**compact, **isr}),
         # Validated billing line items, keyed by line item: compaction keeps the latest of each.
-        NewTopic(settings.billed_topic, p, 1, topic_configs={"cleanup.policy": "compact"}),
+        NewTopic(settings.billed_topic, p, rf, topic_configs={**compact, **isr}),
     ]
     client = admin(settings)
     await client.start()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -33,6 +33,12 @@ class Settings(BaseSettings):
     kafka_version: str = "4.1.1"
     topic_prefix: str = ""  # tests give each run its own topics on the shared broker
     topic_partitions: int = 4
+    # Topics' replication: 1 on the single local broker; a cluster (`gpucost kafka start
+    # --brokers 3`) prints 3 and 2 (acks=all producers then survive one broker down).
+    kafka_replication_factor: int = Field(1, ge=1)
+    kafka_min_insync_replicas: int = Field(1, ge=1)
+    kafka_cluster_port: int = 19092  # node i listens on this + i - 1, its controller 100 higher
+    kafka_cluster_heap: str = "-Xms128m -Xmx384m"  # per node: three JVMs on one small machine
 
     # Database: SQLite file under data_dir unless a URL is given (postgresql+psycopg://...).
     database_url: str | None = None
@@ -42,18 +48,20 @@ class Settings(BaseSettings):
     window_size_s: int = 60
     window_step_s: int = 10
     allowed_lateness_s: int = 120
-    max_future_skew_s: float = 300.0
+    max_future_skew_s: float = 300.0  # events further ahead of the receiver's clock are dead-lettered
     flush_interval_s: float = 0.25
     flush_max_events: int = 20000
     emit_interval_s: float = 1.0  # at most one aggregate per key and window per interval
-    worker_web_port: int = 6066
 
     # API
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     ws_heartbeat_s: float = 10.0
     ws_queue_max: int = 1000
-    history_retention_s: int = 7 * 24 * 3600
+    # History (core/rollups.py): 1-minute windows, hourly and daily rollups, each kept this long.
+    history_retention_s: int = Field(7 * 24 * 3600, ge=2 * 3600)  # an hour is rolled up from its 1-minute windows
+    history_hourly_retention_s: int = Field(90 * 24 * 3600, ge=2 * 24 * 3600)  # a day is rolled up from its hours
+    history_daily_retention_s: int = Field(0, ge=0)  # 0: daily rollups are kept for ever
     auth_disabled: bool = False  # every REST call and /ws needs an API key (`gpucost keys create`)
     max_request_bytes: int = 4 * 1024 * 1024  # whole API; larger bodies get 413
     ws_max_message_bytes: int = 64 * 1024  # client messages on /ws are small subscribe/unsubscribe ops
@@ -80,6 +88,14 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [u.strip() for u in value.split(",") if u.strip()]
         return value
+
+    @model_validator(mode="after")
+    def _retention_grows_with_resolution(self) -> "Settings":
+        if self.history_hourly_retention_s < self.history_retention_s:
+            raise ValueError("history_hourly_retention_s must be at least history_retention_s")
+        if 0 < self.history_daily_retention_s < self.history_hourly_retention_s:
+            raise ValueError("history_daily_retention_s must be 0 (keep) or at least history_hourly_retention_s")
+        return self
 
     @property
     def database(self) -> str:

@@ -24,25 +24,40 @@ def get_settings():
 
 
 app = typer.Typer(help="gpucost: real-time GPU cost monitor.", no_args_is_help=True, add_completion=False)
-kafka_app = typer.Typer(help="The local Apache Kafka broker (KRaft, one node).", no_args_is_help=True)
+kafka_app = typer.Typer(help="The local Apache Kafka broker (KRaft, one node) or a local cluster (--brokers 3).",
+                        no_args_is_help=True)
 app.add_typer(kafka_app, name="kafka")
 console = Console(stderr=True)
 
 @kafka_app.command("start")
-def kafka_start():
+def kafka_start(brokers: int = typer.Option(1, min=1, max=9, help="3: a local KRaft cluster (replication 3, "
+                                            "min.insync.replicas 2) on its own ports and data dir")):
     """Fetch Kafka from Maven Central if needed, format storage once, start, wait until it answers."""
     from core import broker
 
+    if brokers > 1:
+        s = get_settings()
+        with console.status(f"starting a {brokers}-node Kafka cluster ..."):
+            nodes = broker.start_cluster(s, brokers)
+        console.print(f"kafka cluster: {len(nodes)} nodes answering on {broker.cluster_bootstrap(s, brokers)} "
+                      f"(data in {broker.cluster_dir(s)}); run gpucost with:")
+        for k, v in broker.cluster_env(s, brokers).items():
+            print(f"export {k}={v}")  # stdout: eval-able
+        return
     with console.status("starting Kafka ..."):
         st = broker.start()
     console.print(str(st))
 
 
 @kafka_app.command("stop")
-def kafka_stop():
-    """Stop the local broker (nothing is left running)."""
+def kafka_stop(brokers: int = typer.Option(1, min=1, max=9, help="the size given to `kafka start --brokers`")):
+    """Stop the local broker, or the local cluster (nothing is left running)."""
     from core import broker
 
+    if brokers > 1:
+        n = broker.stop_cluster(get_settings(), brokers)
+        console.print(f"kafka cluster: stopped {n} node(s)" if n else "kafka cluster: was not running")
+        return
     console.print("kafka: stopped" if broker.stop() else "kafka: was not running")
 
 

@@ -14,7 +14,7 @@ import time
 import httpx
 import pytest
 
-from tests.faults.harness import alert_record, publish_aggregates, publish_alerts
+from bench.fault_harness import alert_record, publish_aggregates, publish_alerts
 from tests.support import ROOT, async_wait_for
 
 

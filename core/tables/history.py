@@ -1,4 +1,6 @@
-"""Tables the API persists: aggregate history (latest value per key and window)."""
+"""Tables the API persists: aggregate history (latest value per key and window). One table holds
+every resolution: 1-minute windows as the stream emits them (window_s = the window size) and the
+hourly and daily rollups the API computes from them (window_s = 3600 and 86400, same fields)."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ class AggregateRow(Base):
         UniqueConstraint("tenant", "service", "region", "gpu_model", "window_s", "window_start", name="uq_aggregate_window"),
         Index("ix_aggregates_tenant_time", "tenant", "window_start"),
         Index("ix_aggregates_time", "window_start"),
+        Index("ix_aggregates_tenant_size_time", "tenant", "window_s", "window_start"),  # migration 0002
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)

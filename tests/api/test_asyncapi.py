@@ -21,7 +21,7 @@ import websockets
 
 from api import ws_protocol
 from api.asyncapi import build_document
-from tests.faults.harness import aggregate_record, alert_record, publish_aggregates, publish_alerts
+from bench.fault_harness import aggregate_record, alert_record, publish_aggregates, publish_alerts
 from tests.support import Stack, async_wait_for
 
 SCHEMA = json.loads((Path(__file__).parent / "data" / "asyncapi-3.0.0.schema.json").read_text())

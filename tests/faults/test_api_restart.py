@@ -5,15 +5,12 @@ after the restart (which only a resubscribed connection gets)."""
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 import time
 
 import pytest
-import websockets
-from websockets.exceptions import ConnectionClosed
 
-from tests.faults.harness import aggregate_record, publish_aggregates
+from bench.fault_harness import ReconnectingClient, aggregate_record, publish_aggregates
 from tests.support import async_wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -21,35 +18,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 NOW = int(time.time()) // 60 * 60
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
-
-
-class ReconnectingClient:
-    """A client as a program would write one: websockets' reconnecting iterator (exponential
-    backoff), subscribing again on every new connection."""
-
-    def __init__(self, url: str, key: str):
-        self.url = url + "?api_key=" + key
-        self.connections = 0
-        self.snapshots: list[list[dict]] = []
-        self.updates: list[dict] = []
-
-    async def run(self) -> None:
-        async for ws in websockets.connect(self.url, open_timeout=2):
-            self.connections += 1
-            try:
-                await ws.send(json.dumps({"op": "subscribe", "channel": "aggregates", "filter": {}}))
-                async for raw in ws:
-                    msg = json.loads(raw)
-                    if msg["type"] == "snapshot":
-                        self.snapshots.append(msg["data"])
-                    elif msg["type"] == "aggregate":
-                        self.updates.append(msg["data"])
-            except ConnectionClosed:
-                continue
-
-    def saw(self, spend_usd: float) -> bool:
-        return any(r["spend_usd"] == spend_usd for r in self.updates) or any(
-            r["spend_usd"] == spend_usd for snap in self.snapshots for r in snap)
 
 
 async def restart_api(stack, sig=signal.SIGKILL) -> float:

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 
 import pytest
 
 from core import broker
 from core.settings import Settings
-from tests.faults.harness import TickProducer, converge, make_ticks
+from bench.fault_harness import run_broker_restart
 from tests.support import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300), pytest.mark.one_database]  # the worker and the broker are under test, not the database
@@ -27,33 +26,6 @@ def own_broker(tmp_path, kafka_broker):  # kafka_broker: the jars are fetched, t
         yield settings
     finally:
         broker.stop(settings)
-
-
-async def run_broker_restart(stack, broker_settings: Settings, n_ticks: int = 80, hard: bool = False,
-                             down_s: float = 2.0):
-    await asyncio.to_thread(stack.start_worker)
-    producer = TickProducer(stack.settings, make_ticks(n_ticks, seed=23), pace_s=0.1)
-    sending = asyncio.create_task(producer.run())
-    await producer.reached(n_ticks * 4 // 10)
-    down_at = time.monotonic()
-    if hard:
-        import os
-        import signal
-
-        pid = int((broker_settings.data_dir / "kafka" / "kafka.pid").read_text())
-        os.killpg(pid, signal.SIGKILL)
-        await asyncio.to_thread(broker.stop, broker_settings)  # reaps it, removes the pid file
-    else:
-        await asyncio.to_thread(broker.stop, broker_settings)
-    await asyncio.sleep(down_s)  # down for a while: sends pile up behind it
-    await asyncio.to_thread(broker.start, broker_settings)
-    downtime_s = time.monotonic() - down_at
-    await sending  # raises if any send was given up on
-    t = await converge("broker " + ("SIGKILL" if hard else "restart"), stack.settings, producer.sent, timeout_s=120)
-    t.notes["broker down s"] = round(downtime_s, 1)
-    t.notes["slowest send s"] = round(producer.slowest_send_s, 1)
-    t.notes["worker alive"] = stack.procs["worker"].poll() is None
-    return t
 
 
 @pytest.mark.parametrize("hard", [False, True], ids=["sigterm", "sigkill"])

@@ -16,7 +16,7 @@ import httpx
 import pytest
 import websockets
 
-from tests.faults.harness import publish_aggregates
+from bench.fault_harness import publish_aggregates
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120), pytest.mark.one_database]  # the worker and the broker are under test, not the database
 

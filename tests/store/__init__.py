@@ -1,0 +1,1 @@
+"""Tests of the store: migrations, rollups, retention and history queries (SQLite and PostgreSQL)."""
