@@ -1,6 +1,5 @@
 """The one place that opens the database: SQLAlchemy 2.0 engine and sessions for SQLite (default,
-a file under the data dir) or PostgreSQL (by URL), and the schema brought up to date by Alembic
-(core/migrations/). Every table is declared on `Base` in
+a file under the data dir) or PostgreSQL (by URL). Every table is declared on `Base` in
 `core/tables/`, one module per concept, so one metadata holds the whole schema; `init_db` migrates
 it with Alembic (core/migrations/), never with `create_all`."""
 
