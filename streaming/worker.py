@@ -40,6 +40,7 @@ def create_app(settings: Settings | None = None) -> faust.App:
         value_serializer="raw",
         key_serializer="raw",
         topic_partitions=settings.topic_partitions,
+        topic_replication_factor=settings.kafka_replication_factor,  # the alert table's changelog too
         topic_allow_declare=True,
         producer_acks=-1,
         producer_linger_ms=5,
