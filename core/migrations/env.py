@@ -6,8 +6,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine
 
-import core.tables  # noqa: F401  (declares every table on Base)
-from core.db import Base
+from core.tables import Base  # importing the package declares every table on Base
 
 config = context.config
 target_metadata = Base.metadata

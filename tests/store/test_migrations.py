@@ -23,7 +23,7 @@ def settings_for(url: str, tmp_path) -> Settings:
 
 def schema_diff(url: str) -> list:
     import core.tables  # noqa: F401
-    from core.db import Base
+    from core.tables import Base
 
     engine = create_engine(url)
     try:
@@ -44,12 +44,12 @@ def test_fresh_database_migrates_to_head_and_matches_the_models(database_url, tm
 def test_upgrade_from_the_create_all_schema_keeps_its_data(database_url, tmp_path):
     """Before migrations, init_db ran `create_all`: such a database has every table and no
     alembic_version. It is stamped at the baseline and upgraded, rows intact."""
-    import core.tables  # noqa: F401
     from core import db
+    from core.tables import Base
     from core.tables.history import AggregateRow
 
     old = create_engine(database_url)
-    db.Base.metadata.create_all(old)
+    Base.metadata.create_all(old)
     with old.begin() as conn:  # the schema as it was at a15a5c5: without revision 0002's index
         conn.execute(text("DROP INDEX ix_aggregates_tenant_size_time"))
         for i in range(50):
