@@ -79,7 +79,18 @@ async def websocket_endpoint(ws: WebSocket):
                 await ws.send_text(_encode(message))
                 client.sent += 1
 
+    async def recheck_key():
+        """A revoked key's open sockets close (4401): the key is looked up again every
+        `ws_key_recheck_s`; a revocation made through another API instance shows once this one's
+        lookup cache (a few seconds) has let go of the key."""
+        while True:
+            await asyncio.sleep(settings.ws_key_recheck_s)
+            if await asyncio.to_thread(ws_principal, ws) is None:
+                await ws.close(code=CLOSE_UNAUTHORIZED, reason="API key revoked")
+                return
+
     send_task = asyncio.create_task(sender())
+    recheck_task = asyncio.create_task(recheck_key())
     try:
         while True:
             raw = await ws.receive_text()
@@ -114,8 +125,9 @@ async def websocket_endpoint(ws: WebSocket):
                     raise ValueError(f"unknown op {op!r}; use subscribe or unsubscribe")
             except ValueError as exc:
                 await ws.send_json({"type": "error", "error": str(exc)})
-    except WebSocketDisconnect:
+    except (WebSocketDisconnect, RuntimeError):  # RuntimeError: receiving after recheck_key closed it
         pass
     finally:
         send_task.cancel()
+        recheck_task.cancel()
         hub.clients.discard(client)

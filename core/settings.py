@@ -57,6 +57,7 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     ws_heartbeat_s: float = 10.0
+    ws_key_recheck_s: float = 5.0  # how often an open WebSocket's key is looked up again (revocation closes it)
     ws_queue_max: int = 1000
     # History (core/rollups.py): 1-minute windows, hourly and daily rollups, each kept this long.
     history_retention_s: int = Field(7 * 24 * 3600, ge=2 * 3600)  # an hour is rolled up from its 1-minute windows

@@ -214,6 +214,20 @@ async def test_key_management_is_admin_only_and_revocation_takes_effect(api_stac
 
 
 @pytest.mark.integration
+async def test_a_revoked_keys_open_websocket_is_closed(api_stack):
+    s = api_stack
+    created = httpx.post(s.url + "/api/keys", headers=s.headers, json={"tenant": "acme", "name": "soon revoked"}).json()
+    ws = await websockets.connect(s.ws_url + "?api_key=" + created["key"])
+    await ws.send(json.dumps({"op": "subscribe", "channel": "aggregates", "filter": {}}))
+    assert json.loads(await ws.recv())["type"] == "subscribed"
+    assert httpx.delete(s.url + f"/api/keys/{created['key_id']}", headers=s.headers).status_code == 204
+    with pytest.raises(websockets.exceptions.ConnectionClosed) as closed:
+        while True:  # snapshot, heartbeats, then the close
+            await asyncio.wait_for(ws.recv(), 30)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 4401
+
+
+@pytest.mark.integration
 async def test_post_events_accepts_only_the_keys_tenant_and_valid_events(api_stack):
     s = api_stack
     url = s.url + "/events"
