@@ -26,6 +26,15 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"key_id {new.key_id}, {'admin' if new.tenant is None else 'tenant ' + repr(new.tenant)}"
                    " (store the key now: only its hash is kept)", err=True)
 
+    @keys.command("dashboard-url")
+    def dashboard_url(base: str = typer.Option("http://127.0.0.1:8000", help="Where the dashboard is served.")):
+        """Print the dashboard's address with the admin key `gpucost up` uses (made on first call,
+        kept in data_dir/admin.key): what `docker compose up` shows."""
+        from api.keys import ensure_admin_key
+        from core.settings import get_settings
+
+        typer.echo(f"gpucost is up: dashboard on {base.rstrip('/')}/?api_key={ensure_admin_key(get_settings())}")
+
     @keys.command("list")
     def list_(tenant: str = typer.Option(None), all_: bool = typer.Option(False, "--all", help="Include revoked keys.")):
         """Keys by id (never the keys themselves)."""

@@ -20,6 +20,8 @@ def test_compose_runs_every_box_on_apache_kafka_in_kraft_mode():
     for box in ("worker", "api", "simulator", "optimizer"):
         assert services[box]["environment"]["GPUCOST_KAFKA_BOOTSTRAP"] == "kafka:9092"
     assert services["api"]["ports"] == ["8000:8000"]
+    # `docker compose up` prints the dashboard's URL with an admin key, as `gpucost up` does
+    assert services["dashboard-url"]["command"][:2] == ["keys", "dashboard-url"]
 
 
 def test_compose_file_validates_with_the_docker_compose_client():

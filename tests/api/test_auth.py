@@ -361,6 +361,12 @@ def test_cli_creates_lists_and_revokes_keys(tmp_path):
     assert key_id not in cli("list").stdout and "REVOKED" in cli("list", "--all").stdout
     cli("revoke", key_id, ok=False)
     assert keys.lookup(Settings(data_dir=tmp_path / "data"), key) is None
+    # what `docker compose up` prints: the dashboard with the reused admin key, valid
+    url = cli("dashboard-url", "--base", "http://localhost:8000").stdout.strip()
+    assert url.startswith("gpucost is up: dashboard on http://localhost:8000/?api_key=gpc_")
+    assert cli("dashboard-url", "--base", "http://localhost:8000").stdout.strip() == url
+    admin = keys.lookup(Settings(data_dir=tmp_path / "data"), url.split("api_key=")[1])
+    assert admin is not None and admin.is_admin
 
 
 @pytest.mark.integration
