@@ -117,8 +117,6 @@ class AlertEvent(_Record):
     """An alert transition: one record when a fingerprint (rule + group + level) starts firing and
     one when it resolves."""
 
-    model_config = ConfigDict(extra="allow", allow_inf_nan=True)  # an anomaly ratio may be inf
-
     fingerprint: str
     state: Literal["firing", "resolved"]
     rule_id: str

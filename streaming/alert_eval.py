@@ -315,7 +315,7 @@ class AlertEvaluator:
             gs.baseline.append((ws, rate))  # the baseline learns only from normal windows
         return self._for_duration(
             st, group, gs, ws, anomalous, rate, p["factor"] * baseline, 0,
-            f"{st.rule.name}: spend rate ${rate:.2f}/h is {rate / baseline if baseline else math.inf:.1f}x "
-            f"its baseline of ${baseline:.2f}/h",
+            f"{st.rule.name}: spend rate ${rate:.2f}/h is "
+            + (f"{rate / baseline:.1f}x its baseline of ${baseline:.2f}/h" if baseline else "above a baseline of $0.00/h"),
             f"{st.rule.name}: spend rate ${rate:.2f}/h back within {p['factor']:g}x its baseline",
             {"rate_usd_h": rate, "baseline_usd_h": baseline, "factor": p["factor"]})
