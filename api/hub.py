@@ -28,9 +28,7 @@ from core.settings import Settings
 
 log = logging.getLogger("gpucost.api")
 
-FILTER_FIELDS = ("tenant", "service", "region", "gpu_model")
 RETENTION_EVERY_S = 600.0  # history retention is a slow sweep; the settings say how long rows live
-CHANNELS = ("aggregates", "alerts")
 
 
 def agg_key(rec: dict) -> tuple:

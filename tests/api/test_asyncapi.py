@@ -71,13 +71,6 @@ def test_every_message_of_the_protocol_is_documented_with_an_example_that_fits_i
             assert ref["$ref"].rsplit("/", 1)[1] in messages
 
 
-def test_the_protocol_models_name_the_hubs_channels_and_filter_fields():
-    from api.hub import CHANNELS, FILTER_FIELDS
-
-    assert ws_protocol.CHANNELS == CHANNELS
-    assert ws_protocol.FILTER_FIELDS == FILTER_FIELDS
-
-
 @pytest.mark.integration
 @pytest.mark.one_database
 async def test_the_api_serves_the_document_publicly_and_every_message_it_sends_fits_it(kafka_broker, tmp_path, database_url):
