@@ -223,17 +223,11 @@ class PaneStore:
         (absolute values: a record read twice changes nothing) and marks their windows."""
         partition, key, pane_start = record_key
         if value is None:
-            # An evicted pane's windows are closed: emit what is pending for them as it stands now
-            # (complete), and never emit them again (any later value would lack this pane).
-            for ws in self.spec.window_starts(pane_start):
-                if (key, ws) in self.pending_windows:
-                    self.pending_windows.discard((key, ws))
-                    rec = self.window(key, ws)
-                    if rec is not None:
-                        self.ready_windows.append(self._revised(rec))
-                self.emitted.pop((key, ws), None)  # closed: no record of it follows
-            if pane_start > self.evicted_upto.get(key, -1):
-                self.evicted_upto[key] = pane_start
+            if mark_windows:
+                # The window stage closes windows by its own watermark (the minimum over every
+                # meter's partitions), not by one meter's tombstone: another meter, its watermark
+                # behind, may still fold events into this pane's other partitions or neighbours.
+                return
             by_start = self.panes.get(key, {})
             by_start.get(pane_start, {}).pop(partition, None)
             if pane_start in by_start and not by_start[pane_start]:
@@ -245,9 +239,10 @@ class PaneStore:
                 value.tokens, value.requests, value.fallback_priced, value.last_offset, value.last_offset]
         by_partition = self.panes.setdefault(key, {}).setdefault(pane_start, {})
         if mark_windows and pane_start - self.spec.size_s + self.spec.step_s <= self.evicted_upto.get(key, -1):
-            # Another worker's meter, its watermark behind the one that closed this pane's oldest
-            # window, folded events in: they miss that window. Counted, never silent (a shared
-            # watermark across meters would prevent it; see docs/design-changes.md).
+            # Events folded into a pane after one of its windows closed here: every meter's rule
+            # (the oldest window open by its own watermark, never behind this stage's) prevents
+            # it, so this counts a broken invariant (a record from before a rebuild, a clock
+            # jump), never silently.
             old = by_partition.get(partition)
             self.late_after_close += value.events - (old[EVENTS] if old else 0)
         by_partition[partition] = sums
@@ -310,6 +305,7 @@ class PaneStore:
     def take_pending_windows(self) -> list[WindowAggregate]:
         """Window records to emit: those completed by an eviction first, then every window marked
         since the last call, except windows that lost a pane to eviction (closed and emitted)."""
+        self._close_by_watermark()
         records, self.ready_windows = self.ready_windows, []
         for key, ws in sorted(self.pending_windows, key=lambda kw: (kw[1], kw[0])):
             if ws <= self.evicted_upto.get(key, -1):
@@ -319,6 +315,28 @@ class PaneStore:
                 records.append(self._revised(rec))
         self.pending_windows.clear()
         return records
+
+    def _close_by_watermark(self) -> None:
+        """The window stage: drop the panes no open window needs (by this stage's watermark, the
+        minimum over every meter's partitions), oldest first. A pane's windows that are pending
+        go out now, whole (every later pane they hold is still here), and never again."""
+        horizon = self.watermark - self.spec.allowed_lateness_s
+        size = self.spec.size_s
+        for key in list(self.panes):
+            by_start = self.panes[key]
+            for pane_start in sorted(s for s in by_start if s + size <= horizon):
+                closed_upto = self.evicted_upto.get(key, -1)
+                for ws in self.spec.window_starts(pane_start):
+                    if (key, ws) in self.pending_windows:
+                        self.pending_windows.discard((key, ws))
+                        rec = self.window(key, ws) if ws > closed_upto else None
+                        if rec is not None:
+                            self.ready_windows.append(self._revised(rec))
+                    self.emitted.pop((key, ws), None)  # closed: no record of it follows
+                self.evicted_upto[key] = max(closed_upto, pane_start)
+                del by_start[pane_start]
+            if not by_start:
+                del self.panes[key]
 
     def _revised(self, rec: WindowAggregate) -> WindowAggregate:
         """Number the records of each open window: a record after the first is a correction."""

@@ -35,7 +35,7 @@ class WindowStage(mode.Service):
         self.spec = spec
         self.metering = metering
         self.aggregates_topic = aggregates_topic
-        self.combined = PaneStore(spec, metering)
+        self.combined = self._new_store()
         self.caught_up_at: dict | None = None  # partition -> end offset still to reach; {}: caught up
 
     async def on_start(self) -> None:
@@ -46,7 +46,7 @@ class WindowStage(mode.Service):
                 pass
 
             async def on_partitions_assigned(self, assigned):
-                stage.combined = PaneStore(stage.spec, stage.metering)
+                stage.combined = stage._new_store()
                 stage.caught_up_at = await stage.consumer.end_offsets(list(assigned)) if assigned else {}
                 if assigned:
                     await stage.consumer.seek_to_beginning(*assigned)
@@ -56,6 +56,13 @@ class WindowStage(mode.Service):
                                        enable_auto_commit=False, auto_offset_reset="earliest")
         self.consumer.subscribe([s.panes_topic], listener=Rebuild())
         await self.consumer.start()
+
+    def _new_store(self) -> PaneStore:
+        # Its watermark (which closes windows) is the minimum over every source partition of
+        # gpu.usage, whichever meter holds it: a meter whose watermark lags still finds open
+        # every window its own rule accepts events for (docs/design-changes.md, lateness).
+        return PaneStore(self.spec, self.metering,
+                         expected_partitions=frozenset(range(self.settings.topic_partitions)))
 
     async def on_stop(self) -> None:
         await stop_consumer(self.consumer)

@@ -55,3 +55,40 @@ def test_every_event_lands_in_every_window_holding_it_or_is_counted_late(data):
         got = emitted[k]
         assert got.events == want["events"], (k, got, want)
         assert got.spend_usd == pytest.approx(want["spend_usd"], rel=1e-9)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_with_two_meters_every_event_lands_in_every_window_holding_it_or_is_counted_late(data):
+    """Two workers' meters, each with its own watermark over its own source partition, flushing
+    at their own pace into one window stage."""
+    size, step = data.draw(st.sampled_from([(60, 10), (30, 10), (20, 5)]), label="size, step")
+    lateness = data.draw(st.integers(0, 150), label="allowed lateness")
+    spec = WindowSpec(size, step, lateness)
+    meters = [PaneStore(spec, lambda e: (PRICE, False)) for _ in range(2)]
+    # the window stage's watermark waits for every source partition (streaming/windows.py)
+    windows = PaneStore(spec, lambda e: (PRICE, False), expected_partitions=frozenset({0, 1}))
+    arrivals = data.draw(st.lists(st.tuples(st.integers(0, 600), st.integers(0, 1), st.booleans()),
+                                  min_size=1, max_size=80), label="arrivals (ts, partition, flush after)")
+    emitted: dict = {}
+    accepted, late = [], 0
+    for offset, (t, partition, flush_after) in enumerate(arrivals):
+        e = ev(T0 + t + 0.5)
+        if meters[partition].add([e], partition, offset):
+            late += 1
+        else:
+            accepted.append(e)
+        if flush_after:
+            flush(meters[partition], windows, emitted)
+    for meter in meters:
+        flush(meter, windows, emitted)
+    windows.watermark += 10 * (size + lateness) + 1000
+    flush(meters[0], windows, emitted)
+
+    assert late == sum(m.late_events for m in meters) and len(accepted) + late == len(arrivals)
+    assert windows.late_after_close == 0
+    expected = expected_windows(accepted, {"H100-80GB": PRICE}, size=size, step=step)
+    assert set(emitted) == set(expected)
+    for k, want in expected.items():
+        assert emitted[k].events == want["events"], (k, emitted[k], want)
+        assert emitted[k].spend_usd == pytest.approx(want["spend_usd"], rel=1e-9)

@@ -84,13 +84,22 @@ def test_the_window_stage_reading_a_record_twice_changes_nothing():
     assert w.window(("acme", "chat", "us-east-1", "H100-80GB"), T0).events == 2
 
 
-def test_a_tombstone_removes_the_pane_from_the_window_stage():
+def test_the_window_stage_drops_a_pane_when_its_own_watermark_closes_it():
+    """A meter's tombstone alone does not close windows (another meter may lag); the window
+    stage's watermark, the minimum over every meter's partitions, does."""
     s = store(lateness=0)
     s.add([ev(T0)], 0, 0)
-    w = window_stage(s)
+    w = store(lateness=0)
+    for record_key, value in s.take_dirty():
+        w.restore(record_key, value)
     s.add([ev(T0 + 120)], 0, 1)
     for record_key in s.evict_closed():
         w.restore(record_key, None)
+    w.take_pending_windows()
+    assert w.window(("acme", "chat", "us-east-1", "H100-80GB"), T0) is not None  # w's watermark: T0
+    for record_key, value in s.take_dirty():
+        w.restore(record_key, value)  # the pane record of T0+120 carries the watermark on
+    w.take_pending_windows()
     assert w.window(("acme", "chat", "us-east-1", "H100-80GB"), T0) is None
 
 
@@ -209,22 +218,23 @@ def test_an_allowed_late_event_corrects_emitted_windows_as_revisions():
     assert set(again) == {T0 - 50, T0 - 40, T0 - 30, T0 - 20, T0 - 10, T0}
 
 
-def test_a_pane_update_after_its_oldest_window_closed_is_counted_not_silent():
-    """Two meters: the fast one's tombstone closed the windows of pane T0; the slow one (its
-    watermark behind) still folds an event into pane T0 of its own partition."""
-    fast, slow, w = store(lateness=0), store(lateness=0), store(lateness=0)
+def test_a_lagging_meters_event_lands_in_every_window_the_fast_meter_already_tombstoned():
+    """Two meters: the fast one's tombstone of pane T0 does not close its windows while the slow
+    one (its watermark behind) can still fold events into pane T0 of its own partition."""
+    fast, slow = store(lateness=0), store(lateness=0)
+    w = store(lateness=0, partitions={0, 1})  # the window stage waits for every source partition
     fast.add([ev(T0 + 1)], 0, 0)
     slow.add([ev(T0 + 2)], 1, 0)
+    fast.add([ev(T0 + 200)], 0, 1)  # fast's watermark moves on: pane T0 closes there
     for s in (fast, slow):
         for record_key, value in s.take_dirty():
             w.restore(record_key, value)
-    fast.add([ev(T0 + 200)], 0, 1)  # fast's watermark moves on: pane T0 closes there
-    for record_key, value in fast.take_dirty():
-        w.restore(record_key, value)
     for record_key in fast.evict_closed():
         w.restore(record_key, None)
     w.take_pending_windows()
-    slow.add([ev(T0 + 3)], 1, 1)  # slow's watermark is T0+2: still open there
+    assert slow.add([ev(T0 + 3)], 1, 1) == []  # slow's watermark is T0+2: still open there
     for record_key, value in slow.take_dirty():
         w.restore(record_key, value)
-    assert w.late_after_close == 1
+    recs = {r.window_start: r for r in w.take_pending_windows()}
+    assert recs[T0].events == 3 and recs[T0 - 50].events == 3  # every window holding it
+    assert w.late_after_close == 0
