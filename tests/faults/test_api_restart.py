@@ -57,17 +57,18 @@ async def test_dashboard_reconnects_and_resubscribes_after_api_restart(stack):
         try:
             page = await browser.new_page()
             await page.goto(f"{stack.url}/?api_key={stack.admin_key}")
-            await page.wait_for_function("document.getElementById('conn').textContent === 'live'", timeout=20000)
-            has = "(spend) => [...window.gpucost.windows.values()].some(w => [...w.values()].some(r => r.spend_usd === spend))"
+            await page.wait_for_function("() => document.getElementById('conn').textContent === 'live'", timeout=20000)
+            # functions, not expressions: the page's CSP forbids eval, which expressions need
+            has = "(spend) => [...window.gpucost.live.values()].some(w => [...w.values()].some(r => r.spend_usd === spend))"
             await page.wait_for_function(has, arg=1.0, timeout=20000)
 
             stack.kill("api", signal.SIGKILL)
-            await page.wait_for_function("document.getElementById('conn').textContent !== 'live'", timeout=20000)
+            await page.wait_for_function("() => document.getElementById('conn').textContent !== 'live'", timeout=20000)
             await asyncio.to_thread(stack.start_api)
-            await page.wait_for_function("document.getElementById('conn').textContent === 'live'", timeout=30000)
+            await page.wait_for_function("() => document.getElementById('conn').textContent === 'live'", timeout=30000)
             # Published after the restart: only a resubscribed socket receives it.
             await publish_aggregates(stack.settings, [aggregate_record("acme", "train", NOW - 60, 2.0)])
             await page.wait_for_function(has, arg=2.0, timeout=20000)
-            assert await page.evaluate("window.gpucost.messages") >= 2
+            assert await page.evaluate("() => window.gpucost.messages") >= 2
         finally:
             await browser.close()
