@@ -1,12 +1,11 @@
 """The pricing and recommendation routes over HTTP, on a fresh database of each backend (no
 broker needed: only these routers are mounted)."""
 
-import importlib
-
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from api.routes import pricing, recommendations, services
 from core.db import init_db
 from core.pricing.effective import invalidate
 from core.settings import Settings
@@ -19,8 +18,8 @@ def client(tmp_path, database_url):
     invalidate()
     app = FastAPI()
     app.state.settings = settings
-    for name in ("api.routes.pricing", "api.routes.recommendations"):
-        app.include_router(importlib.import_module(name).router)
+    for module in (pricing, recommendations, services):
+        app.include_router(module.router)
     with TestClient(app) as c:
         yield c
     invalidate()
@@ -118,16 +117,20 @@ def test_live_view_sets_what_a_service_pays_beside_its_best_alternative(client):
                                window_start=start, window_end=start + 60, window_s=60, spend_usd=spend,
                                spend_rate_usd_h=spend * 60, gpu_seconds=60, util_avg=0.5, idle_usd=0,
                                events=1, tokens=tokens, requests=0, fallback_priced_events=0))
-    body = dict(params=8e9, n_layers=32, n_kv_heads=8, head_dim=128, tokens_per_s=5000,
-                use_stored_measurements=False, service="chat")
-    rec = client.post("/api/recommendations", json=body).json()
+    # Unknown model: what it pays is shown, and the alternative is asked for, not guessed.
     [row] = client.get("/api/recommendations/live").json()
     assert (row["tenant"], row["service"]) == ("acme", "chat")
     assert row["spend_usd"] == pytest.approx(1.0) and row["tokens"] == 1_000_000
     assert row["current_usd_per_million_tokens"] == pytest.approx(1.0)
     assert row["spend_rate_usd_h"] == pytest.approx(30.0)  # $1 over 120 s
     assert row["current_usd_per_month"] == pytest.approx(30.0 * 730)
-    assert row["recommendation_id"] == rec["id"]
-    best = rec["ranked"][0]
-    assert row["best_usd_per_month"] == pytest.approx(best["usd_per_hour"] * 730)
-    assert row["savings_usd_per_month"] == pytest.approx(30.0 * 730 - best["usd_per_hour"] * 730)
+    assert row["status"] == "model_unknown" and row["best_alternative"] is None
+    # With the service's model set, the alternative serves the same demand (issue 11).
+    r = client.put("/api/services/model", json=dict(tenant="acme", service="chat", params=8e9, n_layers=32,
+                                                   n_kv_heads=8, head_dim=128))
+    assert r.status_code == 204, r.text
+    [row] = client.get("/api/recommendations/live").json()
+    assert row["status"] == "ok" and row["best_alternative"]
+    assert row["demand_tokens_per_s"] == pytest.approx(1_000_000 / 120)
+    assert row["best_usd_per_month"] == pytest.approx(row["best_usd_per_hour"] * 730)
+    assert row["savings_usd_per_month"] == pytest.approx(30.0 * 730 - row["best_usd_per_hour"] * 730)
