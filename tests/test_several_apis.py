@@ -104,7 +104,8 @@ async def test_two_api_instances_each_fan_out_every_key_and_deliver_each_alert_o
 
         def alert(fp: str, state: str) -> dict:
             return {"fingerprint": fp, "state": state, "starts_at": T + 60.0, "ends_at": T + 600.0 if state == "resolved" else None,
-                    "emitted_at": time.time(), "tenant": "tenant-0", "rule_id": "r1", "rule_name": "budget",
+                    "emitted_at": time.time(), "tenant": "tenant-0", "group": {"tenant": "tenant-0"},  # a whole AlertEvent
+                    "rule_id": "r1", "rule_name": "budget",
                     "rule_kind": "budget", "severity": "warning", "value": 2.0, "threshold": 1.0, "summary": "over"}
 
         async def publish(alerts: list[dict]) -> None:
