@@ -93,6 +93,7 @@ class Hub:
         self.invalid_records = 0  # records on cost.aggregates / cost.alerts that broke their contract
         self._to_persist: dict[tuple, dict] = {}
         self._tasks: list[asyncio.Task] = []
+        self._fan_out_positioned = asyncio.Event()  # the fan-out consumer knows where to read from
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -110,6 +111,13 @@ class Hub:
             asyncio.create_task(self._consume_billed(), name="billed"),
             asyncio.create_task(self._retention_loop(), name="retention"),
         ]
+        # Ready only once the fan-out consumer is positioned: a record produced after start()
+        # returns (and so after /healthz answers) reaches this instance's snapshots.
+        positioned = asyncio.create_task(self._fan_out_positioned.wait())
+        await asyncio.wait([positioned, self._tasks[0]], timeout=60, return_when=asyncio.FIRST_COMPLETED)
+        if not positioned.done():
+            positioned.cancel()
+            log.warning("the aggregates fan-out consumer is not positioned yet; snapshots may lag")
 
     async def stop(self) -> None:
         for t in self._tasks:
@@ -226,12 +234,15 @@ class Hub:
             tps = [TopicPartition(s.aggregates_topic, p) for p in sorted(await kafka.partitions_of(c, s.aggregates_topic))]
             c.assign(tps)
             since_ms = int((time.time() - self.fan_out_lookback_s) * 1000)
-            found = await c.offsets_for_times({tp: since_ms for tp in tps})
             # Explicit end offsets, not seek_to_end: aiokafka resolves that lazily, at the first
-            # fetch, which would skip whatever was produced in between.
+            # fetch, which would skip whatever was produced in between. And the end first: a
+            # record produced between the two requests is then found by the timestamp search
+            # (its timestamp is after since_ms), never skipped by seeking past it.
             end = await c.end_offsets(tps)
+            found = await c.offsets_for_times({tp: since_ms for tp in tps})
             for tp in tps:
                 c.seek(tp, end[tp] if found.get(tp) is None else found[tp].offset)
+            self._fan_out_positioned.set()
             while True:
                 batches = await c.getmany(timeout_ms=500, max_records=5000)
                 for records in batches.values():
