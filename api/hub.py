@@ -272,6 +272,11 @@ class Hub:
                 return
             item = json.loads(r.value)
             row = {f: item[f] for f in BilledLineItem.FIELDS}
+            # What an import says beside the cost (the event's extra fields), NULL where unsaid;
+            # every row of one batch gets every column (one INSERT shape).
+            for f in BilledLineItem.EXTRA_FIELDS:
+                row[f] = item.get(f)
+            row["charge_category"] = row["charge_category"] or "usage"
             row["period_start"], row["period_end"] = int(row["period_start"]), int(row["period_end"])
             rows.append(row)
 

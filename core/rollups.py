@@ -45,8 +45,9 @@ def upsert(engine: Engine, model, values: list[dict], conflict: list[str]) -> No
     else:
         from sqlalchemy.dialects.sqlite import insert
     stmt = insert(model)
+    fields = model.FIELDS + getattr(model, "EXTRA_FIELDS", ())
     stmt = stmt.on_conflict_do_update(index_elements=conflict,
-                                      set_={f: stmt.excluded[f] for f in model.FIELDS if f not in conflict})
+                                      set_={f: stmt.excluded[f] for f in fields if f not in conflict})
     with engine.begin() as conn:
         for i in range(0, len(values), 500):
             conn.execute(stmt, values[i:i + 500])

@@ -49,7 +49,10 @@ class AggregateRow(Base):
 
 class BilledLineItem(Base):
     """A validated billing line item (from `cost.billed`); one row per line item, however often
-    it was sent."""
+    it was sent. `cost_usd` is what the reconciliation counts as billed (the effective cost, with
+    commitments amortised); the columns after it are what an imported export says beside it
+    (migration 0003), so the gap to metered cost can be explained: NULL where the source did not
+    say (the simulator's own events, older rows)."""
 
     __tablename__ = "billed_line_items"
     __table_args__ = (
@@ -71,6 +74,14 @@ class BilledLineItem(Base):
     cost_usd: Mapped[float] = mapped_column(Float)
     pricing: Mapped[str] = mapped_column(String(20))
     source: Mapped[str] = mapped_column(String(200))
+    charge_category: Mapped[str] = mapped_column(String(20), default="usage", server_default="usage")
+    list_cost_usd: Mapped[float | None] = mapped_column(Float, nullable=True)       # FOCUS ListCost
+    effective_cost_usd: Mapped[float | None] = mapped_column(Float, nullable=True)  # EffectiveCost
+    billed_cost_usd: Mapped[float | None] = mapped_column(Float, nullable=True)     # BilledCost (invoiced)
+    line_id: Mapped[str | None] = mapped_column(String(64), nullable=True)          # stable across re-imports
+    account: Mapped[str | None] = mapped_column(String(200), nullable=True)
 
     FIELDS = ("tenant", "service", "cloud", "region", "instance_type", "instance_id", "gpu_model", "gpu_count",
               "period_start", "period_end", "cost_usd", "pricing", "source")
+    #: Optional fields of a billing event (the importer's extras), stored where present.
+    EXTRA_FIELDS = ("charge_category", "list_cost_usd", "effective_cost_usd", "billed_cost_usd", "line_id", "account")
