@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -99,14 +100,43 @@ def simulate(
     fast: bool = typer.Option(False, help="As fast as possible over [now - duration, now] instead of real time."),
     speed: float = typer.Option(1.0, help="Real-time mode: intervals per interval_s (2 = twice as often)."),
     start_ts: float = typer.Option(None, help="--fast: first interval's start (epoch s)."),
+    billing_dir: Path = typer.Option(None, help="Where the fleet's hourly FOCUS exports are written before they are "
+                                               "imported (default: <data dir>/billing)."),
+    billing: bool = typer.Option(True, help="Bill the fleet: a FOCUS export per closed hour, imported onto gpu.billing."),
+    backfill: bool = typer.Option(True, help="Real-time mode: first simulate from the start of the previous hour "
+                                             "(or where the last run stopped), so a whole hour is billed at once."),
 ):
-    """Feed simulated fleet usage and billing into Kafka."""
+    """Feed simulated fleet usage into Kafka, and its bill as a FOCUS export imported hour by hour."""
+    import json
+    import math
+
     from core.kafka import ensure_topics
+    from ingest.billing.synthetic import HourlyExport
     from ingest.producer import EventProducer
-    from ingest.simulator import Fleet, run
+    from ingest.simulator import Fleet, backfill_start, run
 
     s = get_settings()
     fleet = Fleet.build(seed=seed, hosts=hosts, interval_s=interval_s)
+    billing_dir = Path(billing_dir or Path(s.data_dir) / "billing")
+    # Where the last real-time run stopped (simulated and billed), so a restart neither simulates
+    # the same time twice nor leaves a gap in the bill.
+    state_file = billing_dir / f"simulator-{seed}-{hosts}.json"
+    state = json.loads(state_file.read_text()) if not fast and state_file.exists() else {}
+    now = time.time()
+    if fast:
+        first = start_ts if start_ts is not None else now - (duration_s or 0)
+        backfill_from = None
+    else:
+        backfill_from = backfill_start(now, state.get("simulated_upto")) if backfill else None
+        first = backfill_from if backfill_from is not None else now
+    bill_from = state.get("billed_upto") or (first if fast else math.floor(first / 3600) * 3600)
+    export = HourlyExport(fleet, billing_dir, bill_from) if billing else None
+
+    def remember(ts: float) -> None:
+        if not fast:
+            billing_dir.mkdir(parents=True, exist_ok=True)
+            state_file.write_text(json.dumps({"simulated_upto": ts,
+                                              "billed_upto": export.billed_upto if export else None}))
 
     async def main():
         await ensure_topics(s)
@@ -116,8 +146,12 @@ def simulate(
                           TimeElapsedColumn(), console=console, transient=False) as progress:
                 task = progress.add_task("events", total=total)
                 n = await run(producer, fleet, duration_s=duration_s, realtime=not fast, speed=speed,
-                              start_ts=start_ts, on_tick=lambda k: progress.advance(task, k))
+                              start_ts=start_ts, on_tick=lambda k: progress.advance(task, k), billing=export,
+                              backfill_from=backfill_from, on_progress=remember)
         console.print(f"sent {n} usage events from {fleet.gpus} GPUs on {len(fleet.hosts)} hosts")
+        if export is not None:
+            lines = sum(r.events_sent for r in export.reports)
+            console.print(f"billed {len(export.reports)} export(s), {lines} line item(s), in {billing_dir}")
 
     try:
         asyncio.run(main())

@@ -1,7 +1,10 @@
 """A fleet simulator (`gpucost simulate`): tenants running services on GPU hosts across clouds,
 regions and GPU models taken from the pricing catalog, with diurnal load, idle stretches and
 bursts. Deterministic for a given --seed and start time. Each host reports all its GPUs for one
-interval in one message, and each host's hourly billing line items are emitted as they close."""
+interval in one message. The fleet's bill is a FOCUS export (ingest/billing/synthetic.py) written
+and imported through the real importer as each hour closes (`HourlyExport`); in real time the
+simulator first back-fills from the start of the previous hour, so a first run has a whole billed
+hour to reconcile against its metered usage at once."""
 
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ import zlib
 from dataclasses import dataclass, field
 
 from core.pricing import default_catalog
-from contracts.events import BillingEvent, UsageEvent
+from contracts.events import UsageEvent
 
 TENANTS = {
     "acme": ["chat-api", "embeddings", "batch-summarize"],
@@ -40,7 +43,6 @@ class SimHost:
     idle_share: float          # chance that an hour is an idle stretch
     phase_h: float             # local-time offset of the diurnal peak
     model_version: str
-    billed_upto: float = 0.0   # end of the last billed hour
     rng: random.Random = field(default_factory=random.Random)
 
 
@@ -100,63 +102,70 @@ class Fleet:
                 ))
         return out
 
-    def billing_due(self, ts: float) -> list[BillingEvent]:
-        """Hourly line items for every host whose hour closed by ts."""
-        out = []
-        for h in self.hosts:
-            if h.billed_upto == 0.0:
-                h.billed_upto = math.floor(ts / 3600) * 3600
-            while h.billed_upto + 3600 <= ts:
-                start = h.billed_upto
-                out.append(BillingEvent(
-                    ts=ts, period_start=start, period_end=start + 3600, tenant=h.tenant, service=h.service,
-                    cloud=h.cloud, region=h.region, instance_type=h.instance_type, gpu_model=h.gpu_model,
-                    gpu_count=h.gpu_count, cost_usd=round(h.usd_h, 4), pricing=h.pricing,
-                    instance_id=h.host, source="simulator",
-                ))
-                h.billed_upto += 3600
-        return out
-
     @property
     def gpus(self) -> int:
         return sum(h.gpu_count for h in self.hosts)
 
 
+def backfill_start(now: float, simulated_upto: float | None = None) -> float:
+    """Where a real-time run starts simulating: the start of the previous hour, so that one whole
+    hour is billed at once, or where the last run stopped, if later (never the same time twice)."""
+    start = math.floor(now / 3600) * 3600 - 3600
+    return max(start, simulated_upto) if simulated_upto else start
+
+
 async def run(producer, fleet: Fleet, *, duration_s: float | None, realtime: bool, speed: float = 1.0,
-              start_ts: float | None = None, on_tick=None) -> int:
+              start_ts: float | None = None, on_tick=None, billing=None, backfill_from: float | None = None,
+              on_progress=None) -> int:
     """Produce the fleet's samples. realtime: one interval every interval_s/speed seconds, stamped
-    with the wall clock; else as fast as possible over [start_ts, start_ts + duration_s]."""
-    sent = 0
+    with the wall clock, after back-filling [backfill_from, now) as fast as possible if given; else
+    as fast as possible over [start_ts, start_ts + duration_s]. billing: an `HourlyExport` that
+    bills each hour as it closes. on_progress(ts): after each interval (the caller's state)."""
     if realtime:
+        sent = 0
+        if backfill_from is not None and backfill_from < time.time() - fleet.interval_s:
+            now = time.time()
+            steps = int((now - backfill_from) // fleet.interval_s)
+            sent = await run(producer, fleet, duration_s=steps * fleet.interval_s, realtime=False,
+                             start_ts=backfill_from, on_tick=on_tick, billing=billing, on_progress=on_progress)
         deadline = None if duration_s is None else time.monotonic() + duration_s
         while deadline is None or time.monotonic() < deadline:
             tick = time.monotonic()
             ts = time.time()
             events = fleet.sample(ts)
             await producer.send_usage(events)
-            await producer.send_billing(fleet.billing_due(ts))
+            if billing is not None:
+                await billing.due(ts, producer)
             sent += len(events)
             if on_tick:
                 on_tick(len(events))
+            if on_progress:
+                on_progress(ts)
             await asyncio.sleep(max(0.0, fleet.interval_s / speed - (time.monotonic() - tick)))
         return sent
     if duration_s is None:
         raise ValueError("as-fast-as-possible mode needs a duration of simulated time")
+    sent = 0
     ts = start_ts if start_ts is not None else time.time() - duration_s
     end = ts + duration_s
     pending = []
-    while ts < end:
+    while ts < end - 1e-6:
         ts += fleet.interval_s
         events = fleet.sample(ts)
         pending += await producer.send_usage(events, wait=False)
-        pending += await producer.send_billing(fleet.billing_due(ts), wait=False)
         sent += len(events)
         if on_tick:
             on_tick(len(events))
+        if billing is not None and math.floor(ts / 3600) * 3600 > billing.billed_upto:
+            await asyncio.gather(*pending)  # the hour's usage before its bill
+            pending.clear()
+            await billing.due(ts, producer)
         if len(pending) > 2000:
             await asyncio.gather(*pending)
             pending.clear()
     await asyncio.gather(*pending)
+    if on_progress:
+        on_progress(ts)
     return sent
 
 

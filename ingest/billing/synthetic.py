@@ -4,8 +4,13 @@ first run has a bill to reconcile against what the fleet's usage meters.
 Hourly usage lines per host (prorated where the span starts or ends inside an hour), at the
 catalog's on-demand price as `ListCost`; spot hosts bill at their spot price (`PricingCategory`
 Dynamic); an AWS savings plan covers a share of the on-demand AWS hosts (`Committed`, `BilledCost` 0, `EffectiveCost`
-the discounted rate) and is billed by an hourly `Purchase` line; a `Credit` line per day.
-`SkuPriceDetails` names the instance type and GPU count, `Tags` the tenant and service."""
+the discounted rate) and is billed by an hourly `Purchase` line; a `Credit` line per day (in every
+export that covers part of the day: the same line, so a re-import overwrites it).
+`SkuPriceDetails` names the instance type and GPU count, `Tags` the tenant and service.
+
+`HourlyExport` is how the simulator bills as it runs (`gpucost simulate`, and so `gpucost up`):
+each time an hour closes, a file with the hours closed since the last one, written to a folder
+and imported through the real importer onto `gpu.billing`, as a cloud's export arrives late."""
 
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ import random
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from core.pricing import default_catalog
 
@@ -43,7 +49,7 @@ def focus_rows(fleet, start_ts: float, end_ts: float, savings_plan_share: float 
     k = min(len(eligible), max(1, round(savings_plan_share * len(eligible)))) if eligible and savings_plan_share else 0
     covered = set(rng.sample(eligible, k))
     plan_id = "arn:aws:savingsplans::000000000001:savingsplan/sim-compute-sp"
-    hour = math.floor(start_ts / 3600) * 3600
+    hour = first_hour = math.floor(start_ts / 3600) * 3600
     while hour < end_ts:
         lo, hi = max(hour, start_ts), min(hour + 3600, end_ts)
         share = (hi - lo) / 3600.0
@@ -78,11 +84,12 @@ def focus_rows(fleet, start_ts: float, end_ts: float, savings_plan_share: float 
                 "ChargeCategory": "Purchase", "ChargeDescription": "Compute savings plan, hourly commitment",
                 "PricingCategory": "Committed", "CommitmentDiscountId": plan_id, "BilledCost": f"{committed_usd:.10f}",
                 "EffectiveCost": "0", "ListCost": "0", "ResourceId": plan_id, "ServiceName": "Savings Plans"}
-        if hour % 86400 == 0 and credit_usd_per_day:
+        if (hour % 86400 == 0 or hour == first_hour) and credit_usd_per_day:
+            day = hour - hour % 86400
             yield {c: "" for c in COLUMNS} | {
                 "BillingAccountId": ACCOUNT, "SubAccountId": ACCOUNT, "ProviderName": "AWS", "ServiceProviderName": "AWS",
-                "InvoiceIssuerName": "AWS", "BillingCurrency": "USD", "ChargePeriodStart": _iso(hour),
-                "ChargePeriodEnd": _iso(hour + 86400), "ChargeCategory": "Credit", "ChargeDescription": "Promotional credit",
+                "InvoiceIssuerName": "AWS", "BillingCurrency": "USD", "ChargePeriodStart": _iso(day),
+                "ChargePeriodEnd": _iso(day + 86400), "ChargeCategory": "Credit", "ChargeDescription": "Promotional credit",
                 "BilledCost": f"{-credit_usd_per_day:.2f}", "EffectiveCost": f"{-credit_usd_per_day:.2f}", "ListCost": "0",
                 "ServiceName": "Credits"}
         hour += 3600
@@ -100,3 +107,34 @@ def write_focus_export(path: str | Path, fleet, start_ts: float, end_ts: float, 
             w.writerow(row)
             n += 1
     return n
+
+
+class HourlyExport:
+    """The simulated fleet's bill as it runs: `due(ts)` writes the FOCUS lines of every hour closed
+    since the last call (from `start_ts`) to one file in `directory` and imports it through the
+    real importer (ingest/billing/importer.py) with `producer`, a fresh import each time, so a line
+    exported twice keeps its id and overwrites itself. The open hour is billed once it closes."""
+
+    def __init__(self, fleet, directory: str | Path, start_ts: float, **export_options: Any):
+        self.fleet = fleet
+        self.directory = Path(directory)
+        self.billed_upto = float(start_ts)
+        self.export_options = export_options
+        self.reports: list = []
+
+    async def due(self, ts: float, producer) -> Any:
+        """Bill the hours closed by `ts`; returns the import's report, or None when none closed."""
+        from ingest.billing.importer import Importer
+
+        closed = math.floor(ts / 3600) * 3600
+        if closed <= self.billed_upto:
+            return None
+        self.directory.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(self.billed_upto))
+        path = self.directory / f"focus-{stamp}-{time.strftime('%Y%m%dT%H%MZ', time.gmtime(closed))}.csv"
+        write_focus_export(path, self.fleet, self.billed_upto, closed, **self.export_options)
+        importer = Importer(producer=producer, keep_sent=producer is None)
+        await importer.import_file(path)
+        self.billed_upto = closed
+        self.reports.append(importer.report)
+        return importer.report

@@ -53,6 +53,7 @@ async def test_a_matched_synthetic_export_reconciles_with_metered_usage(tmp_path
     assert committed and all(e.cost_usd == pytest.approx(0.7 * e.list_cost_usd) and e.billed_cost_usd == 0
                              for e in committed)
     assert all(e.cost_usd < e.list_cost_usd and by_host[e.instance_id].pricing == "spot" for e in spot)
-    # The plan's hourly purchase bills exactly what the covered usage cost, and a credit per day.
+    # The plan's hourly purchase bills exactly what the covered usage cost, and a credit per day
+    # the export touches (two: it crosses midnight).
     assert imp.report.totals[("aws", "purchase")][1] == pytest.approx(sum(e.cost_usd for e in committed))
-    assert imp.report.totals[("aws", "credit")][:2] == [1, -25.0]
+    assert imp.report.totals[("aws", "credit")][:2] == [2, -50.0]

@@ -28,6 +28,7 @@ VIEWS = [
 async def main(out_dir: Path) -> None:
     from gpucost.cli import demo_setup
     from ingest.producer import EventProducer
+    from ingest.billing.synthetic import HourlyExport
     from ingest.simulator import Fleet
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -41,9 +42,10 @@ async def main(out_dir: Path) -> None:
             wait_for(lambda: all(r["published"] for r in stack.get("/api/rules")), 30, what="rules published")
             async with EventProducer(stack.settings) as producer:
                 now = time.time()
+                export = HourlyExport(fleet, Path(tmp) / "billing", now - 2400)
                 for i in range(40 * 6):  # 40 minutes up to now
                     await producer.send_usage(fleet.sample(now - 2400 + i * 10))
-                    await producer.send_billing(fleet.billing_due(now - 2400 + i * 10))
+                    await export.due(now - 2400 + i * 10, producer)
             wait_for(lambda: len(stack.get("/api/history", limit=50000)) > 1000, 120, what="history")
             hook = stack.get("/api/webhooks")[0]
             import httpx
