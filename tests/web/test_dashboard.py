@@ -104,3 +104,48 @@ async def test_without_a_key_the_dashboard_asks_for_one_instead_of_retrying(stac
         await third.goto(stack.url + "/")
         await third.wait_for_function("() => document.getElementById('conn').textContent === 'live'", timeout=30000)
         await browser.close()
+
+
+async def test_first_run_shows_billed_and_metered_bars_and_the_gap_explained(stack, tmp_path):
+    """What `gpucost simulate` does on a first run (back-fill from the start of the previous hour,
+    its FOCUS export imported as each hour closes), then the dashboard: both bars of the
+    billed-vs-metered chart have data for every tenant and day, and the breakdown table names the
+    savings plan's discount, with no console error."""
+    from ingest.billing.synthetic import HourlyExport
+    from ingest.simulator import backfill_start, run
+    from tests.web.browser import browser_page
+
+    stack.start_worker()
+    stack.start_api()
+    fleet = Fleet.build(seed=7, hosts=4, interval_s=60.0)
+    now = time.time()
+    start = backfill_start(now)
+    export = HourlyExport(fleet, tmp_path / "billing", start)
+    async with EventProducer(stack.settings) as producer:
+        await run(producer, fleet, duration_s=(now - start) // 60 * 60, realtime=False, start_ts=start, billing=export)
+    assert export.billed_upto == start + 3600 and export.reports[0].gpu_lines == len(fleet.hosts)
+    tenants = {h.tenant for h in fleet.hosts}
+    await async_wait_for(lambda: {r["tenant"] for r in stack.get("/api/reconciliation") if r["billed_usd"] > 0} == tenants,
+                         90, what="billed line items of every tenant")
+
+    async with browser_page() as (page, errors):
+        await page.goto(stack.url + "/" + f"?api_key={stack.admin_key}")
+        await page.wait_for_function(
+            "() => { const d = document.getElementById('chart-reconcile').data;"
+            " return d && d.length >= 2 && d[0].y.length > 0 && d[1].y.some((v) => v > 0); }", timeout=60000)
+        traces = await page.evaluate(
+            "document.getElementById('chart-reconcile').data.map((t) => ({name: t.name, x: t.x, y: t.y}))")
+        metered, billed = traces[0], traces[1]
+        assert metered["name"].startswith("metered") and billed["name"].startswith("billed")
+        assert {x.split(" ")[0] for x in metered["x"]} == tenants and metered["x"] == billed["x"]
+        # Every tenant's billed day has both bars; the newest rows also meter the open, unbilled hour.
+        days_billed = [i for i, v in enumerate(billed["y"]) if v > 0]
+        assert {metered["x"][i].split(" ")[0] for i in days_billed} == tenants
+        assert all(metered["y"][i] > 0 for i in days_billed)
+        head = await page.eval_on_selector_all("#reconcile-breakdown th", "ths => ths.map((t) => t.textContent)")
+        assert head[:5] == ["tenant", "day", "metered", "billed", "billed − metered"]
+        assert "commitment discount" in head and "awaiting the bill" in head
+        cells = await page.eval_on_selector_all("#reconcile-breakdown tbody tr", "trs => trs.length")
+        assert cells == len(metered["x"])
+        await page.locator("#reconcile-breakdown").locator("..").screenshot(path=str(tmp_path / "reconcile.png"))
+    assert errors == [], errors

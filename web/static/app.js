@@ -199,7 +199,7 @@
   for (const id of Object.keys(charts)) Plotly.newPlot(id, [], charts[id](), plotCfg);
   // An empty chart says why and what to do, instead of showing bare axes.
   const EMPTY = {
-    "chart-reconcile": "no billing line items yet: they arrive on gpu.billing from billing exports (the simulator sends hourly ones)",
+    "chart-reconcile": "no billing line items yet: they arrive on gpu.billing from billing exports (gpucost import billing; the simulator imports its own FOCUS export as each hour closes)",
     "chart-tokens": "no token counts for this view: services report tokens in their usage events",
     "chart-forecast": "no spend history for this view yet",
   };
@@ -533,6 +533,15 @@
   }
 
   // ---- billed vs metered ---------------------------------------------------------------------------
+  // Each part of the gap (billed - metered) as the API names it: the words in the UI are the
+  // words in the code (api/reconcile.py).
+  const GAP_PARTS = [
+    ["commitment_discount_usd", "commitment discount"], ["spot_discount_usd", "spot discount"],
+    ["negotiated_discount_usd", "negotiated discount"], ["credits_usd", "credits"],
+    ["tax_and_adjustments_usd", "tax and adjustments"], ["usage_without_bill_usd", "usage without a bill line"],
+    ["awaiting_bill_usd", "awaiting the bill"], ["bill_without_usage_usd", "bill lines without usage"],
+    ["partial_hours_usd", "partial hours"], ["unexplained_usd", "unexplained"],
+  ];
   async function loadReconciliation() {
     const res = await api("/api/reconciliation?days=7");
     if (!res.ok) return;
@@ -540,8 +549,21 @@
     const x = rows.map((r) => `${r.tenant} ${r.day.slice(5)}`);
     react("chart-reconcile", [
       { type: "bar", name: "metered (usage x catalog)", x, y: rows.map((r) => r.metered_usd), marker: { color: L.cssVar("--accent") } },
-      { type: "bar", name: "billed (line items)", x, y: rows.map((r) => r.billed_usd), marker: { color: L.cssVar("--warn") } },
+      { type: "bar", name: "billed (effective cost)", x, y: rows.map((r) => r.billed_usd), marker: { color: L.cssVar("--warn") } },
+      { type: "bar", name: "billed at list price", x, y: rows.map((r) => r.list_usd), marker: { color: L.cssVar("--muted") }, visible: "legendonly" },
     ]);
+    const box = document.getElementById("reconcile-breakdown");
+    if (!rows.length) { box.replaceChildren("the gap, explained: no days to reconcile yet"); return; }
+    // Only the parts that are not zero on some row, newest day first.
+    const parts = GAP_PARTS.filter(([k]) => rows.some((r) => Math.abs(r.breakdown[k]) >= 0.005));
+    const sorted = [...rows].sort((a, b) => (b.day > a.day) - (b.day < a.day) || a.tenant.localeCompare(b.tenant));
+    box.classList.remove("muted");
+    box.replaceChildren(
+      el("p", { className: "small muted" }, "The gap, explained: each part is what it adds to billed − metered, and they sum to it. " +
+        "Billed is the effective cost (commitments amortised); metered is usage at catalog prices."),
+      table(["tenant", "day", "metered", "billed", "billed − metered", ...parts.map(([, name]) => name)],
+        sorted.map((r) => [r.tenant, r.day, usd(r.metered_usd), usd(r.billed_usd), usd(r.difference_usd),
+          ...parts.map(([k]) => usd(r.breakdown[k]))]), { className: "reconcile" }));
   }
 
   // ---- budgets and quotas against current use ------------------------------------------------------
