@@ -47,6 +47,13 @@ def test_up_runs_the_stack_and_ctrl_c_stops_all_of_it(kafka_broker, tmp_path):
                                                   headers={"Authorization": f"Bearer {key}"}).json())["aggregates_received"] > 0 and s,
                          90, what="aggregates from the simulator")
         assert stats["keys_live"] > 0
+        # The first run bills: the simulator back-filled the previous hour and imported its FOCUS
+        # export of it, so billed and metered are both there for the tenants.
+        rows = wait_for(lambda: [r for r in httpx.get(f"http://127.0.0.1:{port}/api/reconciliation", timeout=5,
+                                                      headers={"Authorization": f"Bearer {key}"}).json()
+                                 if r["billed_usd"] > 0 and r["metered_usd"] > 0], 90, what="billed and metered cost")
+        assert all(r["breakdown"]["commitment_discount_usd"] <= 0 for r in rows)
+        assert list(Path(data_dir, "billing").glob("focus-*.csv"))
         assert len(processes_with(data_dir)) >= 4  # up, worker, api, simulator
     finally:
         proc.send_signal(signal.SIGINT)
