@@ -186,6 +186,8 @@ def reconciliation_instances(
 ) -> list[dict]:
     scoped = p.scope_tenant(tenant)
     day_start = int(dt.datetime(day.year, day.month, day.day, tzinfo=dt.timezone.utc).timestamp())
+    if day_start < 0:
+        raise HTTPException(400, f"day {day.isoformat()} is before 1970-01-01: times are stored as Unix seconds")
     if day_start > time.time():
         raise HTTPException(400, f"day {day.isoformat()} is in the future (UTC): nothing is metered or billed yet")
     r = Reconciled(request.app.state.settings, day_start, day_start + DAY, scoped)

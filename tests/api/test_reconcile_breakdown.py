@@ -172,6 +172,8 @@ def test_bad_days_are_refused_with_the_reason(client):
     assert r.status_code == 422 and "day" in str(r.json()["detail"])
     r = client.get("/api/reconciliation/instances", params={"day": "2999-01-01"})
     assert r.status_code == 400 and "in the future" in r.json()["detail"]
+    r = client.get("/api/reconciliation/instances", params={"day": "1636-06-30"})
+    assert r.status_code == 400 and "before 1970" in r.json()["detail"]
     assert client.get("/api/reconciliation/instances").status_code == 422
     assert client.get("/api/reconciliation", params={"days": 0}).status_code == 422
 
