@@ -9,7 +9,11 @@ Every figure below is a signed contribution to `billed - metered`, and they sum 
 
 - `commitment_discount_usd`, `spot_discount_usd`, `negotiated_discount_usd`: `-(list - effective)`
   of usage lines priced reserved, spot and on demand (a line without a list cost shows none).
-- `credits_usd`: credit lines; `tax_and_adjustments_usd`: tax, adjustment and purchase lines.
+- `credits_usd`: credit lines; `tax_and_adjustments_usd`: tax, adjustment and purchase lines. These
+  charges bill no GPU time and match no metered slot: each is spread over the UTC days its charge
+  period covers, by time (a credit for one day lands whole on that day), on its own key (the GPU
+  model of the instance it names, else "none"; an account-wide charge with no tenant is on the
+  tenant its account maps to, else "unassigned").
 - `usage_without_bill_usd`: `-metered` of slots no usage line covers, before the newest billed
   period end (`billed_through`); `awaiting_bill_usd`: the same after it (the bill is not in yet).
 - `bill_without_usage_usd`: `+list` of usage lines whose slots have no metered usage at all.
@@ -143,8 +147,10 @@ def explain(slots: Iterable[MeteredSlot], lines: Iterable[Line], billed_through:
     matched: list[bool] = []
     for line in lines:
         group = (line.tenant, line.service, line.region, line.gpu_model)
-        slot_s = slot_s_for_day(line.period_start - line.period_start % DAY)
         usage = line.charge_category == "usage"
+        # A charge (credit, tax, ...) matches no metered slot: spread over days, so that one for a
+        # day lands on it whole (a share of exactly 1).
+        slot_s = slot_s_for_day(line.period_start - line.period_start % DAY) if usage else DAY
         if usage:
             index = len(usage_lines)
             usage_lines.append(line)

@@ -10,7 +10,8 @@ import time
 from functools import lru_cache
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticKnownError
 
 SCHEMA_VERSION = 1
 
@@ -80,16 +81,42 @@ class UsageEvent(_Event):
         return f"{self.host}/{self.gpu_index}"
 
 
-class BillingEvent(_Event):
-    """A priced line item from a billing export. Kafka key: "{cloud}/{instance_id}"."""
+#: What a billing line charges for (FOCUS ChargeCategory). Only `usage` lines are GPU time.
+ChargeCategory = Literal["usage", "credit", "tax", "adjustment", "purchase"]
+#: The `gpu_model` / `instance_type` of a charge that names no GPU instance (an account's credit).
+NO_GPU = "none"
 
+
+class BillingEvent(_Event):
+    """A priced line item from a billing export. Kafka key: "{cloud}/{instance_id}".
+
+    A `usage` line (the default) is GPU instance time: `gpu_count` >= 1 and `cost_usd` >= 0. Any
+    other `charge_category` is a charge beside the usage (a credit, tax, an adjustment): it bills
+    no GPU time, so `gpu_count` may be 0 and `gpu_model` / `instance_type` `"none"` (`NO_GPU`)
+    where it names no GPU instance, and `cost_usd` may be negative (a credit)."""
+
+    # Declared first: the cost and GPU count checks below read it.
+    charge_category: ChargeCategory = "usage"
     instance_id: Name
     period_start: EpochSeconds
     period_end: EpochSeconds
-    gpu_count: Annotated[int, Field(ge=1, le=1024)]
-    cost_usd: NonNegative
+    gpu_count: Annotated[int, Field(ge=0, le=1024, description="GPUs billed; at least 1 on a usage line, "
+                                                              "0 on a charge that bills no GPU time")]
+    cost_usd: float = Field(description="effective cost in USD (commitments amortised): at least 0 on a usage "
+                                        "line, either sign on a credit, tax, adjustment or purchase line")
     pricing: Literal["on_demand", "spot", "reserved"]
     source: Name
+
+    @field_validator("gpu_count", "cost_usd")
+    @classmethod
+    def _usage_bounds(cls, value, info: ValidationInfo):
+        # A usage line keeps the bounds (and the very errors) of `gpu_count >= 1`, `cost_usd >= 0`.
+        # A charge_category that failed its own check counts as usage: strictest.
+        if info.data.get("charge_category", "usage") == "usage":
+            floor = 1 if info.field_name == "gpu_count" else 0
+            if value < floor:
+                raise PydanticKnownError("greater_than_equal", {"ge": floor})
+        return value
 
     def _check_fields(self) -> None:
         if self.period_end <= self.period_start:

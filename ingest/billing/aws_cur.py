@@ -47,6 +47,10 @@ def parse(row: Mapping[str, Any]) -> BillLine:
     elif kind.lower() == "discountedusage":
         effective = money(row, "reservation_effective_cost")
         pricing = "reserved"
+    elif kind.lower() == "savingsplannegation":
+        # It cancels the covered line's on-demand (unblended) cost, which the covered line's
+        # effective cost never held: nothing in effective (amortised) terms.
+        effective, pricing = 0.0, "reserved"
     else:
         effective = unblended
         term = text(row, "pricing_term").lower()

@@ -1,11 +1,19 @@
 """Import billing export files: read rows (streaming), parse them with their format, send GPU
-instance usage lines as `BillingEvent`s to `gpu.billing`, and report the rest.
+instance usage lines and the credit, tax and adjustment lines beside them as `BillingEvent`s to
+`gpu.billing`, and report the rest.
 
 - A GPU line is a usage line whose instance type is a GPU instance of the pricing catalog (an
   unlisted size of a listed AWS or GCP family counts too). Its `cost_usd` is the line's effective
   cost (commitments amortised); billed and list cost travel beside it as extra fields.
-- Every other line (non-GPU usage, purchases, tax, credits, adjustments, GPU lines with a negative
-  cost) is counted and summed per provider, account and charge category, never metered.
+- A charge line is a credit, tax or adjustment line (`CHARGES_SENT`), of any service: sent with its
+  `charge_category`, its effective cost (a credit is negative), `gpu_count` 0, and the GPU model of
+  its instance where it names a GPU instance, else "none". Its tenant comes from its tags, else the
+  mapping's account rule, else the default tenant ("unassigned"): an account-wide credit lands on
+  the tenant its account maps to. Purchase lines are not sent: a commitment's purchase is already
+  spread into the EffectiveCost of the usage it covers, so counting it again would count it twice.
+- Every other line (non-GPU usage, purchases, GPU lines with a negative cost) is counted and summed
+  per provider, account and charge category, never sent; `not_metered` sums every line that is not
+  a GPU usage line (charge lines included: they are billed, never metered).
 - Idempotent: an event's `source` is "<format>:<line id>" where the line id hashes the columns that
   name the line in its export (never its cost), so re-importing a file, or a later export that
   revises a line, overwrites the same `cost.billed` key and database row instead of adding one. The
@@ -25,12 +33,14 @@ from types import ModuleType
 
 from pydantic import ValidationError
 
-from contracts.events import BillingEvent, describe_error
+from contracts.events import NO_GPU, BillingEvent, describe_error
 from ingest.billing import aws_cur, azure, focus, gcp
 from ingest.billing.lines import BillLine, GpuIndex, RowError
 from ingest.billing.readers import ReadError, RowSource
 from ingest.mapping import SourceMapping
 
+#: Charge categories sent beside the GPU usage lines (purchases are not: see the module's doc).
+CHARGES_SENT = ("credit", "tax", "adjustment")
 FORMATS: dict[str, ModuleType] = {m.NAME: m for m in (focus, aws_cur, gcp, azure)}
 MAX_ERRORS_KEPT = 100
 SEND_CHUNK = 500          # events per producer call
@@ -46,6 +56,7 @@ class ImportReport:
     files: dict[str, str] = field(default_factory=dict)  # file -> format
     rows: int = 0
     gpu_lines: int = 0
+    charge_lines: int = 0      # credit, tax and adjustment lines sent
     events_sent: int = 0
     other_lines: int = 0
     rows_rejected: int = 0
@@ -68,7 +79,8 @@ class ImportReport:
 
     def to_dict(self) -> dict:
         return {
-            "files": self.files, "rows": self.rows, "gpu_lines": self.gpu_lines, "events_sent": self.events_sent,
+            "files": self.files, "rows": self.rows, "gpu_lines": self.gpu_lines,
+            "charge_lines": self.charge_lines, "events_sent": self.events_sent,
             "other_lines": self.other_lines, "rows_rejected": self.rows_rejected,
             "repeated_identities": self.repeated_identities,
             "gpu_billed_usd": self.gpu_billed_usd, "gpu_effective_usd": self.gpu_effective_usd,
@@ -173,7 +185,8 @@ class Importer:
                 self.on_progress(source)
 
     def _take(self, line: BillLine, fmt: str) -> str | None:
-        """Count the line; queue a BillingEvent for a GPU usage line. Returns a problem, if any."""
+        """Count the line; queue a BillingEvent for a GPU usage line or a charge line (credit, tax,
+        adjustment). Returns a problem, if any."""
         report = self.report
         rate = 1.0 if line.currency.upper() == "USD" else self.usd_rate
         billed, effective = line.billed * rate, line.effective * rate
@@ -184,14 +197,17 @@ class Importer:
         if line.charge_category == "credit":
             report.credits_usd += billed
         report.credits_usd += line.credits * rate
+        usage = line.charge_category == "usage"
+        charge = line.charge_category in CHARGES_SENT
         gpu = self.gpus.lookup(line.provider, line.instance_type, line.gpu_count) \
-            if line.charge_category == "usage" else None
-        if gpu is None or effective < 0:
-            report.other_lines += 1
+            if (usage or charge) and line.instance_type else None
+        if not usage or gpu is None or effective < 0:
             bucket = report.not_metered.setdefault((line.provider, line.account, line.charge_category), [0, 0.0])
             bucket[0] += 1
             bucket[1] += billed
-            return None
+            if not charge:
+                report.other_lines += 1
+                return None
         line_id = line.line_id()
         seen = self._occurrences.get(line_id, 0)
         self._occurrences[line_id] = seen + 1
@@ -201,25 +217,34 @@ class Importer:
         tenant = self.mapping.billing.tenant_for(line.tags, line.account, line.billing_account)
         service = self.mapping.billing.service_for(line.tags)
         extras = {"line_id": line_id, "billed_cost_usd": billed, "effective_cost_usd": effective,
-                  "charge_category": line.charge_category, "account": _name(line.account) or "unknown",
-                  "service_name": line.service_name[:200]}
+                  "account": _name(line.account) or "unknown", "service_name": line.service_name[:200]}
         if line.list is not None:
             extras["list_cost_usd"] = line.list * rate
-        if not gpu.exact:
+        if usage and not gpu.exact:
             extras["gpu_count_assumed"] = line.gpu_count is None
+        if usage:
+            instance_type, gpu_model, gpu_count = _name(line.instance_type), gpu.gpu_model, gpu.gpu_count
+            instance_id = _name(line.resource_id) or _name(f"{line.account}/{line.instance_type}")
+        else:  # a charge: no GPU time; the GPU model of the instance it names, if any
+            instance_type = _name(line.instance_type) or NO_GPU
+            gpu_model, gpu_count = (gpu.gpu_model if gpu is not None else NO_GPU), 0
+            instance_id = _name(line.resource_id) or _name(f"{line.account or 'account'}/{line.charge_category}")
         try:
             event = BillingEvent(
                 ts=line.period_start, tenant=_name(tenant) or "unassigned", service=_name(service) or "unassigned",
-                cloud=line.provider, region=_name(line.region) or "global", instance_type=_name(line.instance_type),
-                gpu_model=gpu.gpu_model, instance_id=_name(line.resource_id) or _name(f"{line.account}/{line.instance_type}"),
-                period_start=line.period_start, period_end=line.period_end, gpu_count=gpu.gpu_count,
+                cloud=line.provider, region=_name(line.region) or "global", instance_type=instance_type,
+                gpu_model=gpu_model, instance_id=instance_id, charge_category=line.charge_category,
+                period_start=line.period_start, period_end=line.period_end, gpu_count=gpu_count,
                 cost_usd=effective, pricing=line.pricing, source=f"{fmt}:{line_id}", **extras)
         except ValidationError as exc:
             return f"breaks the billing event contract: {describe_error(exc)}"
-        report.gpu_lines += 1
-        report.gpu_billed_usd += billed
-        report.gpu_effective_usd += effective
-        report.gpu_list_usd += (line.list * rate) if line.list is not None else 0.0
+        if usage:
+            report.gpu_lines += 1
+            report.gpu_billed_usd += billed
+            report.gpu_effective_usd += effective
+            report.gpu_list_usd += (line.list * rate) if line.list is not None else 0.0
+        else:
+            report.charge_lines += 1
         self._pending.append(event)
         return None
 

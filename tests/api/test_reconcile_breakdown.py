@@ -90,6 +90,30 @@ def test_a_line_is_spread_over_the_hours_it_covers_and_a_day_line_over_the_days_
     assert e.parts["unexplained_usd"] == pytest.approx(0.0, abs=1e-9)
 
 
+def test_a_charge_lands_on_the_days_it_covers_and_an_unassigned_one_on_its_own_row():
+    # A credit for one day lands on that day whole (exactly, whatever the metering's slots); tax for
+    # a day and a half is spread by time; an account-wide credit of no tenant is "unassigned"'s.
+    NONE = ("acme", "unassigned", "global", "none")
+    slots = [slot(CHAT, h, 55.04, 8 * 3600) for h in range(2)]
+    lines = [line(CHAT, h, 55.04, 55.04) for h in range(2)]
+    lines += [line(NONE, 0, -25.0, category="credit", gpus=0, instance="credit", hours=24),
+              line(NONE, 12, 6.0, category="tax", gpus=0, instance="tax", hours=36),
+              line(("unassigned", "unassigned", "global", "none"), 0, -7.0, 0.0, category="credit", gpus=0,
+                   instance="acct", hours=24)]
+    for slot_s in (HOUR, DAY):
+        explained = explain(slots, lines, billed_through=D + 2 * HOUR, slot_s_for_day=lambda d: slot_s)
+        days = by_tenant_day(explained)
+        acme, next_day, unassigned = days[("acme", D)], days[("acme", D + DAY)], days[("unassigned", D)]
+        assert acme.parts["credits_usd"] == -25.0 and acme.parts["tax_and_adjustments_usd"] == 2.0
+        assert next_day.parts["tax_and_adjustments_usd"] == 4.0 and next_day.metered_usd == 0.0
+        assert acme.billed_usd == pytest.approx(2 * 55.04 - 25.0 + 2.0, abs=1e-12)
+        assert acme.list_usd == 2 * 55.04 and acme.parts["unexplained_usd"] == 0.0
+        assert (unassigned.metered_usd, unassigned.billed_usd, unassigned.parts["credits_usd"]) == (0.0, -7.0, -7.0)
+        assert explained[(NONE, D)].instances == {}  # a charge is no instance's GPU time
+        for e in [*days.values(), *explained.values()]:
+            assert sum(e.parts.values()) == pytest.approx(e.difference_usd, abs=1e-12)
+
+
 # -- the route, on a database of each backend --------------------------------------------------------------
 
 @pytest.fixture

@@ -30,6 +30,10 @@ async def run(*paths, fmt="auto", usd_rate=None, mapping=MAPPING) -> Importer:
     return imp
 
 
+def usage_sent(imp: Importer) -> list:
+    return [e for e in imp.sent if e.charge_category == "usage"]
+
+
 def focus_rows() -> list[dict]:
     with gzip.open(FOCUS_SAMPLE, "rt", encoding="utf-8-sig", newline="") as f:
         return list(csv.DictReader(f))
@@ -54,13 +58,21 @@ async def test_the_focus_sample_imports_completely_with_the_files_own_totals():
         assert billed == pytest.approx(want[key][1], rel=1e-12)
     # Its GPU instances: the g5.4xlarge hours (an A10G size the catalog does not list: its family is).
     g5 = [row for row in focus_rows() if "g5.4xlarge" in row["ChargeDescription"]]
-    assert r.gpu_lines == len(imp.sent) == len(g5) == 8
-    assert {(e.instance_type, e.gpu_model, e.gpu_count, e.cloud, e.region) for e in imp.sent} == \
+    sent = usage_sent(imp)
+    assert r.gpu_lines == len(sent) == len(g5) == 8
+    assert {(e.instance_type, e.gpu_model, e.gpu_count, e.cloud, e.region) for e in sent} == \
         {("g5.4xlarge", "A10G", 1, "aws", "us-east-1")}
-    assert sorted(e.billed_cost_usd for e in imp.sent) == sorted(float(x["BilledCost"]) for x in g5)
-    assert sorted(e.cost_usd for e in imp.sent) == sorted(float(x["EffectiveCost"]) for x in g5)
-    assert r.other_lines == 992 and r.credits_usd == pytest.approx(-2.6137)
-    by_instance = {e.instance_id: e for e in imp.sent}
+    assert sorted(e.billed_cost_usd for e in sent) == sorted(float(x["BilledCost"]) for x in g5)
+    assert sorted(e.cost_usd for e in sent) == sorted(float(x["EffectiveCost"]) for x in g5)
+    # Its credit and adjustment lines are sent beside them, at their effective cost; the rest is
+    # reported only.
+    charges = [row for row in focus_rows() if row["ChargeCategory"] in ("Credit", "Tax", "Adjustment")]
+    assert r.charge_lines == len(imp.sent) - len(sent) == len(charges) == 3
+    assert sorted((e.charge_category, e.cost_usd, e.billed_cost_usd, e.gpu_count) for e in imp.sent if e not in sent) \
+        == sorted((x["ChargeCategory"].lower(), float(x["EffectiveCost"]), float(x["BilledCost"]), 0) for x in charges)
+    assert r.events_sent == len(g5) + len(charges)
+    assert r.other_lines == 1000 - len(g5) - len(charges) and r.credits_usd == pytest.approx(-2.6137)
+    by_instance = {e.instance_id: e for e in sent}
     tagged = next(x for x in g5 if x["Tags"] not in ("", "NULL"))
     assert by_instance[tagged["ResourceId"]].tenant in tagged["Tags"]  # business_unit tag -> tenant
 
@@ -117,20 +129,27 @@ async def test_aws_cur2_gpu_lines_use_effective_cost_and_the_negation_is_not_met
     r = imp.report
     assert (r.rows, r.rows_rejected, r.files["aws_cur2.csv"]) == (10, 0, "aws-cur2")
     got = sorted((e.tenant, e.service, e.instance_id, e.instance_type, e.gpu_model, e.gpu_count, e.pricing,
-                  e.cost_usd, e.region) for e in imp.sent)
+                  e.cost_usd, e.region) for e in usage_sent(imp))
     assert got == [
         ("research", "trainer", "i-0a1b2c3d4e5f60001", "p5.48xlarge", "H100-80GB", 8, "on_demand", 55.04, "us-east-1"),
         ("research", "trainer", "i-0a1b2c3d4e5f60001", "p5.48xlarge", "H100-80GB", 8, "on_demand", 55.04, "us-east-1"),
         ("serving", "embedder", "i-0c3d4e5f6a7b80003", "g6e.12xlarge", "L40S", 4, "spot", 4.1327, "us-east-1"),
         ("serving", "llm-api", "i-0f9e8d7c6b5a40002", "p5.48xlarge", "H100-80GB", 8, "reserved", 38.528, "us-east-1"),
     ]
-    covered = next(e for e in imp.sent if e.pricing == "reserved")
+    covered = next(e for e in usage_sent(imp) if e.pricing == "reserved")
     assert (covered.billed_cost_usd, covered.list_cost_usd) == (55.04, 55.04)
     # The identity is CUR's own line item id and interval.
-    assert len({e.source for e in imp.sent}) == 4
-    assert r.totals[("aws", "adjustment")][:2] == [1, -55.04]
+    assert len({e.source for e in imp.sent}) == 7
+    assert r.totals[("aws", "adjustment")] == [1, -55.04, 0.0]
     assert r.totals[("aws", "purchase")][:2] == [1, 38.528]
-    assert r.credits_usd == -10.0 and r.other_lines == 6
+    # Tax, credit and the negation are sent as charges: the negation cancels the covered line's
+    # on-demand cost, which its effective cost never held, so it is 0 there (invoiced -55.04);
+    # the savings plan's fee (a purchase), the m5 and the S3 lines are reported only.
+    charges = sorted((e.charge_category, e.cost_usd, e.billed_cost_usd, e.tenant, e.gpu_model, e.gpu_count)
+                     for e in imp.sent if e.charge_category != "usage")
+    assert charges == [("adjustment", 0.0, -55.04, "serving", "H100-80GB", 0),
+                       ("credit", -10.0, -10.0, "unassigned", "none", 0), ("tax", 5.5, 5.5, "unassigned", "none", 0)]
+    assert r.credits_usd == -10.0 and (r.gpu_lines, r.charge_lines, r.other_lines) == (4, 3, 3)
 
 
 async def test_gcp_export_as_json_lines_and_as_csv():
@@ -138,7 +157,7 @@ async def test_gcp_export_as_json_lines_and_as_csv():
     assert imp.report.files == {"gcp_billing.jsonl": "gcp", "gcp_billing.csv": "gcp"}
     assert imp.report.rows_rejected == 0
     got = sorted((e.tenant, e.service, e.instance_type, e.gpu_model, e.gpu_count, e.pricing,
-                  round(e.cost_usd, 6), e.region) for e in imp.sent)
+                  round(e.cost_usd, 6), e.region) for e in usage_sent(imp))
     assert got == [
         ("research", "finetune", "a2-highgpu-1g", "A100-40GB", 1, "on_demand", 2.9339, "us-central1"),
         ("research", "trainer", "a3-highgpu-8g", "H100-80GB", 8, "on_demand", 10.4, "us-east4"),
@@ -147,6 +166,8 @@ async def test_gcp_export_as_json_lines_and_as_csv():
     ]
     assert imp.report.credits_usd == pytest.approx(-24.55)
     assert imp.report.totals[("gcp", "tax")][:2] == [1, 3.1]
+    assert [(e.charge_category, e.cost_usd, e.region) for e in imp.sent if e.charge_category != "usage"] \
+        == [("tax", 3.1, "global")]
     # Both lines of the same instance and hour (GPU SKU and cores) are kept: distinct identities.
     a3 = [e for e in imp.sent if e.instance_type == "a3-highgpu-8g"]
     assert a3[0].kafka_key == a3[1].kafka_key and a3[0].source != a3[1].source
@@ -156,7 +177,7 @@ async def test_azure_cost_details_by_vm_size_with_ea_style_tags():
     imp = await run(DATA / "azure_cost_details.csv")
     assert imp.report.rows_rejected == 0
     got = sorted((e.tenant, e.service, e.instance_type, e.gpu_model, e.gpu_count, e.pricing, e.cost_usd,
-                  e.region, e.period_end - e.period_start) for e in imp.sent)
+                  e.region, e.period_end - e.period_start) for e in usage_sent(imp))
     assert got == [
         ("research", "trainer", "Standard_ND96isr_H100_v5", "H100-80GB", 8, "on_demand", 2359.68, "eastus", 86400),
         ("serving", "batch-embed", "Standard_ND96amsr_A100_v4", "A100-80GB", 8, "spot", 157.32, "eastus2", 86400),
@@ -258,3 +279,52 @@ async def test_a_cur2_parquet_export_with_a_map_of_tags_imports_like_its_csv(tmp
     assert from_parquet.report.rows_rejected == 0 and from_parquet.report.files["cur.parquet"] == "aws-cur2"
     assert [(e.source, e.tenant, e.service, e.cost_usd, e.period_start) for e in from_parquet.sent] == \
         [(e.source, e.tenant, e.service, e.cost_usd, e.period_start) for e in from_csv.sent]
+
+
+async def test_credit_and_tax_lines_are_sent_as_charges_with_their_tenant_and_resent_under_the_same_identity(tmp_path):
+    from ingest.billing.synthetic import COLUMNS
+
+    day = "2024-09-18T00:00:00Z"
+    common = {"BillingAccountId": "payer-1", "ProviderName": "AWS", "BillingCurrency": "USD", "RegionId": "us-east-1",
+              "ChargePeriodStart": day, "ChargePeriodEnd": "2024-09-19T00:00:00Z"}
+    rows = [
+        {"SubAccountId": "acct-1", "ChargeCategory": "Usage", "ChargePeriodEnd": "2024-09-18T01:00:00Z",
+         "ResourceId": "i-1", "PricingCategory": "Standard", "BilledCost": "98.32", "EffectiveCost": "98.32",
+         "ListCost": "98.32", "SkuPriceDetails": json.dumps({"InstanceType": "p5.48xlarge", "GpuCount": 8}),
+         "Tags": json.dumps({"team": "serving", "service": "chat"})},
+        # Account-wide: no tags, so the mapping's account rule names the tenant, else the default.
+        {"SubAccountId": "research-training-4821", "ChargeCategory": "Credit", "BilledCost": "-25",
+         "EffectiveCost": "-25", "ChargeDescription": "Promotional credit"},
+        {"SubAccountId": "acct-2", "ChargeCategory": "Tax", "BilledCost": "4.2", "EffectiveCost": "4.2",
+         "RegionId": ""},
+        {"SubAccountId": "acct-1", "ChargeCategory": "Purchase", "BilledCost": "30", "EffectiveCost": "0",
+         "ChargeDescription": "Compute savings plan, hourly commitment"},  # spread into EffectiveCost already
+        {"SubAccountId": "acct-1", "ChargeCategory": "Usage", "ResourceId": "i-2", "BilledCost": "0.096",
+         "EffectiveCost": "0.096", "SkuPriceDetails": json.dumps({"InstanceType": "m5.large"})},  # no GPU
+    ]
+    path = tmp_path / "focus.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS)
+        w.writeheader()
+        w.writerows({c: "" for c in COLUMNS} | common | r for r in rows)
+
+    first, again = await run(path), await run(path)
+    got = [(e.charge_category, e.tenant, e.service, e.cost_usd, e.billed_cost_usd, e.gpu_model, e.gpu_count,
+            e.instance_type, e.instance_id, e.region, e.period_end - e.period_start) for e in first.sent]
+    assert got == [
+        ("usage", "serving", "chat", 98.32, 98.32, "H100-80GB", 8, "p5.48xlarge", "i-1", "us-east-1", 3600),
+        ("credit", "research", "unassigned", -25.0, -25.0, "none", 0, "none", "research-training-4821/credit",
+         "us-east-1", 86400),
+        ("tax", "unassigned", "unassigned", 4.2, 4.2, "none", 0, "none", "acct-2/tax", "global", 86400),
+    ]
+    r = first.report
+    assert (r.rows, r.gpu_lines, r.charge_lines, r.events_sent, r.other_lines, r.rows_rejected) == (5, 1, 2, 3, 2, 0)
+    assert r.credits_usd == -25.0 and r.not_metered[("aws", "acct-1", "purchase")] == [1, 30.0]
+    # Re-imported: the same events under the same Kafka keys and sources (so the same rows).
+    assert [(e.kafka_key, e.source, e.cost_usd) for e in again.sent] == \
+        [(e.kafka_key, e.source, e.cost_usd) for e in first.sent]
+    assert len({e.source for e in first.sent}) == 3
+    # What the worker forwards and the API stores: the category travels in the JSON.
+    from contracts.events import decode_billing, encode_batch
+    decoded, rejects = decode_billing(encode_batch(first.sent))
+    assert rejects == [] and [e.charge_category for e in decoded] == ["usage", "credit", "tax"]

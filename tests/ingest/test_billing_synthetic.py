@@ -38,8 +38,9 @@ async def test_a_matched_synthetic_export_reconciles_with_metered_usage(tmp_path
     imp = Importer()
     await imp.import_file(path)
     assert imp.report.rows == rows and imp.report.rows_rejected == 0
+    usage = [e for e in imp.sent if e.charge_category == "usage"]
     listed, effective = defaultdict(float), defaultdict(float)
-    for e in imp.sent:
+    for e in usage:
         listed[(e.tenant, int(e.period_start // DAY))] += e.list_cost_usd
         effective[(e.tenant, int(e.period_start // DAY))] += e.cost_usd
     assert set(listed) == set(metered) and len({d for _, d in metered}) == 2
@@ -48,8 +49,8 @@ async def test_a_matched_synthetic_export_reconciles_with_metered_usage(tmp_path
 
     # The gap, explained: hosts under the plan at 70 % of list, spot hosts at their spot price.
     by_host = {h.host: h for h in fleet.hosts}
-    committed = [e for e in imp.sent if e.pricing == "reserved"]
-    spot = [e for e in imp.sent if e.pricing == "spot"]
+    committed = [e for e in usage if e.pricing == "reserved"]
+    spot = [e for e in usage if e.pricing == "spot"]
     assert committed and all(e.cost_usd == pytest.approx(0.7 * e.list_cost_usd) and e.billed_cost_usd == 0
                              for e in committed)
     assert all(e.cost_usd < e.list_cost_usd and by_host[e.instance_id].pricing == "spot" for e in spot)
@@ -57,3 +58,7 @@ async def test_a_matched_synthetic_export_reconciles_with_metered_usage(tmp_path
     # the export touches (two: it crosses midnight).
     assert imp.report.totals[("aws", "purchase")][1] == pytest.approx(sum(e.cost_usd for e in committed))
     assert imp.report.totals[("aws", "credit")][:2] == [2, -50.0]
+    # The credits are sent, one a day, account-wide: no tenant tag, so the default tenant's; the
+    # purchase is not (it is in the covered lines' effective cost already).
+    assert sorted((e.charge_category, e.tenant, e.cost_usd, int(e.period_start // DAY)) for e in imp.sent
+                  if e not in usage) == [("credit", "unassigned", -25.0, d) for d in sorted({d for _, d in metered})]

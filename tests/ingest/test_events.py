@@ -70,3 +70,30 @@ def test_billing_period_must_be_ordered_and_cost_non_negative():
     assert "period_end" in decode_billing(json.dumps({**base, "period_end": now - 7200}).encode())[1][0].reason
     assert decode_billing(json.dumps({**base, "cost_usd": -1}).encode())[1]
     assert decode_billing(json.dumps({**base, "pricing": "free"}).encode())[1]
+
+
+def test_a_charge_line_may_be_negative_and_bill_no_gpu_but_a_usage_line_may_not():
+    now = time.time()
+    usage = dict(ts=now, period_start=now - 3600, period_end=now, tenant="a", service="s", cloud="aws",
+                 region="r", instance_type="p5.48xlarge", gpu_model="H100-80GB", gpu_count=8, cost_usd=55.04,
+                 pricing="on_demand", source="cur", instance_id="i-1")
+    assert BillingEvent(**usage).charge_category == "usage"  # the default
+    credit = {**usage, "charge_category": "credit", "cost_usd": -25.0, "gpu_count": 0, "gpu_model": "none",
+              "instance_type": "none"}
+    events, rejects = decode_billing(json.dumps(credit).encode())
+    assert rejects == [] and (events[0].charge_category, events[0].cost_usd, events[0].gpu_count) == ("credit", -25.0, 0)
+    assert decode_billing(encode(events[0]))[0] == events  # round trip
+    for category in ("tax", "adjustment", "purchase"):
+        assert decode_billing(json.dumps({**credit, "charge_category": category}).encode())[1] == []
+    # A usage line keeps its bounds, with the same reasons as before charges existed.
+    for bad, reason in (({"cost_usd": -1}, "cost_usd: Input should be greater than or equal to 0"),
+                        ({"gpu_count": 0}, "gpu_count: Input should be greater than or equal to 1"),
+                        ({"charge_category": "usage", "cost_usd": -25.0}, "cost_usd: Input should be greater than or equal to 0")):
+        rejects = decode_billing(json.dumps({**usage, **bad}).encode())[1]
+        assert [r.reason for r in rejects] == [f"invalid billing event: {reason}"]
+    # An unknown category is refused, and its line held to the usage bounds; a charge's count is >= 0
+    # and its cost finite.
+    rejects = decode_billing(json.dumps({**credit, "charge_category": "refund"}).encode())[1]
+    assert "charge_category" in rejects[0].reason and "cost_usd" in rejects[0].reason
+    assert "gpu_count" in decode_billing(json.dumps({**credit, "gpu_count": -1}).encode())[1][0].reason
+    assert "cost_usd" in decode_billing(json.dumps({**credit, "cost_usd": "-25"}).encode())[1][0].reason

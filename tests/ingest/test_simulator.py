@@ -76,6 +76,10 @@ async def test_a_real_time_run_backfills_from_the_previous_hour_and_bills_it(tmp
     export = HourlyExport(fleet, tmp_path, start)
     n = await run(producer, fleet, duration_s=5400, realtime=False, start_ts=start, billing=export)
     assert n == len(producer.usage) == 90 * fleet.gpus
-    # The previous hour, whole, is billed: one line per host, and nothing of the open hour.
-    assert sorted((b.instance_id, b.period_start, b.period_end) for b in producer.billing) == sorted(
-        (h.host, start, start + 3600) for h in fleet.hosts)
+    # The previous hour, whole, is billed: one line per host, and nothing of the open hour; beside
+    # them the day's account-wide credit.
+    assert sorted((b.instance_id, b.period_start, b.period_end) for b in producer.billing
+                  if b.charge_category == "usage") == sorted((h.host, start, start + 3600) for h in fleet.hosts)
+    day = start - start % 86400
+    assert [(b.charge_category, b.cost_usd, b.period_start, b.period_end) for b in producer.billing
+            if b.charge_category != "usage"] == [("credit", -25.0, day, day + 86400)]
