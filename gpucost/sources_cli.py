@@ -89,8 +89,9 @@ def register(app: typer.Typer) -> None:
                 usd_rate: float = typer.Option(None, help="USD per unit of the file's currency (a non-USD file "
                                                           "is refused without it)."),
                 dry_run: bool = typer.Option(False, help="Read and report; send nothing.")):
-        """Import cloud billing exports: GPU instance lines become billing events on gpu.billing (idempotent:
-        importing a file again, or a revised export, never double counts); the rest is reported."""
+        """Import cloud billing exports: GPU instance lines, and credit, tax and adjustment lines, become
+        billing events on gpu.billing (idempotent: importing a file again, or a revised export, never
+        double counts); the rest is reported."""
         from aiokafka.errors import KafkaError
         from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
@@ -153,6 +154,7 @@ def _print_report(r: dict, dry_run: bool) -> None:
 
     rate = f", {r['rows_per_s']:,.0f} rows/s" if r["rows_per_s"] else ""
     console.print(f"{r['rows']:,} rows in {r['elapsed_s']:.1f} s{rate}: {r['gpu_lines']:,} GPU instance lines "
+                  f"and {r['charge_lines']:,} credit, tax and adjustment lines "
                   f"({'not sent: dry run' if dry_run else str(r['events_sent']) + ' billing events sent'}), "
                   f"{r['other_lines']:,} other lines reported, {r['rows_rejected']:,} rows rejected")
     console.print(f"GPU instances: billed {r['gpu_billed_usd']:,.2f} USD, effective {r['gpu_effective_usd']:,.2f} USD, "

@@ -10,7 +10,8 @@ Series (labels: tenant, service, region, gpu_model: bounded by the fleet, never 
   the retained history (GPUCOST_HISTORY_RETENTION_S): pruning old windows reads as a counter reset.
 - `gpucost_spend_rate_usd_per_hour`, `gpucost_idle_rate_usd_per_hour`, `gpucost_utilization_ratio`:
   gauges from each key's newest window.
-- `gpucost_billed_usd_total`: billed line items stored per tenant and cloud.
+- `gpucost_billed_usd_total`: billed GPU usage line items stored per tenant and cloud (credits, tax
+  and adjustments are not in it: a counter never falls).
 - `gpucost_alert_firing` (1 firing, 0 resolved) per alert rule and group.
 - Admin only: `gpucost_consumer_lag_messages{group}` (the worker's meter on gpu.usage, the
   API's readers of cost.aggregates and cost.billed; refreshed at most every 15 s),
@@ -50,7 +51,10 @@ def _stored_totals(settings, tenant: str | None) -> dict:
                      func.sum(AggregateRow.events))
               .where(AggregateRow.window_s == size, AggregateRow.window_start % size == 0)
               .group_by(AggregateRow.tenant, AggregateRow.service, AggregateRow.region, AggregateRow.gpu_model))
+    # GPU usage lines only: a counter never falls, and credits (negative) would make it; charges
+    # are in /api/reconciliation.
     billed = (select(BilledLineItem.tenant, BilledLineItem.cloud, func.sum(BilledLineItem.cost_usd))
+              .where(BilledLineItem.charge_category == "usage")
               .group_by(BilledLineItem.tenant, BilledLineItem.cloud))
     if tenant is not None:
         totals = totals.where(AggregateRow.tenant == tenant)

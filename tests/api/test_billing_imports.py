@@ -8,6 +8,7 @@ import asyncio
 import csv
 import gzip
 import io
+from collections import defaultdict
 from pathlib import Path
 
 import httpx
@@ -53,18 +54,31 @@ async def test_focus_sample_upload_lands_once_however_often_it_is_imported(stack
     stack.start_api()
     rows = sample_rows()
     g5 = [r for r in rows if "g5.4xlarge" in r["ChargeDescription"]]
-    want_total = sum(float(r["EffectiveCost"]) for r in g5)
+    # Credit, tax and adjustment lines are sent beside the GPU lines, and stored.
+    charges = [r for r in rows if r["ChargeCategory"] in ("Credit", "Tax", "Adjustment")]
+    n = len(g5) + len(charges)
+    want_total = sum(float(r["EffectiveCost"]) for r in g5 + charges)
 
     r = upload(stack, ("focus_sample.csv.gz", SAMPLE.read_bytes()))
     assert r.status_code == 200, r.text
     report = r.json()
-    assert (report["rows"], report["gpu_lines"], report["events_sent"], report["rows_rejected"]) == (1000, 8, 8, 0)
+    assert (report["rows"], report["gpu_lines"], report["charge_lines"], report["events_sent"], report["rows_rejected"]) \
+        == (len(rows), len(g5), len(charges), n, 0)
     by_category = {(t["provider"], t["charge_category"]): t for t in report["totals"]}
     aws_usage = [x for x in rows if x["ProviderName"] == "AWS" and x["ChargeCategory"] == "Usage"]
     assert by_category[("aws", "usage")]["lines"] == len(aws_usage)
     assert by_category[("aws", "usage")]["billed_usd"] == pytest.approx(sum(float(x["BilledCost"]) for x in aws_usage))
 
-    await async_wait_for(lambda: billed_rows(stack) == (8, pytest.approx(want_total)), 60, what="8 billed rows")
+    await async_wait_for(lambda: billed_rows(stack) == (n, pytest.approx(want_total)), 60, what=f"{n} billed rows")
+    with session_scope(stack.settings) as s:
+        stored = s.execute(select(BilledLineItem.charge_category, func.count(), func.sum(BilledLineItem.cost_usd))
+                           .group_by(BilledLineItem.charge_category)).all()
+    want = defaultdict(lambda: [0, 0.0])
+    for x in charges:
+        want[x["ChargeCategory"].lower()][0] += 1
+        want[x["ChargeCategory"].lower()][1] += float(x["EffectiveCost"])
+    want["usage"] = [len(g5), sum(float(x["EffectiveCost"]) for x in g5)]
+    assert {c: (k, pytest.approx(v)) for c, k, v in stored} == {c: (k, pytest.approx(v)) for c, (k, v) in want.items()}
     # The same file again, and a revised export of it: one line's cost changes, nothing is added.
     assert upload(stack, ("focus_sample.csv.gz", SAMPLE.read_bytes())).status_code == 200
     revised = [dict(x) for x in rows]
@@ -72,15 +86,15 @@ async def test_focus_sample_upload_lands_once_however_often_it_is_imported(stack
     old = float(revised[first_g5]["EffectiveCost"])
     revised[first_g5]["EffectiveCost"] = str(old + 5.0)
     r = upload(stack, ("focus_revised.csv", as_csv(revised)))
-    assert r.status_code == 200 and r.json()["events_sent"] == 8
-    await async_wait_for(lambda: billed_rows(stack) == (8, pytest.approx(want_total + 5.0)), 60,
+    assert r.status_code == 200 and r.json()["events_sent"] == n
+    await async_wait_for(lambda: billed_rows(stack) == (n, pytest.approx(want_total + 5.0)), 60,
                          what="the revised line replacing the first")
     billing = await read_topic(stack.settings, stack.settings.billing_topic)
-    assert len(billing) == 24  # three imports of 8 lines ...
+    assert len(billing) == 3 * n  # three imports of n lines ...
     billed = await read_topic(stack.settings, stack.settings.billed_topic)
-    assert len({m.key for m in billed}) == 8  # ... under 8 line identities
+    assert len({m.key for m in billed}) == n  # ... under n line identities
     await asyncio.sleep(1.0)
-    assert billed_rows(stack)[0] == 8
+    assert billed_rows(stack)[0] == n
 
 
 async def test_bad_uploads_are_4xx_with_what_is_wrong_and_where(stack):

@@ -74,7 +74,9 @@ async def test_a_matched_synthetic_fleet_reconciles_within_one_percent(stack, tm
     """The simulator's fleet and its own FOCUS bill (ingest/billing/synthetic.py), through the real
     broker, worker, importer and API: per tenant and day the bill at list price is within 1 % of
     the metered cost, the rest of the gap is the savings plan and spot discounts, and the parts of
-    the breakdown sum to the gap. A revised export of the same lines overwrites them."""
+    the breakdown sum to the gap. The bill's account-wide $25 credit a day (no tenant tag, no
+    account rule) is the "unassigned" tenant's credits_usd, exactly, on its day. A revised export
+    of the same lines overwrites them."""
     import math
 
     from ingest.billing.synthetic import HourlyExport
@@ -104,6 +106,9 @@ async def test_a_matched_synthetic_fleet_reconciles_within_one_percent(stack, tm
     metered_usd = samples * 20 / 3600 * fleet_usd_h  # every sample of every GPU, at catalog prices
     list_usd = sum(r.gpu_list_usd for r in export.reports)
     assert list_usd == pytest.approx(fleet_usd_h * (end - start) / 3600, rel=1e-9)
+    # One credit line per UTC day the bill touches, sent by every export of that day (same line id).
+    days = sorted({dt.datetime.fromtimestamp(t, dt.timezone.utc).date().isoformat() for t in (start, end - 1)})
+    assert sum(r.charge_lines for r in export.reports) >= len(days)
 
     def rows():
         return stack.get("/api/reconciliation", days=2)
@@ -111,12 +116,23 @@ async def test_a_matched_synthetic_fleet_reconciles_within_one_percent(stack, tm
     def settled():
         got = rows()
         return got if (sum(r["metered_usd"] for r in got) == pytest.approx(metered_usd, rel=1e-9)
-                       and sum(r["list_usd"] for r in got) == pytest.approx(list_usd, rel=1e-9)) else None
+                       and sum(r["list_usd"] for r in got) == pytest.approx(list_usd, rel=1e-9)
+                       and sum(r["breakdown"]["credits_usd"] for r in got) == -25.0 * len(days)) else None
 
     got = await async_wait_for(settled, 90, what="the fleet's usage and bill in the reconciliation")
-    assert {r["tenant"] for r in got} == {h.tenant for h in fleet.hosts}
+    assert {r["tenant"] for r in got} == {h.tenant for h in fleet.hosts} | {"unassigned"}
+    # The credit: its own row per day, exactly -25, the whole gap of that row.
+    credited = sorted((r["day"], r["metered_usd"], r["billed_usd"], r["difference_usd"], r["list_usd"],
+                       r["invoiced_usd"], r["breakdown"]["credits_usd"]) for r in got if r["tenant"] == "unassigned")
+    assert credited == [(d, 0.0, -25.0, -25.0, 0.0, -25.0, -25.0) for d in days]
+    for r in got:
+        if r["tenant"] == "unassigned":
+            assert {k: v for k, v in r["breakdown"].items() if v} == {"credits_usd": -25.0}, r
+    got = [r for r in got if r["tenant"] != "unassigned"]
     saw_spot = saw_plan = False
     for r in got:
+        # The fleet's tenants: no credit or tax of theirs in this bill.
+        assert r["breakdown"]["credits_usd"] == r["breakdown"]["tax_and_adjustments_usd"] == 0, r
         b = r["breakdown"]
         assert r["metered_usd"] > 0 and r["billed_usd"] > 0, r
         assert r["list_over_metered"] == pytest.approx(1.0, abs=0.01), r  # within 1 %
@@ -150,7 +166,7 @@ async def test_a_matched_synthetic_fleet_reconciles_within_one_percent(stack, tm
     engine = create_engine(stack.settings.database)
     with engine.connect() as conn:
         stored = conn.execute(text("SELECT count(*) FROM billed_line_items")).scalar()
-    assert stored == gpu_lines
+    assert stored == gpu_lines + len(days)  # the credit re-sent by every export of its day is one row a day
     before = {(r["tenant"], r["day"]): r for r in got}
     revised = HourlyExport(fleet, tmp_path / "revised", start, savings_plan_discount=0.5)
     async with EventProducer(stack.settings) as producer:
@@ -164,8 +180,11 @@ async def test_a_matched_synthetic_fleet_reconciles_within_one_percent(stack, tm
 
     after = await async_wait_for(revised_in, 60, what="the revised export")
     with engine.connect() as conn:
-        assert conn.execute(text("SELECT count(*) FROM billed_line_items")).scalar() == gpu_lines
-        assert conn.execute(text("SELECT count(DISTINCT line_id) FROM billed_line_items")).scalar() == gpu_lines
+        assert conn.execute(text("SELECT count(*) FROM billed_line_items")).scalar() == gpu_lines + len(days)
+        assert conn.execute(text("SELECT count(DISTINCT line_id) FROM billed_line_items")).scalar() == gpu_lines + len(days)
+        assert [tuple(row) for row in conn.execute(text(
+            "SELECT charge_category, tenant, sum(cost_usd) FROM billed_line_items "
+            "WHERE charge_category <> 'usage' GROUP BY charge_category, tenant"))] == [("credit", "unassigned", -25.0 * len(days))]
     engine.dispose()
     for k, r in before.items():
         assert after[k]["list_usd"] == pytest.approx(r["list_usd"], rel=1e-9)

@@ -35,13 +35,16 @@ async def test_import_billing_sends_gpu_lines_with_the_same_identities_every_tim
     files = [str(DATA / f) for f in ("aws_cur2.csv", "gcp_billing.jsonl", "azure_cost_details.csv")]
     first = gpucost(tmp_path, prefix, "import", "billing", *files)
     assert first.returncode == 0, first.stderr
-    assert "19 rows" in first.stderr and "9 billing events sent" in first.stderr
+    # 9 GPU lines, and 4 charges: CUR's tax, credit and savings-plan negation, GCP's tax.
+    assert "19 rows" in first.stderr and "13 billing events sent" in first.stderr
     second = gpucost(tmp_path, prefix, "import", "billing", *files)
     assert second.returncode == 0, second.stderr
     records = await read_topic(settings, settings.billing_topic)
-    assert len(records) == 18
+    assert len(records) == 26
     identities = [(r.key, json.loads(r.value)["source"]) for r in records]
-    assert sorted(Counter(identities).values()) == [2] * 9  # each line twice, under the same key and source
+    assert sorted(Counter(identities).values()) == [2] * 13  # each line twice, under the same key and source
+    assert Counter(json.loads(r.value).get("charge_category", "usage") for r in records) == \
+        {"usage": 18, "tax": 4, "credit": 2, "adjustment": 2}
     assert {json.loads(r.value)["cloud"] for r in records} == {"aws", "gcp", "azure"}
 
 
