@@ -1,7 +1,8 @@
 """Billing line items: a plain Faust agent (they are few: one per instance and hour, or a bill's
 import), so Faust's per-message cost does not matter here.
 
-In: `gpu.billing` (one event or a batch per message). Out: each valid line item on the compacted
+In: `gpu.billing` (one event or a batch per message): GPU usage lines, and the credit, tax and
+adjustment lines beside them (`charge_category`). Out: each valid line item on the compacted
 `cost.billed`, keyed by line identity (a re-sent or replayed item overwrites itself downstream);
 the rest on `gpu.deadletter` with the reason."""
 

@@ -29,8 +29,9 @@ class Breakdown(BaseModel):
     commitment_discount_usd: float = Field(description="-(list - effective) of usage lines under a commitment")
     spot_discount_usd: float = Field(description="-(list - effective) of spot usage lines")
     negotiated_discount_usd: float = Field(description="-(list - effective) of on-demand usage lines")
-    credits_usd: float = Field(description="credit lines")
-    tax_and_adjustments_usd: float = Field(description="tax, adjustment and purchase lines")
+    credits_usd: float = Field(description="credit lines (negative), spread over the days they cover")
+    tax_and_adjustments_usd: float = Field(description="tax and adjustment lines (and purchase lines, where a "
+                                                       "producer sends them), spread over the days they cover")
     usage_without_bill_usd: float = Field(description="-metered of hours no usage line covers, before billed_through")
     awaiting_bill_usd: float = Field(description="-metered of hours after billed_through: the bill is not in yet")
     bill_without_usage_usd: float = Field(description="+list of usage lines with no metered usage in their period")
@@ -42,7 +43,8 @@ class DayReconciliation(BaseModel):
     tenant: str
     day: dt.date
     metered_usd: float
-    billed_usd: float
+    billed_usd: float = Field(description="effective cost of every stored line: GPU usage lines (commitments "
+                                          "amortised) plus credit, tax and adjustment lines")
     difference_usd: float  # billed - metered
     billed_over_metered: float | None
     list_usd: float = Field(description="the usage lines at list price (what metered is comparable to)")

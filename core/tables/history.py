@@ -49,7 +49,9 @@ class AggregateRow(Base):
 
 class BilledLineItem(Base):
     """A validated billing line item (from `cost.billed`); one row per line item, however often
-    it was sent. `cost_usd` is what the reconciliation counts as billed (the effective cost, with
+    it was sent: a GPU usage line, or a charge beside the usage (`charge_category` credit, tax,
+    adjustment: `gpu_count` 0, `gpu_model` "none" where it names no GPU instance, `cost_usd` may be
+    negative). `cost_usd` is what the reconciliation counts as billed (the effective cost, with
     commitments amortised); the columns after it are what an imported export says beside it
     (migration 0003), so the gap to metered cost can be explained: NULL where the source did not
     say (the simulator's own events, older rows)."""

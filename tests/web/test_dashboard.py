@@ -110,7 +110,8 @@ async def test_first_run_shows_billed_and_metered_bars_and_the_gap_explained(sta
     """What `gpucost simulate` does on a first run (back-fill from the start of the previous hour,
     its FOCUS export imported as each hour closes), then the dashboard: both bars of the
     billed-vs-metered chart have data for every tenant and day, and the breakdown table names the
-    savings plan's discount, with no console error."""
+    savings plan's discount and the bill's daily credit (the "unassigned" tenant's: it is
+    account-wide), with no console error."""
     from ingest.billing.synthetic import HourlyExport
     from ingest.simulator import backfill_start, run
     from tests.web.browser import browser_page
@@ -125,8 +126,9 @@ async def test_first_run_shows_billed_and_metered_bars_and_the_gap_explained(sta
         await run(producer, fleet, duration_s=(now - start) // 60 * 60, realtime=False, start_ts=start, billing=export)
     assert export.billed_upto == start + 3600 and export.reports[0].gpu_lines == len(fleet.hosts)
     tenants = {h.tenant for h in fleet.hosts}
-    await async_wait_for(lambda: {r["tenant"] for r in stack.get("/api/reconciliation") if r["billed_usd"] > 0} == tenants,
-                         90, what="billed line items of every tenant")
+    await async_wait_for(lambda: {r["tenant"] for r in stack.get("/api/reconciliation") if r["billed_usd"] > 0} == tenants
+                         and any(r["breakdown"]["credits_usd"] for r in stack.get("/api/reconciliation")),
+                         90, what="billed line items of every tenant, and the credit")
 
     async with browser_page() as (page, errors):
         await page.goto(stack.url + "/" + f"?api_key={stack.admin_key}")
@@ -137,15 +139,21 @@ async def test_first_run_shows_billed_and_metered_bars_and_the_gap_explained(sta
             "document.getElementById('chart-reconcile').data.map((t) => ({name: t.name, x: t.x, y: t.y}))")
         metered, billed = traces[0], traces[1]
         assert metered["name"].startswith("metered") and billed["name"].startswith("billed")
-        assert {x.split(" ")[0] for x in metered["x"]} == tenants and metered["x"] == billed["x"]
+        assert {x.split(" ")[0] for x in metered["x"]} == tenants | {"unassigned"} and metered["x"] == billed["x"]
         # Every tenant's billed day has both bars; the newest rows also meter the open, unbilled hour.
         days_billed = [i for i, v in enumerate(billed["y"]) if v > 0]
         assert {metered["x"][i].split(" ")[0] for i in days_billed} == tenants
         assert all(metered["y"][i] > 0 for i in days_billed)
         head = await page.eval_on_selector_all("#reconcile-breakdown th", "ths => ths.map((t) => t.textContent)")
         assert head[:5] == ["tenant", "day", "metered", "billed", "billed − metered"]
-        assert "commitment discount" in head and "awaiting the bill" in head
+        assert "commitment discount" in head and "awaiting the bill" in head and "credits" in head
         cells = await page.eval_on_selector_all("#reconcile-breakdown tbody tr", "trs => trs.length")
         assert cells == len(metered["x"])
+        rows = await page.eval_on_selector_all(
+            "#reconcile-breakdown tbody tr", "trs => trs.map((tr) => [...tr.cells].map((td) => td.textContent))")
+        credits = head.index("credits")
+        unassigned = [r for r in rows if r[0] == "unassigned"]
+        assert unassigned and all(r[2:5] == ["$0", "-$25", "-$25"] and r[credits] == "-$25" for r in unassigned), rows
+        assert all(r[credits] == "$0" for r in rows if r[0] != "unassigned"), rows
         await page.locator("#reconcile-breakdown").locator("..").screenshot(path=str(tmp_path / "reconcile.png"))
     assert errors == [], errors

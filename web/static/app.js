@@ -560,7 +560,8 @@
     box.classList.remove("muted");
     box.replaceChildren(
       el("p", { className: "small muted" }, "The gap, explained: each part is what it adds to billed − metered, and they sum to it. " +
-        "Billed is the effective cost (commitments amortised); metered is usage at catalog prices."),
+        "Billed is the effective cost (commitments amortised), credits, tax and adjustments included; metered is usage at catalog prices. " +
+        "An account-wide charge that no tag or account rule assigns is the tenant \u201cunassigned\u201d\u2019s."),
       table(["tenant", "day", "metered", "billed", "billed − metered", ...parts.map(([, name]) => name)],
         sorted.map((r) => [r.tenant, r.day, usd(r.metered_usd), usd(r.billed_usd), usd(r.difference_usd),
           ...parts.map(([k]) => usd(r.breakdown[k]))]), { className: "reconcile" }));
