@@ -183,7 +183,8 @@ def _run_model(run) -> dict | None:
 
 
 def live_services(settings, hours: float = 1.0, tenant: str | None = None, service: str | None = None,
-                  region: str | None = None, gpu_model: str | None = None) -> list[dict]:
+                  region: str | None = None, gpu_model: str | None = None,
+                  model_version: str | None = None) -> list[dict]:
     """A live recommendation for every service with aggregates in the last `hours`."""
     import time
 
@@ -198,7 +199,8 @@ def live_services(settings, hours: float = 1.0, tenant: str | None = None, servi
     services, overrides = load_services(), load_overrides(settings)
     with session_scope(settings) as session:
         q = select(AggregateRow).where(AggregateRow.window_s == size, AggregateRow.window_start >= since)
-        for col, val in (("tenant", tenant), ("service", service), ("region", region), ("gpu_model", gpu_model)):
+        for col, val in (("tenant", tenant), ("service", service), ("region", region), ("gpu_model", gpu_model),
+                         ("model_version", model_version)):
             if val is not None:
                 q = q.where(getattr(AggregateRow, col) == val)
         usage = service_usage((r.to_dict() for r in session.scalars(q)), size)
