@@ -164,7 +164,7 @@ def test_the_newest_ended_window_is_picked_over_one_still_filling():
     state = LiveState()
     for start in range(0, 200, 10):  # more windows than are kept
         state.apply(AggregateUpdate(type="aggregate", data=agg("acme", start, start / 10)))
-    assert len(state.recent[("acme", "s", "r", "g", 60)]) == LiveState.KEEP
+    assert len(state.recent[("acme", "s", "r", "g", "", 60)]) == LiveState.KEEP
     assert state.windows()[0].window_start == 190
     assert state.windows(complete_before=200)[0].window_start == 140  # [140, 200) has ended by 200
     assert state.windows(complete_before=199)[0].window_start == 130
