@@ -225,6 +225,7 @@ class LiveServiceOut(BaseModel):
     service: str
     gpu_models: list[str]
     regions: list[str]
+    model_versions: list[str] = Field(default_factory=list, description='the model versions it served ("": none given)')
     period_s: int
     spend_usd: float
     tokens: int
