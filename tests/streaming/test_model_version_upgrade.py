@@ -62,6 +62,5 @@ async def test_an_upgrade_after_a_crash_counts_each_replayed_event_once(stack):
     got = last_aggregates(await read_topic(s, s.aggregates_topic), window_s=60)
     window = {k[4]: got[k]["events"] for k in got if k[5] == T}
     assert window == {"": 3, "v2-canary": 2, "v1": 1}  # [T, T+60): 6 events, each counted once
-    assert "replayed" not in stack.log("worker") or "Traceback" not in stack.log("worker")
-    dead = await read_topic(s, s.deadletter_topic)
-    assert dead == []
+    assert "Traceback" not in stack.log("worker"), stack.log("worker")[-3000:]
+    assert await read_topic(s, s.deadletter_topic) == []  # a replayed event is never reported late
