@@ -291,7 +291,7 @@ def test_a_pane_from_before_model_versions_counts_each_replayed_event_once():
         assert m.add(events, 0, offset) == []
     assert (m.replayed_events, m.accepted_events) == (3, 1)
     durable = dict(m.take_dirty())
-    assert set(durable) == {PaneRecordKey_of("v1")}  # the old pane did not change
+    assert set(durable) == {version_pane_key("v1")}  # the old pane did not change
     totals = window_stage_of([(key, value), *durable.items()])
     assert totals == {"": 3, "v1": 1}
 
@@ -301,7 +301,7 @@ def test_a_pane_from_before_model_versions_counts_each_replayed_event_once():
     assert again[key].every_version_upto == 2 and again[key].last_offset == 4
     assert key.encode() == raw_key  # written under the old key's bytes: compaction replaces the old record
     # A second crash before the commit: everything from offset 0 comes again, and counts once.
-    m2 = meter_after_restore([(key, again[key]), (PaneRecordKey_of("v1"), durable[PaneRecordKey_of("v1")])])
+    m2 = meter_after_restore([(key, again[key]), (version_pane_key("v1"), durable[version_pane_key("v1")])])
     for offset, events in enumerate([*replay, [ev(T0 + 5)]]):
         assert m2.add(events, 0, offset) == []
     assert (m2.replayed_events, m2.accepted_events) == (5, 0)
@@ -311,7 +311,7 @@ def test_a_pane_from_before_model_versions_counts_each_replayed_event_once():
     assert m2.every_version_upto == {}
 
 
-def PaneRecordKey_of(version: str):  # noqa: N802 - reads as the record key it builds
+def version_pane_key(version: str):
     from contracts.aggregates import AggregateKey, PaneRecordKey
 
     return PaneRecordKey(0, AggregateKey("acme", "chat", "us-east-1", "H100-80GB", version), T0)
