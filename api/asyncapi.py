@@ -34,12 +34,14 @@ _CLIENT: list[_MessageSpec] = [
     ("ping", p.PingRequest, "Ping", {"op": "ping"}),
 ]
 _AGG_EXAMPLE = {"kind": "usage", "tenant": "acme", "service": "chat", "region": "us-east-1", "gpu_model": "H100-80GB",
+                "model_version": "v2-canary",
                 "window_start": 1764633600, "window_end": 1764633660, "window_s": 60, "spend_usd": 0.0764,
                 "spend_rate_usd_h": 4.5867, "gpu_seconds": 40.0, "util_avg": 0.6, "idle_usd": 0.0306, "events": 4,
                 "tokens": 1000, "requests": 0, "fallback_priced_events": 0, "revision": 0}
 _ALERT_EXAMPLE = {"fingerprint": "3f2a9c", "state": "firing", "rule_id": "r-1", "rule_kind": "budget",
                   "rule_name": "acme daily", "rule_version": 1, "level": "100%", "severity": "critical",
                   "group": {"tenant": "acme"}, "tenant": "acme", "service": None, "region": None, "gpu_model": None,
+                  "model_version": None,
                   "value": 512.3, "threshold": 500.0, "summary": "acme daily: day spend $512.30 reached 100% of the $500.00 budget",
                   "starts_at": 1764633600.0, "ends_at": None, "details": {}, "emitted_at": 1764633601.2}
 _SERVER: list[_MessageSpec] = [
@@ -53,7 +55,8 @@ _SERVER: list[_MessageSpec] = [
     ("unsubscribed", p.Unsubscribed, "Subscription ended", {"type": "unsubscribed", "id": "acme-chat"}),
     ("pong", p.Pong, "Answer to ping", {"type": "pong"}),
     ("error", p.ErrorMessage, "A client message was refused",
-     {"type": "error", "error": "unknown filter fields ['colour']; allowed: ['tenant', 'service', 'region', 'gpu_model']"}),
+     {"type": "error", "error": "unknown filter fields ['colour']; allowed: ['tenant', 'service', 'region', "
+                                "'gpu_model', 'model_version']"}),
 ]
 
 _DESCRIPTION = f"""Live window aggregates and alerts over one WebSocket at `/ws`.
@@ -65,7 +68,8 @@ Authenticate with an API key: `Authorization: Bearer <key>` on the handshake (or
 its tenant: its filters are limited to it, and a filter naming another tenant is an `error`.
 
 Send `subscribe` with a channel (`aggregates` or `alerts`) and a filter (any of
-{", ".join(f"`{f}`" for f in p.FILTER_FIELDS)}). The API answers `subscribed`, then a `snapshot`
+{", ".join(f"`{f}`" for f in p.FILTER_FIELDS)}; `model_version` is `""` for records of events that carry
+none, and an alert carries one only when its rule filters or groups by it). The API answers `subscribed`, then a `snapshot`
 of the current records, then one `aggregate` or `alert` per change. Updates are coalesced per key
 for a slow client (the newest value wins; `heartbeat.dropped` counts what was skipped). After a
 reconnect, subscribe again: the new snapshot replaces everything held before, so nothing is missed.

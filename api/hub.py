@@ -32,7 +32,7 @@ RETENTION_EVERY_S = 600.0  # history retention is a slow sweep; the settings say
 
 
 def agg_key(rec: dict) -> tuple:
-    return (rec["tenant"], rec["service"], rec["region"], rec["gpu_model"])
+    return (rec["tenant"], rec["service"], rec["region"], rec["gpu_model"], rec.get("model_version") or "")
 
 
 @dataclass

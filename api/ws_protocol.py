@@ -23,7 +23,8 @@ from contracts.aggregates import AlertEvent, WindowAggregate
 
 
 class AggregateRecord(WindowAggregate):
-    """One hopping window of one key (tenant, service, region, gpu_model), as on cost.aggregates."""
+    """One hopping window of one key (tenant, service, region, gpu_model, model_version), as on
+    cost.aggregates."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -50,6 +51,8 @@ class SubscriptionFilter(BaseModel):
     service: str | None = None
     region: str | None = None
     gpu_model: str | None = None
+    model_version: str | None = Field(None, description='a model version ("": records without one); alerts carry '
+                                      "one when their rule filters or groups by it")
 
     def as_dict(self) -> dict[str, str]:
         return {k: v for k, v in self.model_dump().items() if v is not None}

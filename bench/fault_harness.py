@@ -373,7 +373,8 @@ async def run_cluster_faults(stack, cluster_settings: Settings, nodes, n_ticks: 
                     recs = msg["data"] if msg["type"] == "snapshot" else [msg["data"]] if msg["type"] == "aggregate" else []
                     for r in recs:
                         if r["window_s"] == WINDOW_S:
-                            latest[i][(r["tenant"], r["service"], r["region"], r["gpu_model"], r["window_start"])] = r
+                            latest[i][(r["tenant"], r["service"], r["region"], r["gpu_model"], r["model_version"],
+                                       r["window_start"])] = r
                     if msg["type"] == "aggregate":
                         watch.saw()
             except Exception:

@@ -44,10 +44,11 @@ def pane_records(n: int, keys: int = 1000, partitions: int = 4) -> list[tuple[by
     t0 = int(time.time()) // 10 * 10 - 600
     out = []
     for i in range(n):
-        k = AggregateKey(f"tenant-{i % 7}", f"svc-{i % keys}", "us-east-1", "H100-80GB")
+        k = AggregateKey(f"tenant-{i % 7}", f"svc-{i % keys}", "us-east-1", "H100-80GB", "")
         key = PaneRecordKey(i % partitions, k, t0 + 10 * (i // keys))
         value = PaneSums(spend_usd=0.02 * (i % 5 + 1), gpu_seconds=80.0, util_seconds=40.0, idle_usd=0.01,
-                         events=8, tokens=1000, requests=4, last_offset=i, watermark=t0 + 10 * (i // keys))
+                         events=8, tokens=1000, requests=4, last_offset=i, watermark=t0 + 10 * (i // keys),
+                         every_version_upto=-1)
         out.append((key.encode().encode(), value.model_dump_json().encode()))
     return out
 

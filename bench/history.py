@@ -63,7 +63,7 @@ def row(k: int, tenants: int, start: int, size: int) -> dict:
     gpu_s = size * (1 + k % 4)
     spend = 6.88 * gpu_s / 3600
     return {"tenant": f"tenant-{k % tenants}", "service": f"svc-{k}", "region": "us-east-1", "gpu_model": "H100",
-            "window_start": start, "window_end": start + size, "window_s": size, "spend_usd": spend,
+            "model_version": "", "window_start": start, "window_end": start + size, "window_s": size, "spend_usd": spend,
             "spend_rate_usd_h": spend * 3600 / size, "gpu_seconds": float(gpu_s), "util_avg": min(busy, 1.0),
             "idle_usd": spend * max(0.0, 1 - busy), "events": gpu_s // 10, "tokens": 0, "requests": 0,
             "fallback_priced_events": 0}

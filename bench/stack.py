@@ -179,19 +179,21 @@ async def read_topic(settings: Settings, topic: str, idle_ms: int = 1500) -> lis
 
 
 def last_aggregates(records, window_s: int | None = None) -> dict:
-    """Latest aggregate per (tenant, service, region, gpu_model, window_start) among the records
-    of `cost.aggregates` (of one window size, if given)."""
+    """Latest aggregate per (tenant, service, region, gpu_model, model_version, window_start) among
+    the records of `cost.aggregates` (of one window size, if given)."""
     out = {}
     for r in records:
         v = json.loads(r.value)
         if window_s is None or v.get("window_s") == window_s:
-            out[(v["tenant"], v["service"], v["region"], v["gpu_model"], v["window_start"])] = v
+            out[(v["tenant"], v["service"], v["region"], v["gpu_model"], v.get("model_version", ""),
+                 v["window_start"])] = v
     return out
 
 
 def expected_windows(events, price: dict[str, float] | None = None, size: int = 60, step: int = 10) -> dict:
     """Brute force, independent of the worker's panes: every window [ws, ws + size) that contains
-    each event's ts, summed per key. `price`: USD per GPU-hour by GPU model (hand-written in a
+    each event's ts, summed per key (tenant, service, region, gpu_model, model_version or "",
+    window_start). `price`: USD per GPU-hour by GPU model (hand-written in a
     test), or None to price each event's instance from the catalog."""
     from core.pricing import default_catalog
 
@@ -205,7 +207,7 @@ def expected_windows(events, price: dict[str, float] | None = None, size: int = 
         for ws in range(first, int(e.ts) + 1, step):
             if not ws <= e.ts < ws + size:
                 continue
-            w = out.setdefault((e.tenant, e.service, e.region, e.gpu_model, ws), {
+            w = out.setdefault((e.tenant, e.service, e.region, e.gpu_model, e.model_version or "", ws), {
                 "spend_usd": 0.0, "gpu_seconds": 0.0, "util_s": 0.0, "idle_usd": 0.0, "events": 0, "tokens": 0})
             w["spend_usd"] += cost
             w["gpu_seconds"] += e.interval_s

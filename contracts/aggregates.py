@@ -3,43 +3,56 @@
 defined once here; the worker builds them, the API validates what it reads against them and serves
 them (its OpenAPI schema comes from these models).
 
-Keys have one encoding: the four names joined by the ASCII unit separator, which validated names
-never contain (`contracts/events.py` rejects control characters)."""
+Keys have one encoding: the names joined by the ASCII unit separator, which validated names never
+contain (`contracts/events.py` rejects control characters). The fifth part, the model version, is
+written only when there is one: a key without a version reads and writes exactly as the four-part
+keys written before model_version was a key part, so records on the compacted topics (`cost.panes`,
+the alert totals' changelog) from before stay readable and their tombstones still replace them."""
 
 from __future__ import annotations
 
 from datetime import datetime, timezone
 from typing import Any, Literal, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 SEP = "\x1f"
 
 
 class AggregateKey(NamedTuple):
-    """What every aggregate is grouped by."""
+    """What every aggregate is grouped by. `model_version` is "" for events that carry none."""
 
     tenant: str
     service: str
     region: str
     gpu_model: str
+    model_version: str
 
     def encode(self) -> str:
-        return SEP.join(self)
+        return SEP.join(self) if self.model_version else SEP.join(self[:4])
 
     @classmethod
     def decode(cls, raw: str) -> AggregateKey:
-        parts = raw.split(SEP)
-        if len(parts) != 4:
-            raise ValueError(f"not an aggregate key: {raw!r}")
-        return cls(*parts)
+        return cls.from_parts(raw.split(SEP), raw)
+
+    @classmethod
+    def from_parts(cls, parts: list[str], raw: str) -> AggregateKey:
+        # Four parts: no model version (and every key written before there was one). A fifth
+        # part is never empty: one key, one encoding.
+        if len(parts) == 4:
+            return cls(*parts, "")
+        if len(parts) == 5 and parts[4]:
+            return cls(*parts)
+        raise ValueError(f"not an aggregate key: {raw!r}")
 
     @classmethod
     def of(cls, record: Any) -> AggregateKey:
-        """The key of a record or mapping that carries the four fields."""
+        """The key of a record or mapping that carries the key fields (no model_version: "")."""
         if isinstance(record, dict):
-            return cls(record["tenant"], record["service"], record["region"], record["gpu_model"])
-        return cls(record.tenant, record.service, record.region, record.gpu_model)
+            return cls(record["tenant"], record["service"], record["region"], record["gpu_model"],
+                       record.get("model_version") or "")
+        return cls(record.tenant, record.service, record.region, record.gpu_model,
+                   getattr(record, "model_version", None) or "")
 
 
 KEY_FIELDS: tuple[str, ...] = AggregateKey._fields
@@ -63,6 +76,18 @@ class PaneSums(_Record):
     fallback_priced: int = 0
     last_offset: int = Field(description="the last source offset folded in (exactly-once on replay)")
     watermark: float = Field(0.0, description="the writer's watermark for this source partition")
+    every_version_upto: int = Field(
+        -1, description="the source offset up to which this pane holds the events of every model version of "
+        "its key (a pane written before model_version was a key part, whose key has none); -1: only its own")
+
+    @model_validator(mode="after")
+    def _from_before_model_versions(self):
+        # A record without the field was written by a meter that did not key panes by model
+        # version: it holds every version's events up to its last offset (streaming/panes.py
+        # skips them when replayed, whatever their version).
+        if "every_version_upto" not in self.model_fields_set:
+            self.every_version_upto = self.last_offset
+        return self
 
 
 class PaneRecordKey(NamedTuple):
@@ -78,9 +103,9 @@ class PaneRecordKey(NamedTuple):
     @classmethod
     def decode(cls, raw: str) -> PaneRecordKey:
         parts = raw.split(SEP)
-        if len(parts) != 6:
+        if len(parts) not in (6, 7):
             raise ValueError(f"not a pane record key: {raw!r}")
-        return cls(int(parts[0]), AggregateKey(*parts[1:5]), int(parts[5]))
+        return cls(int(parts[0]), AggregateKey.from_parts(parts[1:-1], raw), int(parts[-1]))
 
 
 class WindowAggregate(_Record):
@@ -95,6 +120,8 @@ class WindowAggregate(_Record):
     service: str
     region: str
     gpu_model: str
+    model_version: str = Field("", description="the model version the events carried (canary against stable); "
+                               "empty for events without one")
     spend_usd: float
     spend_rate_usd_h: float = Field(description="spend_usd * 3600 / window_s")
     gpu_seconds: float
@@ -110,7 +137,7 @@ class WindowAggregate(_Record):
 
     @property
     def key(self) -> AggregateKey:
-        return AggregateKey(self.tenant, self.service, self.region, self.gpu_model)
+        return AggregateKey(self.tenant, self.service, self.region, self.gpu_model, self.model_version)
 
 
 class AlertEvent(_Record):
@@ -130,6 +157,7 @@ class AlertEvent(_Record):
     service: str | None = None
     region: str | None = None
     gpu_model: str | None = None
+    model_version: str | None = None
     value: float
     threshold: float
     summary: str

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from contracts.aggregates import KEY_FIELDS
 
 RuleKind = Literal["budget", "burn_rate", "idle_waste", "anomaly", "gpu_quota"]
-KeyField = Literal["tenant", "service", "region", "gpu_model"]
+KeyField = Literal["tenant", "service", "region", "gpu_model", "model_version"]
 Period = Literal["1h", "1d", "month"]
 PERIODS: tuple[str, ...] = ("1h", "1d", "month")
 
@@ -95,6 +95,7 @@ class RuleSpec(BaseModel):
     service: str | None = None
     region: str | None = None
     gpu_model: str | None = None
+    model_version: str | None = Field(None, description='only this model version ("": events without one)')
     group_by: list[KeyField] | None = None
     params: dict = Field(default_factory=dict)
     enabled: bool = True

@@ -28,11 +28,11 @@ log = logging.getLogger("gpucost.rollups")
 HOUR_S = 3600
 DAY_S = 86400
 ROLLUP_SIZES_S = (HOUR_S, DAY_S)
-KEY_FIELDS = ("tenant", "service", "region", "gpu_model")
-AGGREGATE_CONFLICT = ["tenant", "service", "region", "gpu_model", "window_s", "window_start"]
+KEY_FIELDS = ("tenant", "service", "region", "gpu_model", "model_version")
+AGGREGATE_CONFLICT = [*KEY_FIELDS, "window_s", "window_start"]
 _KEYS_PER_QUERY = 400  # bound the IN list of one statement (SQLite allows 32766 parameters)
 
-Key = tuple[str, str, str, str]
+Key = tuple[str, str, str, str, str]  # KEY_FIELDS
 Bucket = tuple[Key, int]  # (aggregate key, rollup window start)
 
 
@@ -59,7 +59,8 @@ def hour_buckets(rows: Iterable[dict], base_s: int) -> set[Bucket]:
     for r in rows:
         ws = int(r["window_start"])
         if r.get("window_s") == base_s and ws % base_s == 0:
-            out.add(((r["tenant"], r["service"], r["region"], r["gpu_model"]), ws - ws % HOUR_S))
+            out.add(((r["tenant"], r["service"], r["region"], r["gpu_model"], r.get("model_version") or ""),
+                     ws - ws % HOUR_S))
     return out
 
 
@@ -77,20 +78,21 @@ def _sum_into(engine: Engine, buckets: set[Bucket], source_s: int, size_s: int) 
         for start, keys in sorted(by_start.items()):
             keys_l = sorted(keys)
             for i in range(0, len(keys_l), _KEYS_PER_QUERY):
-                q = (select(A.tenant, A.service, A.region, A.gpu_model, bucket,
+                q = (select(A.tenant, A.service, A.region, A.gpu_model, A.model_version, bucket,
                             func.sum(A.spend_usd), func.sum(A.gpu_seconds), func.sum(A.util_avg * A.gpu_seconds),
                             func.sum(A.idle_usd), func.sum(A.events), func.sum(A.tokens), func.sum(A.requests),
                             func.sum(A.fallback_priced_events))
                      .where(A.window_s == source_s, A.window_start >= start, A.window_start < start + size_s,
                             A.window_start % source_s == 0,
-                            tuple_(A.tenant, A.service, A.region, A.gpu_model).in_(keys_l[i:i + _KEYS_PER_QUERY]))
-                     .group_by(A.tenant, A.service, A.region, A.gpu_model, bucket))
-                for (tenant, service, region, gpu_model, b, spend, gpu_s, util_s, idle, events, tokens, requests,
-                     fallback) in conn.execute(q):
+                            tuple_(A.tenant, A.service, A.region, A.gpu_model, A.model_version)
+                            .in_(keys_l[i:i + _KEYS_PER_QUERY]))
+                     .group_by(A.tenant, A.service, A.region, A.gpu_model, A.model_version, bucket))
+                for (tenant, service, region, gpu_model, model_version, b, spend, gpu_s, util_s, idle, events, tokens,
+                     requests, fallback) in conn.execute(q):
                     spend, gpu_s = float(spend or 0.0), float(gpu_s or 0.0)
                     out.append({
                         "tenant": tenant, "service": service, "region": region, "gpu_model": gpu_model,
-                        "window_start": int(b), "window_end": int(b) + size_s, "window_s": size_s,
+                        "model_version": model_version, "window_start": int(b), "window_end": int(b) + size_s, "window_s": size_s,
                         "spend_usd": spend, "spend_rate_usd_h": spend * 3600.0 / size_s, "gpu_seconds": gpu_s,
                         "util_avg": float(util_s or 0.0) / gpu_s if gpu_s else 0.0, "idle_usd": float(idle or 0.0),
                         "events": int(events or 0), "tokens": int(tokens or 0), "requests": int(requests or 0),
@@ -128,12 +130,12 @@ def pending_hours(engine: Engine, settings: Settings) -> set[Bucket]:
     base_s = settings.window_size_s
     with engine.connect() as conn:
         newest = conn.execute(select(func.max(A.window_start)).where(A.window_s == HOUR_S)).scalar()
-        q = (select(A.tenant, A.service, A.region, A.gpu_model,
+        q = (select(A.tenant, A.service, A.region, A.gpu_model, A.model_version,
                     A.window_start - A.window_start % literal_column(str(HOUR_S)))
              .where(A.window_s == base_s, A.window_start % base_s == 0).distinct())
         if newest is not None:
             q = q.where(A.window_start >= newest)
-        return {((t, s, r, g), int(b)) for t, s, r, g, b in conn.execute(q)}
+        return {((t, s, r, g, v), int(b)) for t, s, r, g, v, b in conn.execute(q)}
 
 
 def apply_retention(engine: Engine, settings: Settings, now: float | None = None) -> dict[int, int]:

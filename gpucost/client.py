@@ -58,7 +58,7 @@ class Subscription:
     """One connection to `/ws` holding one subscription per channel, all with the same filter.
 
     `channel`: "aggregates", "alerts", or both as a sequence. `filter`: any of tenant, service,
-    region, gpu_model. `max_attempts`: failed connection attempts in a row before
+    region, gpu_model, model_version. `max_attempts`: failed connection attempts in a row before
     `ConnectionFailed` (None: keep trying, as a live view should). Iterate it once."""
 
     def __init__(self, url: str, api_key: str, channel: str | Sequence[str] = "aggregates",
@@ -228,8 +228,8 @@ class LiveState:
     KEEP = 8  # windows per key: with 60 s windows stepping 10 s, the newest complete one is 6 back
 
     def __init__(self) -> None:
-        # (tenant, service, region, gpu_model, window_s) -> {window_start: record}
-        self.recent: dict[tuple[str, str, str, str, int], dict[int, AggregateRecord]] = {}
+        # (tenant, service, region, gpu_model, model_version, window_s) -> {window_start: record}
+        self.recent: dict[tuple[str, str, str, str, str, int], dict[int, AggregateRecord]] = {}
         self.alerts: dict[str, AlertRecord] = {}
         self.snapshots = 0
 
@@ -249,7 +249,7 @@ class LiveState:
             self.alerts[msg.data.fingerprint] = msg.data
 
     def _put(self, rec: AggregateRecord) -> None:
-        k = (rec.tenant, rec.service, rec.region, rec.gpu_model, rec.window_s)
+        k = (rec.tenant, rec.service, rec.region, rec.gpu_model, rec.model_version, rec.window_s)
         windows = self.recent.setdefault(k, {})
         if len(windows) >= self.KEEP and rec.window_start not in windows:
             oldest = min(windows)
@@ -259,7 +259,7 @@ class LiveState:
         windows[rec.window_start] = rec
 
     def window_sizes(self) -> list[int]:
-        return sorted({k[4] for k in self.recent})
+        return sorted({k[-1] for k in self.recent})
 
     def windows(self, window_s: int | None = None, complete_before: float | None = None) -> list[AggregateRecord]:
         """One window per key, of one window size (default: the shortest present): the newest, or
@@ -269,7 +269,7 @@ class LiveState:
             window_s = min(self.window_sizes(), default=None)
         out = []
         for k, windows in self.recent.items():
-            if k[4] != window_s or not windows:
+            if k[-1] != window_s or not windows:
                 continue
             starts = sorted(windows, reverse=True)
             pick = starts[0]

@@ -1,6 +1,6 @@
 """`gpucost watch`: live spend in the terminal, built on the Python client (`gpucost/client.py`).
 
-One row per key (tenant, service, region, GPU model) from its newest ended window: spend rate,
+One row per key (tenant, service, region, GPU model, model version) from its newest ended window: spend rate,
 spend in the window, utilization and idle share, sorted by spend; below, the alerts firing now. It survives
 an API restart (the client reconnects and the fresh snapshot replaces the table) and stops with a
 clear message when the key is refused."""
@@ -34,14 +34,15 @@ def spend_table(state: LiveState, top: int = 30, window_s: int | None = None, no
              + f", total ${total_rate_usd_h:,.2f}/h")
     table = Table(title=title, title_justify="left", expand=False)
     columns: list[tuple[str, JustifyMethod]] = [
-        ("tenant", "left"), ("service", "left"), ("region", "left"), ("GPU", "left"), ("spend $/h", "right"),
+        ("tenant", "left"), ("service", "left"), ("region", "left"), ("GPU", "left"), ("version", "left"),
+        ("spend $/h", "right"),
         ("spend in window $", "right"), ("util %", "right"), ("idle %", "right")]
     for name, justify in columns:
         table.add_column(name, justify=justify, no_wrap=True)
     for r in rows[:top]:
         idle_share = f"{100 * r.idle_usd / r.spend_usd:.1f}" if r.spend_usd > 0 else "-"
         # Text, never markup: tenant and service names come from the data.
-        table.add_row(Text(r.tenant), Text(r.service), Text(r.region), Text(r.gpu_model),
+        table.add_row(Text(r.tenant), Text(r.service), Text(r.region), Text(r.gpu_model), Text(r.model_version or "-"),
                       f"{r.spend_rate_usd_h:,.2f}", f"{r.spend_usd:,.4f}", f"{100 * r.util_avg:.1f}", idle_share)
     notes = []
     if len(rows) > top:
@@ -154,6 +155,7 @@ def register(app: typer.Typer) -> None:
         service: str = typer.Option(None, help="Only this service."),
         region: str = typer.Option(None, help="Only this region."),
         gpu_model: str = typer.Option(None, help="Only this GPU model."),
+        model_version: str = typer.Option(None, help="Only this model version (e.g. a canary)."),
         url: str = typer.Option(None, help="The API's WebSocket address (default: ws://api_host:api_port/ws from the settings)."),
         api_key: str = typer.Option(None, envvar="GPUCOST_API_KEY",
                                     help="API key (default: the admin key that `gpucost up` keeps on this machine)."),
@@ -171,7 +173,7 @@ def register(app: typer.Typer) -> None:
                        "(it keeps an admin key)", err=True)
             raise typer.Exit(2)
         flt = {k: v for k, v in (("tenant", tenant), ("service", service), ("region", region),
-                                 ("gpu_model", gpu_model)) if v}
+                                 ("gpu_model", gpu_model), ("model_version", model_version)) if v}
         console = Console()  # width: the terminal's, or $COLUMNS when printing to a pipe
         try:
             asyncio.run(watch(url or _default_url(), key, flt, console, 0 if once else updates, top, window_s))

@@ -44,6 +44,7 @@ class ServiceUsage:
     windows: set = field(default_factory=set)
     gpu_models: set = field(default_factory=set)
     regions: set = field(default_factory=set)
+    model_versions: set = field(default_factory=set)  # "" for usage without one
 
     def covered_s(self, window_s: int) -> int:
         return len(self.windows) * window_s
@@ -63,6 +64,7 @@ def service_usage(rows: Iterable[dict], window_s: int) -> dict[tuple[str, str], 
         u.windows.add(r["window_start"])
         u.gpu_models.add(r["gpu_model"])
         u.regions.add(r["region"])
+        u.model_versions.add(r.get("model_version") or "")
     return out
 
 
@@ -84,6 +86,7 @@ def live_recommendation(usage: ServiceUsage, model: dict | None, window_s: int,
     rate = usage.spend_usd * 3600 / covered if covered else 0.0
     out = {
         "tenant": usage.tenant, "service": usage.service, "gpu_models": sorted(usage.gpu_models),
+        "model_versions": sorted(usage.model_versions),
         "regions": sorted(usage.regions), "period_s": covered, "spend_usd": usage.spend_usd,
         "tokens": usage.tokens, "spend_rate_usd_h": rate, "current_usd_per_month": rate * HOURS_PER_MONTH,
         "gpus_in_use": usage.gpu_seconds / covered if covered else 0.0,
@@ -135,6 +138,14 @@ def model_for(service: str, model_versions: Iterable[str], services: dict[str, d
     return model
 
 
+def usage_model(usage: ServiceUsage, services: dict[str, dict], overrides: dict[str, dict]) -> dict | None:
+    """The model the usage was served with: one model version's own (a canary picked in the
+    dashboard's filter, or a service running one version); several versions at once are sized on
+    the service's model."""
+    versions = usage.model_versions if len(usage.model_versions) == 1 else ()
+    return model_for(usage.service, versions, services, overrides)
+
+
 # -- from the store --------------------------------------------------------------------------------
 def overrides_path(settings) -> Path:
     return Path(settings.data_dir) / "service_models.json"
@@ -183,7 +194,8 @@ def _run_model(run) -> dict | None:
 
 
 def live_services(settings, hours: float = 1.0, tenant: str | None = None, service: str | None = None,
-                  region: str | None = None, gpu_model: str | None = None) -> list[dict]:
+                  region: str | None = None, gpu_model: str | None = None,
+                  model_version: str | None = None) -> list[dict]:
     """A live recommendation for every service with aggregates in the last `hours`."""
     import time
 
@@ -198,7 +210,8 @@ def live_services(settings, hours: float = 1.0, tenant: str | None = None, servi
     services, overrides = load_services(), load_overrides(settings)
     with session_scope(settings) as session:
         q = select(AggregateRow).where(AggregateRow.window_s == size, AggregateRow.window_start >= since)
-        for col, val in (("tenant", tenant), ("service", service), ("region", region), ("gpu_model", gpu_model)):
+        for col, val in (("tenant", tenant), ("service", service), ("region", region), ("gpu_model", gpu_model),
+                         ("model_version", model_version)):
             if val is not None:
                 q = q.where(getattr(AggregateRow, col) == val)
         usage = service_usage((r.to_dict() for r in session.scalars(q)), size)
@@ -216,7 +229,7 @@ def live_services(settings, hours: float = 1.0, tenant: str | None = None, servi
     out = []
     for key, u in sorted(usage.items()):
         mine = {k.split("/", 1)[1]: v for k, v in overrides.items() if k.split("/", 1)[0] == u.tenant}
-        model = model_for(u.service, (), services, mine) or run_models.get(key)
+        model = usage_model(u, services, mine) or run_models.get(key)
         rec = live_recommendation(u, model, size, [*local, *shipped],
                                   {m.label for m in local}, catalog)
         rec["hardware"] = hardware.get(key)

@@ -7,6 +7,9 @@ per source partition with the last source offset folded into them: a pane's dura
 pane only if its offset is past the offset that pane was restored with. That makes the aggregation
 exactly-once on top of Faust's at-least-once delivery (faust issue #502), with no transactions.
 
+Panes and windows are keyed by (tenant, service, region, GPU model, model version), the version
+"" for events without one, so canary and stable versions of a service are summed apart.
+
 Two stages use it: the meter (streaming/meter.py) folds events of the source partitions it owns
 into panes and writes each changed pane's absolute record to `cost.panes`, partitioned by tenant;
 the window stage (streaming/windows.py) holds every pane of its keys, whichever worker wrote them,
@@ -28,7 +31,7 @@ from core.pricing import PricingError
 
 # The hot path keys panes by plain tuples (an AggregateKey compares and hashes equal to one, and is
 # built only where a record leaves this module).
-AggKey = tuple[str, str, str, str]  # (tenant, service, region, gpu_model)
+AggKey = tuple[str, str, str, str, str]  # (tenant, service, region, gpu_model, model_version or "")
 
 # Slots of a pane's running sums (a list, for speed on the hot path).
 SPEND, GPU_S, UTIL_S, IDLE, EVENTS, TOKENS, REQUESTS, FALLBACK, LAST_OFFSET, RESTORED_OFFSET = range(10)
@@ -93,6 +96,11 @@ class PaneStore:
     #: idle_partition_s) the watermark waits for it. None: only partitions seen so far count.
     expected_partitions: frozenset[int] | None = None
     created: float = field(default_factory=time.monotonic)
+    #: Panes restored from records written before model_version was a key part: (key, pane_start,
+    #: partition) -> the offset up to which such a pane holds the events of every model version
+    #: of its key. A replayed event of a versioned key at or below it is already counted there.
+    #: Empty once those panes are evicted (a few minutes after an upgrade).
+    every_version_upto: dict[tuple[AggKey, int, int], int] = field(default_factory=dict)
     late_events: int = 0
     late_after_close: int = 0  # window stage: events that reached a pane after one of its windows closed
     replayed_events: int = 0
@@ -121,10 +129,11 @@ class PaneStore:
         # last ones are kept so those events skip the lookups (this loop is the worker's hot path).
         last_key = last_pane = last_sums = last_pkey = None
         usd_h = fallback = None
+        before_versions = self.every_version_upto
         for ev in events:
             ts = ev.ts
             pane_start = int(ts // step) * step
-            key = (ev.tenant, ev.service, ev.region, ev.gpu_model)
+            key = (ev.tenant, ev.service, ev.region, ev.gpu_model, ev.model_version or "")
             if last_sums is not None and pane_start == last_pane and key == last_key:
                 sums = last_sums  # same pane as the previous event: already checked below
             else:
@@ -135,6 +144,10 @@ class PaneStore:
                 # nor unpriceable now, whatever the restored watermark or prices say.
                 if sums is not None and offset <= sums[RESTORED_OFFSET]:
                     self.replayed_events += 1
+                    continue
+                if before_versions and sums is None and offset <= before_versions.get(
+                        ((*key[:4], ""), pane_start, partition), -1):
+                    self.replayed_events += 1  # in a pane from before versions were keyed apart
                     continue
                 if pane_start + step <= horizon:
                     rejected.append(Rejected(
@@ -210,10 +223,12 @@ class PaneStore:
         from these records (see `restore`), not from here, so that the panes of one key held by
         several workers meet in one place."""
         out = []
+        before_versions = self.every_version_upto
         for key, pane_start, partition in self.dirty:
             sums = self.panes[key][pane_start][partition]
             out.append((PaneRecordKey(partition, AggregateKey(*key), pane_start),
-                        pane_sums(sums, self.partition_watermarks.get(partition, 0.0))))
+                        pane_sums(sums, self.partition_watermarks.get(partition, 0.0),
+                                  before_versions.get((key, pane_start, partition), -1) if before_versions else -1)))
         self.dirty.clear()
         return out
 
@@ -228,6 +243,7 @@ class PaneStore:
                 # meter's partitions), not by one meter's tombstone: another meter, its watermark
                 # behind, may still fold events into this pane's other partitions or neighbours.
                 return
+            self.every_version_upto.pop((key, pane_start, partition), None)
             by_start = self.panes.get(key, {})
             by_start.get(pane_start, {}).pop(partition, None)
             if pane_start in by_start and not by_start[pane_start]:
@@ -246,6 +262,12 @@ class PaneStore:
             old = by_partition.get(partition)
             self.late_after_close += value.events - (old[EVENTS] if old else 0)
         by_partition[partition] = sums
+        if not mark_windows:  # the meter: what a pane from before versions were keyed apart holds
+            if value.every_version_upto >= 0 and not key.model_version:
+                # Kept across a re-persist (take_dirty), so a second restart still skips it.
+                self.every_version_upto[(key, pane_start, partition)] = value.every_version_upto
+            elif self.every_version_upto:
+                self.every_version_upto.pop((key, pane_start, partition), None)
         wm = value.watermark
         if wm > self.partition_watermarks.get(partition, 0.0):
             self.partition_watermarks[partition] = wm
@@ -264,6 +286,8 @@ class PaneStore:
             for pane_start in [s for s in by_start if s + self.spec.size_s <= horizon]:
                 for partition in by_start.pop(pane_start):
                     tombstones.append(PaneRecordKey(partition, AggregateKey(*key), pane_start))
+                    if self.every_version_upto:
+                        self.every_version_upto.pop((key, pane_start, partition), None)
             if not by_start:
                 del self.panes[key]
         return tombstones
@@ -281,6 +305,7 @@ class PaneStore:
             if not by_start:
                 del self.panes[key]
         self.dirty = {d for d in self.dirty if d[2] not in partitions}
+        self.every_version_upto = {k: v for k, v in self.every_version_upto.items() if k[2] not in partitions}
         for p in partitions:
             self.partition_watermarks.pop(p, None)
             self.partition_seen.pop(p, None)
@@ -353,20 +378,21 @@ class PaneStore:
 
 
 def window_record(key: AggKey, window_start: int, window_s: int, total: list) -> WindowAggregate:
-    tenant, service, region, gpu_model = key
+    tenant, service, region, gpu_model, model_version = key
     gpu_seconds = total[GPU_S]
     spend = total[SPEND]
     return WindowAggregate(
         window_start=window_start, window_end=window_start + window_s, window_s=window_s,
-        tenant=tenant, service=service, region=region, gpu_model=gpu_model,
+        tenant=tenant, service=service, region=region, gpu_model=gpu_model, model_version=model_version,
         spend_usd=spend, spend_rate_usd_h=spend * 3600.0 / window_s, gpu_seconds=gpu_seconds,
         util_avg=total[UTIL_S] / gpu_seconds if gpu_seconds else 0.0, idle_usd=total[IDLE],
         events=int(total[EVENTS]), tokens=int(total[TOKENS]), requests=int(total[REQUESTS]),
         fallback_priced_events=int(total[FALLBACK]))
 
 
-def pane_sums(sums: list, watermark: float) -> PaneSums:
+def pane_sums(sums: list, watermark: float, every_version_upto: int = -1) -> PaneSums:
     """A pane's durable record from its running sums."""
     return PaneSums(spend_usd=sums[SPEND], gpu_seconds=sums[GPU_S], util_seconds=sums[UTIL_S],
                     idle_usd=sums[IDLE], events=sums[EVENTS], tokens=sums[TOKENS], requests=sums[REQUESTS],
-                    fallback_priced=sums[FALLBACK], last_offset=sums[LAST_OFFSET], watermark=watermark)
+                    fallback_priced=sums[FALLBACK], last_offset=sums[LAST_OFFSET], watermark=watermark,
+                    every_version_upto=every_version_upto)

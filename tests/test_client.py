@@ -46,7 +46,7 @@ def newest_per_key(expected: dict) -> dict[tuple, dict]:
 
 
 def exact(records: list[AggregateRecord], want: dict[tuple, dict]) -> bool:
-    got = {(r.tenant, r.service, r.region, r.gpu_model): r for r in records}
+    got = {(r.tenant, r.service, r.region, r.gpu_model, r.model_version): r for r in records}
     return set(got) == set(want) and all(
         got[k].window_start == w["window_start"] and got[k].events == w["events"] and got[k].tokens == w["tokens"]
         and all(getattr(got[k], f) == pytest.approx(w[f], rel=1e-9, abs=1e-12) for f in FIELDS)
@@ -92,8 +92,9 @@ async def test_the_client_resumes_from_a_fresh_exact_snapshot_after_an_api_resta
         # Wait until the API has stored them, so the restarted API's snapshot can hold them all.
         def stored():
             rows = httpx.get(stack.url + "/api/history", params={"since": T - 60}, headers=stack.headers, timeout=5).json()
-            return exact([AggregateRecord.model_validate(r) for r in rows if r["window_start"] ==
-                          want[(r["tenant"], r["service"], r["region"], r["gpu_model"])]["window_start"]], want)
+            newest = [r for r in rows if r["window_start"] == want[
+                (r["tenant"], r["service"], r["region"], r["gpu_model"], r["model_version"])]["window_start"]]
+            return exact([AggregateRecord.model_validate(r) for r in newest], want)
 
         await async_wait_for(stored, 30, what="newest windows stored by the API")
         stack.kill("api", signal.SIGKILL)
@@ -163,7 +164,7 @@ def test_the_newest_ended_window_is_picked_over_one_still_filling():
     state = LiveState()
     for start in range(0, 200, 10):  # more windows than are kept
         state.apply(AggregateUpdate(type="aggregate", data=agg("acme", start, start / 10)))
-    assert len(state.recent[("acme", "s", "r", "g", 60)]) == LiveState.KEEP
+    assert len(state.recent[("acme", "s", "r", "g", "", 60)]) == LiveState.KEEP
     assert state.windows()[0].window_start == 190
     assert state.windows(complete_before=200)[0].window_start == 140  # [140, 200) has ended by 200
     assert state.windows(complete_before=199)[0].window_start == 130

@@ -57,7 +57,8 @@ class Client:
         async for raw in self.ws:
             msg = json.loads(raw)
             for r in msg["data"] if msg["type"] == "snapshot" else [msg["data"]] if msg["type"] == "aggregate" else []:
-                self.latest[(r["tenant"], r["service"], r["region"], r["gpu_model"], r["window_start"])] = r
+                self.latest[(r["tenant"], r["service"], r["region"], r["gpu_model"], r["model_version"],
+                             r["window_start"])] = r
 
 
 def exact(got: dict, expected: dict) -> bool:
@@ -89,7 +90,8 @@ async def test_two_api_instances_each_fan_out_every_key_and_deliver_each_alert_o
 
         def history_exact(url: str) -> bool:
             rows = httpx.get(url + "/api/history", params={"since": T - 120}, headers=stack.headers, timeout=10).json()
-            keyed = {(r["tenant"], r["service"], r["region"], r["gpu_model"], r["window_start"]): r for r in rows}
+            keyed = {(r["tenant"], r["service"], r["region"], r["gpu_model"], r["model_version"], r["window_start"]): r
+                     for r in rows}
             return len(keyed) == len(rows) and exact(keyed, expected)
 
         wait_for(lambda: all(history_exact(u) for u in urls), 30, what="history exact from both instances")

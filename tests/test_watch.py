@@ -21,16 +21,17 @@ from tests.support import ROOT, async_wait_for
 NOW = int(time.time()) // 60 * 60
 
 
-def window(tenant, service, gpu_model, window_start, spend_usd, util_avg, idle_usd):
+def window(tenant, service, gpu_model, window_start, spend_usd, util_avg, idle_usd, model_version=""):
     return {"kind": "usage", "tenant": tenant, "service": service, "region": "us-east-1", "gpu_model": gpu_model,
+            "model_version": model_version,
             "window_start": window_start, "window_end": window_start + 60, "window_s": 60, "spend_usd": spend_usd,
             "spend_rate_usd_h": spend_usd * 60, "gpu_seconds": 60.0, "util_avg": util_avg, "idle_usd": idle_usd,
             "events": 6, "tokens": 0, "requests": 0, "fallback_priced_events": 0}
 
 
 RECORDS = [
-    window("acme", "chat", "H100-80GB", NOW - 120, 0.1147, 0.25, 0.0860),
-    window("acme", "chat", "H100-80GB", NOW - 110, 0.2294, 0.5, 0.1147),  # newer window of the same key: shown
+    window("acme", "chat", "H100-80GB", NOW - 120, 0.1147, 0.25, 0.0860, "v2-canary"),
+    window("acme", "chat", "H100-80GB", NOW - 110, 0.2294, 0.5, 0.1147, "v2-canary"),  # newer window of the same key: shown
     window("globex", "ocr", "L4", NOW - 110, 0.0134, 0.9, 0.00134),
     window("initech", "train", "A100-80GB", NOW - 110, 0.5012, 1.0, 0.0),
 ]
@@ -73,10 +74,10 @@ async def test_watch_prints_spend_per_key_sorted_with_the_alerts_firing(stack):
     r = await asyncio.to_thread(run_watch, stack, "--once")
     assert r.returncode == 0, r.stderr
     assert rows(r.stdout) == [
-        # tenant, service, region, GPU, spend $/h, spend in window $, util %, idle %
-        ["initech", "train", "us-east-1", "A100-80GB", "30.07", "0.5012", "100.0", "0.0"],
-        ["acme", "chat", "us-east-1", "H100-80GB", "13.76", "0.2294", "50.0", "50.0"],
-        ["globex", "ocr", "us-east-1", "L4", "0.80", "0.0134", "90.0", "10.0"],
+        # tenant, service, region, GPU, model version, spend $/h, spend in window $, util %, idle %
+        ["initech", "train", "us-east-1", "A100-80GB", "-", "30.07", "0.5012", "100.0", "0.0"],
+        ["acme", "chat", "us-east-1", "H100-80GB", "v2-canary", "13.76", "0.2294", "50.0", "50.0"],
+        ["globex", "ocr", "us-east-1", "L4", "-", "0.80", "0.0134", "90.0", "10.0"],
     ], r.stdout
     assert "3 keys, 60 s windows" in r.stdout and "total $44.64/h" in r.stdout  # (0.5012+0.2294+0.0134)*60
     assert "alerts: 1 firing: [critical] acme daily: day spend $12.50 reached 100% of the $10.00 budget" in r.stdout
@@ -84,6 +85,9 @@ async def test_watch_prints_spend_per_key_sorted_with_the_alerts_firing(stack):
 
     only_acme = await asyncio.to_thread(run_watch, stack, "--once", "--tenant", "acme")
     assert [row[0] for row in rows(only_acme.stdout)] == ["acme"], only_acme.stdout
+    canary = await asyncio.to_thread(run_watch, stack, "--once", "--model-version", "v2-canary")
+    assert [row[:5] for row in rows(canary.stdout)] == [["acme", "chat", "us-east-1", "H100-80GB", "v2-canary"]], \
+        canary.stdout
 
     # --updates 1: the first frame, then one more when a live update arrives.
     env = {**os.environ, "COLUMNS": "200"}
@@ -101,8 +105,8 @@ async def test_watch_prints_spend_per_key_sorted_with_the_alerts_firing(stack):
     assert proc.returncode == 0, err.decode()
     frames = (first + rest).decode().split("1 key, 60 s windows")
     assert len(frames) == 3, (first + rest).decode()  # text before the first frame, then two frames
-    assert rows(frames[1]) == [["globex", "ocr", "us-east-1", "L4", "0.80", "0.0134", "90.0", "10.0"]]
-    assert rows(frames[2]) == [["globex", "ocr", "us-east-1", "L4", "1.61", "0.0268", "50.0", "50.0"]]
+    assert rows(frames[1]) == [["globex", "ocr", "us-east-1", "L4", "-", "0.80", "0.0134", "90.0", "10.0"]]
+    assert rows(frames[2]) == [["globex", "ocr", "us-east-1", "L4", "-", "1.61", "0.0268", "50.0", "50.0"]]
 
 
 @pytest.mark.integration

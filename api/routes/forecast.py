@@ -158,7 +158,8 @@ def spend_forecast(first_h: int, y: np.ndarray, now: float, fallback=None) -> di
 
 @router.get("/forecast")
 def forecast(request: Request, tenant: str | None = None, service: str | None = None, region: str | None = None,
-             gpu_model: str | None = None, days: int = Query(28, ge=1, le=92),
+             gpu_model: str | None = None, model_version: str | None = Query(None, max_length=200),
+             days: int = Query(28, ge=1, le=92),
              p: Principal = Depends(principal)) -> dict:
     """This day's and month's projected spend (UTC) with 95 % bounds, and the back-test."""
     settings = request.app.state.settings
@@ -168,7 +169,8 @@ def forecast(request: Request, tenant: str | None = None, service: str | None = 
 
     def rows(window_s: int) -> list[dict]:
         q = select(AggregateRow).where(AggregateRow.window_s == window_s, AggregateRow.window_start >= since)
-        for col, val in (("tenant", scoped), ("service", service), ("region", region), ("gpu_model", gpu_model)):
+        for col, val in (("tenant", scoped), ("service", service), ("region", region), ("gpu_model", gpu_model),
+                         ("model_version", model_version)):
             if val is not None:
                 q = q.where(getattr(AggregateRow, col) == val)
         with session_scope(settings) as s:

@@ -30,6 +30,8 @@ def history(
     service: str | None = None,
     region: str | None = None,
     gpu_model: str | None = None,
+    model_version: str | None = Query(None, max_length=200,
+                                      description='only this model version ("": events that carry none)'),
     # Upper bounds: the columns are 32-bit integers; a larger value must be a 422, not a driver error.
     window_s: int | None = Query(None, gt=0, le=INT32_MAX,
                                  description="resolution: the window size (default), 3600 (hourly) or 86400 (daily)"),
@@ -49,7 +51,8 @@ def history(
     # rollups at 1,000 keys is 30,000 rows (bench/history.py).
     q = select(*(getattr(A, f) for f in A.FIELDS))
     scoped = p.scope_tenant(tenant)
-    for col, val in (("tenant", scoped), ("service", service), ("region", region), ("gpu_model", gpu_model)):
+    for col, val in (("tenant", scoped), ("service", service), ("region", region), ("gpu_model", gpu_model),
+                     ("model_version", model_version)):
         if val is not None:
             q = q.where(getattr(A, col) == val)
     q = q.where(A.window_s == (window_s or settings.window_size_s))
@@ -58,7 +61,7 @@ def history(
     if until is not None:
         q = q.where(A.window_start < until)
     # Newest `limit` rows, returned oldest first; ties in key order, so the order is stable.
-    q = q.order_by(A.window_start.desc(), A.tenant, A.service, A.region, A.gpu_model).limit(limit)
+    q = q.order_by(A.window_start.desc(), A.tenant, A.service, A.region, A.gpu_model, A.model_version).limit(limit)
     engine = get_engine(settings)
     with engine.connect() as conn:
         if engine.dialect.name == "postgresql":
@@ -68,20 +71,28 @@ def history(
             t = q.add_columns(literal("usage").label("kind")).subquery("t")
             body = conn.execute(select(cast(func.coalesce(
                 func.json_agg(aggregate_order_by(literal_column("t"), t.c.window_start, t.c.tenant, t.c.service,
-                                                 t.c.region, t.c.gpu_model)), text("'[]'::json")), Text)
+                                                 t.c.region, t.c.gpu_model, t.c.model_version)),
+                text("'[]'::json")), Text)
             ).select_from(t)).scalar_one()  # as text: psycopg would parse json into Python objects
             return Response(body, media_type="application/json")
         rows = [{"kind": "usage", **m} for m in conn.execute(q).mappings()]
-    rows.sort(key=lambda r: (r["window_start"], r["tenant"], r["service"], r["region"], r["gpu_model"]))
+    rows.sort(key=lambda r: (r["window_start"], r["tenant"], r["service"], r["region"], r["gpu_model"],
+                             r["model_version"]))
     return Response(json.dumps(rows, separators=(",", ":")), media_type="application/json")
 
 
 @router.get("/latest", response_model=list[WindowAggregate])
-def latest(request: Request, tenant: str | None = None, p: Principal = Depends(principal)) -> list[dict]:
-    """The newest window of every live key (what a WebSocket snapshot holds)."""
+def latest(request: Request, tenant: str | None = None, service: str | None = None, region: str | None = None,
+           gpu_model: str | None = None,
+           model_version: str | None = Query(None, max_length=200,
+                                             description='only this model version ("": events that carry none)'),
+           p: Principal = Depends(principal)) -> list[dict]:
+    """The newest window of every live key (what a WebSocket snapshot holds), filtered like
+    /api/history."""
     hub = request.app.state.hub
-    scoped = p.scope_tenant(tenant)
-    return [r for r in hub.latest.values() if scoped is None or r["tenant"] == scoped]
+    want = {k: v for k, v in (("tenant", p.scope_tenant(tenant)), ("service", service), ("region", region),
+                              ("gpu_model", gpu_model), ("model_version", model_version)) if v is not None}
+    return [r for r in hub.latest.values() if all(r.get(k) == v for k, v in want.items())]
 
 
 @router.get("/alerts", response_model=list[AlertEvent])

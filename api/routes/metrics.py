@@ -3,7 +3,8 @@ for Prometheus and Grafana. It needs an API key like every other route, sent as 
 one (`authorization: {credentials: <key>}` in the scrape config: `Authorization: Bearer <key>`);
 a tenant key sees its tenant's series only, an admin key every tenant plus the pipeline's health.
 
-Series (labels: tenant, service, region, gpu_model: bounded by the fleet, never per event):
+Series (labels: tenant, service, region, gpu_model, model_version ("" where events carry none):
+bounded by the fleet and its deployed versions, never per event):
 - `gpucost_spend_usd_total`, `gpucost_idle_usd_total`, `gpucost_gpu_seconds_total`,
   `gpucost_usage_events_total`: counters, the
   sum of the stored tiled windows (each event once; revisions by late events only add). They cover
@@ -38,7 +39,7 @@ from core.tables.history import AggregateRow, BilledLineItem
 from ingest.dcgm import stats_file
 
 router = APIRouter(tags=["metrics"])
-KEY_LABELS = ["tenant", "service", "region", "gpu_model"]
+KEY_LABELS = ["tenant", "service", "region", "gpu_model", "model_version"]
 ALERT_LABELS = ["rule_id", "rule_name", "rule_kind", "level", "severity", *KEY_LABELS]
 
 
@@ -47,10 +48,11 @@ def _stored_totals(settings, tenant: str | None) -> dict:
     billed totals and webhook deliveries by status, in one database session."""
     size = settings.window_size_s
     totals = (select(AggregateRow.tenant, AggregateRow.service, AggregateRow.region, AggregateRow.gpu_model,
-                     func.sum(AggregateRow.spend_usd), func.sum(AggregateRow.idle_usd), func.sum(AggregateRow.gpu_seconds),
+                     AggregateRow.model_version, func.sum(AggregateRow.spend_usd), func.sum(AggregateRow.idle_usd), func.sum(AggregateRow.gpu_seconds),
                      func.sum(AggregateRow.events))
               .where(AggregateRow.window_s == size, AggregateRow.window_start % size == 0)
-              .group_by(AggregateRow.tenant, AggregateRow.service, AggregateRow.region, AggregateRow.gpu_model))
+              .group_by(AggregateRow.tenant, AggregateRow.service, AggregateRow.region, AggregateRow.gpu_model,
+                        AggregateRow.model_version))
     # GPU usage lines only: a counter never falls, and credits (negative) would make it; charges
     # are in /api/reconciliation.
     billed = (select(BilledLineItem.tenant, BilledLineItem.cloud, func.sum(BilledLineItem.cost_usd))
@@ -77,8 +79,8 @@ class _Snapshot:
         idle = CounterMetricFamily("gpucost_idle_usd", "Metered spend on unused GPU capacity (USD).", labels=KEY_LABELS)
         gpu_s = CounterMetricFamily("gpucost_gpu_seconds", "GPU-seconds metered.", labels=KEY_LABELS)
         events = CounterMetricFamily("gpucost_usage_events", "Usage events metered.", labels=KEY_LABELS)
-        for tenant, service, region, model, spend_usd, idle_usd, seconds, n in self.stored["windows"]:
-            labels = [tenant, service, region, model]
+        for tenant, service, region, model, version, spend_usd, idle_usd, seconds, n in self.stored["windows"]:
+            labels = [tenant, service, region, model, version]
             spend.add_metric(labels, float(spend_usd or 0))
             idle.add_metric(labels, float(idle_usd or 0))
             gpu_s.add_metric(labels, float(seconds or 0))
@@ -94,7 +96,7 @@ class _Snapshot:
         for rec in list(self.hub.latest.values()):
             if not self.p.allows(rec["tenant"]):
                 continue
-            labels = [rec["tenant"], rec["service"], rec["region"], rec["gpu_model"]]
+            labels = [rec["tenant"], rec["service"], rec["region"], rec["gpu_model"], rec.get("model_version") or ""]
             rate.add_metric(labels, float(rec["spend_rate_usd_h"]))
             idle_rate.add_metric(labels, float(rec["idle_usd"]) * 3600 / rec["window_s"])
             util.add_metric(labels, float(rec["util_avg"]))

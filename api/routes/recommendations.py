@@ -225,6 +225,7 @@ class LiveServiceOut(BaseModel):
     service: str
     gpu_models: list[str]
     regions: list[str]
+    model_versions: list[str] = Field(default_factory=list, description='the model versions it served ("": none given)')
     period_s: int
     spend_usd: float
     tokens: int
@@ -252,14 +253,16 @@ class LiveServiceOut(BaseModel):
 @router.get("/recommendations/live", response_model=list[LiveServiceOut])
 def live(request: Request, hours: float = Query(1.0, gt=0, le=24 * 31),
          tenant: str | None = None, service: str | None = None, region: str | None = None,
-         gpu_model: str | None = None, p: Principal = Depends(principal)) -> list[dict]:
+         gpu_model: str | None = None, model_version: str | None = Query(None, max_length=200),
+         p: Principal = Depends(principal)) -> list[dict]:
     """Every live service, recommended automatically (optimizer.recommend_live): its demand and
     fleet from the stored aggregates of the last `hours`, its model from ingest/services.json or a
     per-service setting (PUT /api/services/model); the same demand priced on the current and the
     recommended fleet, each figure with its basis."""
     from optimizer.recommend_live import live_services
 
-    return live_services(request.app.state.settings, hours, p.scope_tenant(tenant), service, region, gpu_model)
+    return live_services(request.app.state.settings, hours, p.scope_tenant(tenant), service, region, gpu_model,
+                         model_version)
 
 
 @router.get("/recommendations/{rec_id}", response_model=RecommendationOut)

@@ -7,7 +7,7 @@ from contracts.aggregates import iso
 
 FORMATS = ("gpucost", "alertmanager", "slack")
 ZERO_TIME = "0001-01-01T00:00:00Z"  # Alertmanager's "no end" for a firing alert
-LABEL_FIELDS = ("tenant", "service", "region", "gpu_model")
+LABEL_FIELDS = ("tenant", "service", "region", "gpu_model", "model_version")  # each where the alert has one
 
 
 def render(fmt: str, alert: dict, webhook_name: str, external_url: str = "") -> dict:

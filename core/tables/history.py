@@ -1,4 +1,5 @@
-"""Tables the API persists: aggregate history (latest value per key and window). One table holds
+"""Tables the API persists: aggregate history (latest value per key and window; the key is tenant,
+service, region, GPU model and model version). One table holds
 every resolution: 1-minute windows as the stream emits them (window_s = the window size) and the
 hourly and daily rollups the API computes from them (window_s = 3600 and 86400, same fields)."""
 
@@ -13,7 +14,8 @@ from core.tables.base import Base
 class AggregateRow(Base):
     __tablename__ = "aggregates"
     __table_args__ = (
-        UniqueConstraint("tenant", "service", "region", "gpu_model", "window_s", "window_start", name="uq_aggregate_window"),
+        UniqueConstraint("tenant", "service", "region", "gpu_model", "model_version", "window_s", "window_start",
+                         name="uq_aggregate_window"),  # model_version: migration 0003
         Index("ix_aggregates_tenant_time", "tenant", "window_start"),
         Index("ix_aggregates_time", "window_start"),
         Index("ix_aggregates_tenant_size_time", "tenant", "window_s", "window_start"),  # migration 0002
@@ -24,6 +26,8 @@ class AggregateRow(Base):
     service: Mapped[str] = mapped_column(String(200))
     region: Mapped[str] = mapped_column(String(200))
     gpu_model: Mapped[str] = mapped_column(String(200))
+    # "" for events without a model version (and every row from before it was a key part).
+    model_version: Mapped[str] = mapped_column(String(200), default="", server_default="")
     window_start: Mapped[int] = mapped_column(Integer)
     window_end: Mapped[int] = mapped_column(Integer)
     window_s: Mapped[int] = mapped_column(Integer)
@@ -37,7 +41,7 @@ class AggregateRow(Base):
     requests: Mapped[int] = mapped_column(Integer, default=0)
     fallback_priced_events: Mapped[int] = mapped_column(Integer, default=0)
 
-    FIELDS = ("tenant", "service", "region", "gpu_model", "window_start", "window_end", "window_s",
+    FIELDS = ("tenant", "service", "region", "gpu_model", "model_version", "window_start", "window_end", "window_s",
               "spend_usd", "spend_rate_usd_h", "gpu_seconds", "util_avg", "idle_usd", "events",
               "tokens", "requests", "fallback_priced_events")
 

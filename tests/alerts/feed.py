@@ -12,17 +12,20 @@ USD_PER_GPU_HOUR = 3.6  # $0.01 per GPU per 10 s sample
 DAY0 = 1_763_942_400  # 2025-11-24T00:00:00Z, a Monday; every test starts at a known UTC boundary
 
 
-def usage(ts: float, *, tenant="acme", service="train", gpu_index=0, util=1.0, interval_s=10.0, host="h1") -> UsageEvent:
+def usage(ts: float, *, tenant="acme", service="train", gpu_index=0, util=1.0, interval_s=10.0, host="h1",
+          model_version=None) -> UsageEvent:
     return UsageEvent(ts=float(ts), tenant=tenant, service=service, cloud="aws", region="us-east-1",
                       instance_type="p4d.24xlarge", gpu_model="A100-40GB", host=host, gpu_index=gpu_index,
-                      interval_s=interval_s, util=util, mem_used_gb=1.0, mem_total_gb=40.0, power_w=100.0)
+                      interval_s=interval_s, util=util, mem_used_gb=1.0, mem_total_gb=40.0, power_w=100.0,
+                      model_version=model_version)
 
 
 def rule(kind: str, rule_id: str = "r1", **params) -> Rule:
     group_by = params.pop("group_by", None)
     service = params.pop("service", None)
+    model_version = params.pop("model_version", None)
     return Rule(id=rule_id, name=f"{kind} rule", kind=kind, tenant="acme", service=service,
-                group_by=group_by, params=params)
+                model_version=model_version, group_by=group_by, params=params)
 
 
 class Feed:

@@ -208,3 +208,32 @@ def test_burn_rate_resolves_only_clearly_under_the_limit():
     assert feed.transitions() == ["firing"]  # but not under $0.40: no flapping around the limit
     feed.run(DAY0 + 86400, 120, tenant="other")  # a new day: nothing spent, nothing projected
     assert feed.transitions() == ["firing", "resolved"]
+
+
+def _canary_and_stable(feed, start: int, seconds: int, canary_util: float, stable_util: float = 1.0) -> None:
+    for ts in range(start, start + seconds, 10):
+        feed.send([usage(ts, service="chat", model_version="v2-canary", util=canary_util),
+                   usage(ts, service="chat", model_version="v1", util=stable_util, host="h2")])
+
+
+def test_a_rule_grouped_by_model_version_fires_for_the_canary_alone():
+    feed = Feed(rule("idle_waste", threshold=0.5, for_s=60, group_by=["tenant", "service", "model_version"]))
+    _canary_and_stable(feed, DAY0, 300, canary_util=0.1)
+    assert feed.transitions() == ["firing"]
+    a = feed.alerts[0]
+    assert a["group"] == {"tenant": "acme", "service": "chat", "model_version": "v2-canary"}
+    assert (a["model_version"], a["service"]) == ("v2-canary", "chat")
+    assert a["value"] == pytest.approx(0.9)  # the canary's own idle share, not the service's (0.45)
+    _canary_and_stable(feed, DAY0 + 300, 300, canary_util=1.0)
+    assert feed.transitions() == ["firing", "resolved"]
+
+
+def test_a_rule_filtered_to_a_model_version_sums_only_that_version():
+    # The canary spends $0.01 per 10 s, the stable version as much: $0.30 each in 300 s.
+    feed = Feed(rule("budget", period="1h", limit_usd=0.5, warn_at=[0.5], model_version="v2-canary"))
+    _canary_and_stable(feed, DAY0, 300, canary_util=1.0)
+    assert [(a["level"], a["model_version"]) for a in feed.alerts] == [("50%", "v2-canary")]
+    assert feed.alerts[0]["group"] == {"tenant": "acme"} and feed.alerts[0]["value"] < 0.5
+    unfiltered = Feed(rule("budget", period="1h", limit_usd=0.5, warn_at=[0.5]))
+    _canary_and_stable(unfiltered, DAY0, 300, canary_util=1.0)
+    assert [a["level"] for a in unfiltered.alerts] == ["50%", "100%"]  # both versions: $0.60

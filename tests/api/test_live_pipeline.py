@@ -47,7 +47,8 @@ class WSClient:
             self.messages.append(msg)
             records = msg["data"] if msg["type"] == "snapshot" else [msg["data"]] if msg["type"] == "aggregate" else []
             for r in records:
-                self.latest[(r["tenant"], r["service"], r["region"], r["gpu_model"], r["window_start"])] = r
+                self.latest[(r["tenant"], r["service"], r["region"], r["gpu_model"], r["model_version"],
+                             r["window_start"])] = r
 
 
 async def connect(stack, flt: dict) -> WSClient:
@@ -92,7 +93,7 @@ async def test_known_events_come_out_exact_on_websocket_and_rest_history(stack):
     expected = expected_windows(good, {"H100-80GB": H100_P5_USD_H, "L4": L4_G6_USD_H})
     # A hand-computed window as a check on the reference itself: acme's [T, T+60) holds 4 samples of
     # 10 s on an H100 at 6.88 USD/h, utils 0.5, 0.9, 0.0, 1.0.
-    w = expected[("acme", "chat", "us-east-1", "H100-80GB", T)]
+    w = expected[("acme", "chat", "us-east-1", "H100-80GB", "", T)]
     assert w["spend_usd"] == pytest.approx(4 * 6.88 * 10 / 3600)
     assert w["util_avg"] == pytest.approx(0.6)
     assert w["idle_usd"] == pytest.approx(6.88 * 10 / 3600 * (0.5 + 0.1 + 1.0 + 0.0))
@@ -110,7 +111,8 @@ async def test_known_events_come_out_exact_on_websocket_and_rest_history(stack):
 
     def history_exact():
         r = httpx.get(stack.url + "/api/history", params={"since": T - 60}, headers=getattr(stack, "headers", {}), timeout=5)
-        rows = {(x["tenant"], x["service"], x["region"], x["gpu_model"], x["window_start"]): x for x in r.json()}
+        rows = {(x["tenant"], x["service"], x["region"], x["gpu_model"], x["model_version"], x["window_start"]): x
+                for x in r.json()}
         return set(rows) == set(expected) and all(matches(rows[k], expected[k]) for k in expected)
 
     await async_wait_for(history_exact, 30, what="exact REST history")

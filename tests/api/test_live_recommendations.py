@@ -14,7 +14,7 @@ MODEL = {"params": 8e9, "precision": "bf16", "prompt_tokens": 512, "output_token
          "n_layers": 32, "n_kv_heads": 8, "head_dim": 128}
 
 
-def _rows(n_windows=10, spend_usd=0.5, tokens=60_000, gpus=4, tenant="acme", service="chat-api"):
+def _rows(n_windows=10, spend_usd=0.5, tokens=60_000, gpus=4, tenant="acme", service="chat-api", model_version=""):
     """n aligned 60 s windows plus the hopping windows between them, which must not be summed."""
     rows = []
     for i in range(n_windows):
@@ -22,7 +22,7 @@ def _rows(n_windows=10, spend_usd=0.5, tokens=60_000, gpus=4, tenant="acme", ser
             rows.append({"tenant": tenant, "service": service, "region": "us-east-1", "gpu_model": "A100-80GB",
                          "window_start": 1_800_000_000 + i * 60 + offset, "window_s": 60,
                          "spend_usd": spend_usd, "tokens": tokens, "gpu_seconds": gpus * 60.0,
-                         "util_avg": 0.5})
+                         "util_avg": 0.5, "model_version": model_version})
     return rows
 
 
@@ -77,6 +77,20 @@ def test_unknown_model_and_missing_tokens_say_so_instead_of_guessing():
     assert rec["savings_usd_per_month"] is None
     no_tokens = live_recommendation(service_usage(_rows(tokens=0), 60)[("acme", "chat-api")], MODEL, 60)
     assert no_tokens["status"] == "no_tokens" and no_tokens["best_alternative"] is None
+
+
+def test_a_canary_alone_is_sized_on_its_own_model_and_mixed_versions_on_the_service_model():
+    from optimizer.recommend_live import usage_model
+
+    shipped = load_services()
+    canary = service_usage(_rows(model_version="v2-canary"), 60)[("acme", "chat-api")]
+    assert canary.model_versions == {"v2-canary"} and canary.tokens == 10 * 60_000
+    assert usage_model(canary, shipped, {})["precision"] == "fp8"  # ingest/services.json: the fp8 canary
+    both = service_usage(_rows(model_version="v2-canary") + _rows(model_version="v1"), 60)[("acme", "chat-api")]
+    assert usage_model(both, shipped, {})["precision"] == "bf16"
+    assert usage_model(service_usage(_rows(), 60)[("acme", "chat-api")], shipped, {})["precision"] == "bf16"
+    rec = live_recommendation(canary, usage_model(canary, shipped, {}), 60)
+    assert rec["model_versions"] == ["v2-canary"] and rec["model"]["model"].endswith("(fp8 canary)")
 
 
 def test_a_per_service_setting_wins_over_the_services_file():

@@ -62,8 +62,8 @@ async def test_metrics_counters_equal_the_streamed_totals_and_are_scoped_by_key(
     acme_spend = sum(H100_P5_USD_H * e.interval_s / 3600 for e in acme)
     acme_idle = sum(H100_P5_USD_H * e.interval_s / 3600 * (1 - e.util) for e in acme)
     globex_spend = sum(L4_G6_USD_H * e.interval_s / 3600 for e in globex)
-    acme_key = labels(tenant="acme", service="chat", region="us-east-1", gpu_model="H100-80GB")
-    globex_key = labels(tenant="globex", service="ocr", region="us-east-1", gpu_model="L4")
+    acme_key = labels(tenant="acme", service="chat", region="us-east-1", gpu_model="H100-80GB", model_version="")
+    globex_key = labels(tenant="globex", service="ocr", region="us-east-1", gpu_model="L4", model_version="")
 
     def counters_match():
         m = scrape(stack, stack.admin_key)

@@ -10,7 +10,7 @@ from contracts.aggregates import AggregateKey, PaneRecordKey, PaneSums
 from streaming.panes import PaneStore, WindowSpec
 
 T0 = 1_790_000_000
-KEY = ("acme", "chat", "us-east-1", "H100")
+KEY = ("acme", "chat", "us-east-1", "H100", "")
 
 
 def ev(ts: float) -> UsageEvent:

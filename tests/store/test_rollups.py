@@ -18,15 +18,17 @@ from core.rollups import DAY_S, HOUR_S, apply_retention
 from core.settings import Settings
 from core.tables.history import AggregateRow
 
-KEYS = [("acme", "chat", "us-east-1", "H100"), ("acme", "train", "us-east-1", "H100"),
-        ("globex", "chat", "eu-west-1", "L4")]
+# (tenant, service, region, gpu_model, model_version): one service in two versions, canary and stable
+KEYS = [("acme", "chat", "us-east-1", "H100", "v1"), ("acme", "chat", "us-east-1", "H100", "v2-canary"),
+        ("acme", "train", "us-east-1", "H100", ""), ("globex", "chat", "eu-west-1", "L4", "")]
 SUMMED = ("spend_usd", "gpu_seconds", "idle_usd", "events", "tokens", "requests", "fallback_priced_events")
 
 
 def window(key, ws: int, rng: random.Random, size: int = 60) -> dict:
     gpu_s = rng.choice([10.0, 60.0, 240.0])
     spend = round(rng.uniform(0.001, 3.0), 6)
-    return {"tenant": key[0], "service": key[1], "region": key[2], "gpu_model": key[3], "window_start": ws,
+    return {"tenant": key[0], "service": key[1], "region": key[2], "gpu_model": key[3], "model_version": key[4],
+            "window_start": ws,
             "window_end": ws + size, "window_s": size, "spend_usd": spend, "spend_rate_usd_h": spend * 3600 / size,
             "gpu_seconds": gpu_s, "util_avg": rng.random(), "idle_usd": spend * rng.random(),
             "events": rng.randrange(1, 50), "tokens": rng.randrange(0, 9000), "requests": rng.randrange(0, 20),
@@ -55,7 +57,7 @@ def reference(latest: dict[tuple, dict], size: int) -> dict[tuple, dict]:
 
 def stored(settings: Settings, size: int) -> dict[tuple, AggregateRow]:
     with session_scope(settings) as s:
-        return {((r.tenant, r.service, r.region, r.gpu_model), r.window_start): r
+        return {((r.tenant, r.service, r.region, r.gpu_model, r.model_version), r.window_start): r
                 for r in s.scalars(select(AggregateRow).where(AggregateRow.window_s == size))}
 
 
@@ -73,7 +75,7 @@ def test_rollups_are_exact_sums_of_the_latest_aligned_windows(settings):
     for i in range(0, len(records), 997):  # several batches, as the consumer stores them
         batch = records[i:i + 997]
         for r in batch:
-            latest[((r["tenant"], r["service"], r["region"], r["gpu_model"]), r["window_start"])] = r
+            latest[((r["tenant"], r["service"], r["region"], r["gpu_model"], r["model_version"]), r["window_start"])] = r
         hub._persist(batch)
 
     for size in (HOUR_S, DAY_S):
@@ -139,12 +141,15 @@ def test_history_serves_each_resolution_and_refuses_others(settings):
     app.state.settings = settings.model_copy(update={"auth_disabled": True})
     app.include_router(history.router)
     client = TestClient(app)
-    minute = client.get("/api/history", params={"tenant": "acme", "service": "chat", "since": hour}).json()
+    minute = client.get("/api/history", params={"tenant": "acme", "service": "chat", "model_version": "v1",
+                                                "since": hour}).json()
     assert len(minute) == HOUR_S // 10 and {r["window_s"] for r in minute} == {60}
+    assert {r["model_version"] for r in minute} == {"v1"}
     hourly = client.get("/api/history", params={"tenant": "acme", "window_s": 3600, "since": hour - DAY_S}).json()
-    assert [(r["service"], r["window_start"], r["window_s"]) for r in hourly] == [
-        ("chat", hour, 3600), ("train", hour, 3600)]
-    aligned = [r for r in rows if r["tenant"] == "acme" and r["service"] == "chat" and r["window_start"] % 60 == 0]
+    assert [(r["service"], r["model_version"], r["window_start"], r["window_s"]) for r in hourly] == [
+        ("chat", "v1", hour, 3600), ("chat", "v2-canary", hour, 3600), ("train", "", hour, 3600)]
+    aligned = [r for r in rows if r["tenant"] == "acme" and r["service"] == "chat" and r["model_version"] == "v1"
+               and r["window_start"] % 60 == 0]
     assert hourly[0]["spend_usd"] == pytest.approx(sum(r["spend_usd"] for r in aligned), rel=1e-12)
     assert hourly[0]["events"] == sum(r["events"] for r in aligned)
     daily = client.get("/api/history", params={"window_s": 86400}).json()

@@ -1,7 +1,7 @@
 """Lateness as a property: whatever the arrival order, lateness setting and watermark advances,
 every event either lands in every window that holds it (the window's last emitted record counts
 it) or is rejected as late and counted; nothing is lost silently. Checked against the brute-force
-reference of tests/support.py over the accepted events."""
+reference of tests/support.py over the accepted events (keyed by model version too)."""
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -31,11 +31,12 @@ def test_every_event_lands_in_every_window_holding_it_or_is_counted_late(data):
     stage1 = PaneStore(spec, lambda e: (PRICE, False))
     windows = PaneStore(spec, lambda e: (PRICE, False))
     arrivals = data.draw(st.lists(st.tuples(st.integers(0, 600), st.sampled_from(["chat", "embed"]),
-                                            st.booleans()), min_size=1, max_size=80), label="arrivals")
+                                            st.sampled_from([None, "v1", "v2-canary"]), st.booleans()),
+                                  min_size=1, max_size=80), label="arrivals")
     emitted: dict = {}
     accepted, late = [], 0
-    for offset, (t, service, flush_after) in enumerate(arrivals):
-        e = ev(T0 + t + 0.5, service=service)
+    for offset, (t, service, version, flush_after) in enumerate(arrivals):
+        e = ev(T0 + t + 0.5, service=service, model_version=version)
         rejected = stage1.add([e], 0, offset)
         if rejected:
             assert rejected[0].reason.startswith("late:")

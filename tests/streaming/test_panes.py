@@ -51,7 +51,7 @@ def test_event_counts_wholly_in_every_window_containing_its_ts():
 def test_spend_idle_util_follow_the_cost_model():
     s = store()
     s.add([ev(T0 + 1, util=0.25, interval_s=10), ev(T0 + 2, util=1.0, interval_s=30)], 0, 0)
-    w = window_stage(s).window(("acme", "chat", "us-east-1", "H100-80GB"), T0)
+    w = window_stage(s).window(("acme", "chat", "us-east-1", "H100-80GB", ""), T0)
     assert w.spend_usd == pytest.approx(0.01 + 0.03)
     assert w.spend_rate_usd_h == pytest.approx(0.04 * 3600 / 60)
     assert w.gpu_seconds == pytest.approx(40)
@@ -62,15 +62,15 @@ def test_spend_idle_util_follow_the_cost_model():
 def test_keys_are_aggregated_separately():
     s = store()
     s.add([ev(T0, tenant="a"), ev(T0, tenant="b"), ev(T0, tenant="b", gpu_model="L4")], 0, 0)
-    assert set(s.panes) == {("a", "chat", "us-east-1", "H100-80GB"), ("b", "chat", "us-east-1", "H100-80GB"),
-                            ("b", "chat", "us-east-1", "L4")}
+    assert set(s.panes) == {("a", "chat", "us-east-1", "H100-80GB", ""), ("b", "chat", "us-east-1", "H100-80GB", ""),
+                            ("b", "chat", "us-east-1", "L4", "")}
 
 
 def test_panes_of_one_key_from_two_workers_sum_into_one_window():
     worker_a, worker_b = store(), store()  # each owns one source partition
     worker_a.add([ev(T0 + 1)], 0, 5)
     worker_b.add([ev(T0 + 2), ev(T0 + 3)], 1, 9)
-    w = window_stage(worker_a, worker_b).window(("acme", "chat", "us-east-1", "H100-80GB"), T0)
+    w = window_stage(worker_a, worker_b).window(("acme", "chat", "us-east-1", "H100-80GB", ""), T0)
     assert w.events == 3 and w.spend_usd == pytest.approx(0.03)
 
 
@@ -81,7 +81,7 @@ def test_the_window_stage_reading_a_record_twice_changes_nothing():
     w = store()
     for r in records + records:
         w.restore(r[0], r[1])
-    assert w.window(("acme", "chat", "us-east-1", "H100-80GB"), T0).events == 2
+    assert w.window(("acme", "chat", "us-east-1", "H100-80GB", ""), T0).events == 2
 
 
 def test_the_window_stage_drops_a_pane_when_its_own_watermark_closes_it():
@@ -96,11 +96,11 @@ def test_the_window_stage_drops_a_pane_when_its_own_watermark_closes_it():
     for record_key in s.evict_closed():
         w.restore(record_key, None)
     w.take_pending_windows()
-    assert w.window(("acme", "chat", "us-east-1", "H100-80GB"), T0) is not None  # w's watermark: T0
+    assert w.window(("acme", "chat", "us-east-1", "H100-80GB", ""), T0) is not None  # w's watermark: T0
     for record_key, value in s.take_dirty():
         w.restore(record_key, value)  # the pane record of T0+120 carries the watermark on
     w.take_pending_windows()
-    assert w.window(("acme", "chat", "us-east-1", "H100-80GB"), T0) is None
+    assert w.window(("acme", "chat", "us-east-1", "H100-80GB", ""), T0) is None
 
 
 def test_replayed_messages_are_not_counted_twice_after_restore():
@@ -115,7 +115,7 @@ def test_replayed_messages_are_not_counted_twice_after_restore():
     t.add([ev(T0 + 1), ev(T0 + 11)], 0, 0)
     t.add([ev(T0 + 2)], 0, 1)
     t.add([ev(T0 + 3)], 0, 2)  # new
-    w = t.window(("acme", "chat", "us-east-1", "H100-80GB"), T0)
+    w = t.window(("acme", "chat", "us-east-1", "H100-80GB", ""), T0)
     assert w.events == 4
     assert w.spend_usd == pytest.approx(0.04)
     assert t.replayed_events == 3
@@ -131,7 +131,7 @@ def test_a_pane_not_yet_durable_takes_the_replay():
     for key, value in durable:
         t.restore(key, value)
     t.add([ev(T0 + 1), ev(T0 + 15)], 0, 1)
-    w = t.window(("acme", "chat", "us-east-1", "H100-80GB"), T0)
+    w = t.window(("acme", "chat", "us-east-1", "H100-80GB", ""), T0)
     assert w.events == 3
 
 
@@ -166,14 +166,14 @@ def test_closed_panes_are_evicted_with_tombstones():
     s.add([ev(T0 + 60)], 0, 2)  # the pane at T0 is in no open window now; T0+10 still is
     tombs = s.evict_closed()
     assert [k.pane_start for k in tombs] == [T0]
-    assert s.window(("acme", "chat", "us-east-1", "H100-80GB"), T0 - 50) is None  # held only pane T0
-    assert s.window(("acme", "chat", "us-east-1", "H100-80GB"), T0).events == 1  # pane T0+10 only
+    assert s.window(("acme", "chat", "us-east-1", "H100-80GB", ""), T0 - 50) is None  # held only pane T0
+    assert s.window(("acme", "chat", "us-east-1", "H100-80GB", ""), T0).events == 1  # pane T0+10 only
 
 
 def test_tokens_and_requests_are_summed():
     s = store()
     s.add([ev(T0, tokens=100, requests=2), ev(T0 + 1, tokens=50)], 0, 0)
-    w = s.window(("acme", "chat", "us-east-1", "H100-80GB"), T0)
+    w = s.window(("acme", "chat", "us-east-1", "H100-80GB", ""), T0)
     assert (w.tokens, w.requests) == (150, 2)
 
 
@@ -238,3 +238,88 @@ def test_a_lagging_meters_event_lands_in_every_window_the_fast_meter_already_tom
     recs = {r.window_start: r for r in w.take_pending_windows()}
     assert recs[T0].events == 3 and recs[T0 - 50].events == 3  # every window holding it
     assert w.late_after_close == 0
+
+
+def test_model_versions_are_summed_apart_in_every_window():
+    """Canary against stable (issue 11): one key per model version, events without one under ""."""
+    s = store()
+    s.add([ev(T0 + 1, model_version="v1"), ev(T0 + 2, model_version="v2-canary", tokens=10),
+           ev(T0 + 3, model_version="v1", util=1.0), ev(T0 + 12)], 0, 0)
+    w = window_stage(s)
+    recs = {(r.model_version, r.window_start): r for r in w.take_pending_windows()}
+    base = ("acme", "chat", "us-east-1", "H100-80GB")
+    v1, canary, none = (w.window((*base, v), T0) for v in ("v1", "v2-canary", ""))
+    assert (v1.events, v1.model_version, v1.spend_usd, v1.idle_usd) == (2, "v1", pytest.approx(0.02), pytest.approx(0.005))
+    assert (canary.events, canary.tokens, canary.spend_usd) == (1, 10, pytest.approx(0.01))
+    assert (none.events, none.model_version) == (1, "")
+    assert recs[("v2-canary", T0)].key == (*base, "v2-canary")
+    # Six windows hold each event of pane T0; the unversioned event's pane T0+10 is in six too.
+    assert sorted(ws for v, ws in recs if v == "v1") == list(range(T0 - 50, T0 + 1, 10))
+    assert sorted(ws for v, ws in recs if v == "") == list(range(T0 - 40, T0 + 11, 10))
+
+
+def _before_versions_record(last_offset: int, events: int):
+    """A pane record as a meter from before model versions wrote it: a four-part key and no
+    `every_version_upto`."""
+    from contracts.aggregates import PaneRecordKey, PaneSums
+
+    raw_key = "\x1f".join(("0", "acme", "chat", "us-east-1", "H100-80GB", str(T0)))
+    raw_value = (f'{{"spend_usd": {0.01 * events}, "gpu_seconds": {10.0 * events}, "util_seconds": {5.0 * events}, '
+                 f'"idle_usd": {0.005 * events}, "events": {events}, "tokens": 0, "requests": 0, '
+                 f'"fallback_priced": 0, "last_offset": {last_offset}, "watermark": {T0 + 5}}}')
+    return raw_key, PaneRecordKey.decode(raw_key), PaneSums.model_validate_json(raw_value)
+
+
+def test_a_pane_from_before_model_versions_counts_each_replayed_event_once():
+    """Upgrade after a crash: the old meter folded offsets 0..2 (versions v1 and v2-canary) into one
+    four-part pane and made it durable, but did not commit. The new meter replays 0..2: those are
+    in the old pane already, whatever their version; offset 3 is new and counts under its version.
+    The old pane keeps saying so when it is written again, so a second crash replays exactly too."""
+    raw_key, key, value = _before_versions_record(last_offset=2, events=3)
+    assert key.key.model_version == "" and value.every_version_upto == 2
+    replay = [[ev(T0 + 1, model_version="v1")], [ev(T0 + 2, model_version="v2-canary")], [ev(T0 + 3)],
+              [ev(T0 + 4, model_version="v1")]]
+
+    def meter_after_restore(records):
+        m = store()
+        for k, v in records:
+            m.restore(k, v, mark_windows=False)
+        return m
+
+    m = meter_after_restore([(key, value)])
+    for offset, events in enumerate(replay):
+        assert m.add(events, 0, offset) == []
+    assert (m.replayed_events, m.accepted_events) == (3, 1)
+    durable = dict(m.take_dirty())
+    assert set(durable) == {version_pane_key("v1")}  # the old pane did not change
+    totals = window_stage_of([(key, value), *durable.items()])
+    assert totals == {"": 3, "v1": 1}
+
+    # Offset 4 makes the unversioned pane change: written again, it still holds every version up to 2.
+    m.add([ev(T0 + 5)], 0, 4)
+    again = dict(m.take_dirty())
+    assert again[key].every_version_upto == 2 and again[key].last_offset == 4
+    assert key.encode() == raw_key  # written under the old key's bytes: compaction replaces the old record
+    # A second crash before the commit: everything from offset 0 comes again, and counts once.
+    m2 = meter_after_restore([(key, again[key]), (version_pane_key("v1"), durable[version_pane_key("v1")])])
+    for offset, events in enumerate([*replay, [ev(T0 + 5)]]):
+        assert m2.add(events, 0, offset) == []
+    assert (m2.replayed_events, m2.accepted_events) == (5, 0)
+    # Evicted: the tombstone has the old key's bytes, and nothing of the old pane is kept.
+    m2.watermark = T0 + 1000
+    assert [k.encode() for k in m2.evict_closed() if k.key.model_version == ""] == [raw_key]
+    assert m2.every_version_upto == {}
+
+
+def version_pane_key(version: str):
+    from contracts.aggregates import AggregateKey, PaneRecordKey
+
+    return PaneRecordKey(0, AggregateKey("acme", "chat", "us-east-1", "H100-80GB", version), T0)
+
+
+def window_stage_of(records) -> dict[str, int]:
+    """Events per model version in the window [T0, T0 + 60) summed from these pane records."""
+    w = store()
+    for k, v in records:
+        w.restore(k, v)
+    return {r.model_version: r.events for r in w.take_pending_windows() if r.window_start == T0}

@@ -5,6 +5,7 @@ services get recommendations on first run; a chart's data downloads as CSV; a se
 from __future__ import annotations
 
 import csv
+import json
 import io
 import time
 from urllib.parse import parse_qs, urlsplit
@@ -167,3 +168,74 @@ async def test_first_run_recommends_for_live_services_and_drills_down(stack, tmp
         # The bad model size was answered 422 on purpose (Chromium logs it); nothing else.
         assert real_errors(errors, allow=("status of 422",)) == [], errors
         assert sum("422" in e for e in errors) == 1, errors
+
+
+VERSION_TRACES = "() => document.getElementById('chart-versions').data.filter(t => t.x.length > 0).map(t => t.name)"
+
+
+async def test_the_model_version_filter_changes_every_panel_and_survives_a_reload(stack):
+    """Issue 11: canary against stable. The per-version chart has data on first run; picking a
+    version limits every panel (time charts, services, tokens, KPIs, live windows, history and
+    recommendations) to it, lives in the URL, and comes back from it after a reload."""
+    stack.start_worker()
+    stack.start_api()
+    fleet = await _feed(stack)
+    canary = {f"{h.tenant}/{h.service}" for h in fleet.hosts if h.model_version == "v2-canary"}
+    stable = {f"{h.tenant}/{h.service}" for h in fleet.hosts if h.model_version == "v1"}
+    assert canary and stable and not canary & stable  # seed 3: each service runs one version
+    async with browser_page() as (page, errors):
+        await page.goto(stack.url + f"/?api_key={stack.admin_key}")
+        await page.wait_for_function(LIVE, timeout=30000)
+        # First run, no filter: one line per service and version, canary and stable side by side.
+        await page.wait_for_function(f"() => ({VERSION_TRACES})().length >= {len(canary | stable)}", timeout=60000)
+        names = await page.evaluate(VERSION_TRACES)
+        assert sorted(names) == sorted([f"{s} v2-canary" for s in canary] + [f"{s} v1" for s in stable]), names
+        await page.wait_for_function("() => document.querySelectorAll('#recommendations tbody tr').length >= 6",
+                                     timeout=60000)
+        kpi_all = await page.text_content("#kpi-rate")
+        assert await page.evaluate("[...document.querySelectorAll('#f-model_version option')].map(o => o.value)") == [
+            "", "v1", "v2-canary"]
+
+        await page.select_option("#f-model_version", "v2-canary")
+        assert _query(page.url) == {"model_version": "v2-canary"}
+        await _only_canary(page, canary)
+        assert await page.text_content("#kpi-rate") != kpi_all
+        assert "model_version=v2-canary" in (await page.evaluate("window.gpucost.historyRequests"))[-1]
+
+        await page.reload()
+        await page.wait_for_function(LIVE, timeout=30000)
+        assert await page.input_value("#f-model_version") == "v2-canary"
+        await _only_canary(page, canary)
+
+        await page.go_back()
+        assert "model_version" not in _query(page.url)
+        await page.wait_for_function(f"() => ({VERSION_TRACES})().some(n => n.endsWith(' v1'))", timeout=30000)
+        assert real_errors(errors) == [], errors
+
+
+async def _only_canary(page, canary: set[str]) -> None:
+    """Every panel of the overview shows the canary's services, tenants and windows only."""
+    tenants = sorted({s.split("/")[0] for s in canary})
+    want = json.dumps(tenants, separators=(",", ":"))  # as JSON.stringify writes it
+    await page.wait_for_function(f"() => JSON.stringify(({TENANT_TRACES})().sort()) === '{want}'",
+                                 timeout=60000)
+    await page.wait_for_function(
+        f"() => {{ const n = ({VERSION_TRACES})(); return n.length === {len(canary)} && n.every(x => x.endsWith(' v2-canary')); }}",
+        timeout=30000)
+    assert sorted(n.rsplit(" ", 1)[0] for n in await page.evaluate(VERSION_TRACES)) == sorted(canary)
+    await page.wait_for_function(
+        "() => { const y = document.getElementById('chart-service').data[0]?.y || []; return y.length > 0; }",
+        timeout=30000)
+    assert set(await page.evaluate("document.getElementById('chart-service').data[0].y")) <= canary
+    idle = await page.evaluate("document.getElementById('chart-idle').data.map(t => t.name)")
+    assert sorted(idle) == tenants
+    tokens = await page.evaluate("document.getElementById('chart-tokens').data.map(t => t.name)")
+    assert tokens and set(tokens) <= canary, tokens
+    assert await page.evaluate(
+        "[...window.gpucost.live.values()].every(w => [...w.values()].every(r => r.model_version === 'v2-canary'))")
+    assert await page.evaluate(
+        "[...window.gpucost.series.values()].every(w => [...w.values()].every(r => r.model_version === 'v2-canary'))")
+    await page.wait_for_function(
+        "() => { const rows = [...document.querySelectorAll('#recommendations tbody tr td:first-child a')];"
+        f" const want = {json.dumps(sorted(canary))};"
+        " return rows.length === want.length && rows.every(a => want.includes(a.textContent)); }", timeout=30000)

@@ -7,7 +7,7 @@
 (() => {
   const L = window.gpucostLib;
   const { el, table, api, usd, num } = L;
-  const FILTERS = ["tenant", "service", "region", "gpu_model"];
+  const FILTERS = ["tenant", "service", "region", "gpu_model", "model_version"];
   const RANGES = { "15m": 900, "1h": 3600, "6h": 6 * 3600, "24h": 86400, "7d": 7 * 86400 };
   const LIVE_KEEP_S = 15 * 60;  // the 60 s windows kept for the "last complete window" panels
 
@@ -114,8 +114,8 @@
   }
   function learn(rec) {
     for (const f of FILTERS) {
-      const v = rec[f];
-      if (v != null && !state.options[f].has(v)) { state.options[f].add(v); ensureOption(f, v); }
+      const v = rec[f];  // "" (no model version) is not an option: "all" has that value
+      if (v && !state.options[f].has(v)) { state.options[f].add(v); ensureOption(f, v); }
     }
   }
   for (const f of FILTERS) {
@@ -136,7 +136,7 @@
     navigate(Object.fromEntries(FILTERS.map((f) => [f, null]))));
 
   const matches = (rec) => FILTERS.every((f) => !state.filter[f] || rec[f] === state.filter[f]);
-  const keyOf = (r) => `${r.tenant}|${r.service}|${r.region}|${r.gpu_model}`;
+  const keyOf = (r) => `${r.tenant}|${r.service}|${r.region}|${r.gpu_model}|${r.model_version || ""}`;
 
   // ---- records -------------------------------------------------------------------------------------
   function put(map, rec) {
@@ -166,7 +166,7 @@
   }
   function addAlert(a) {
     if (!matches({ ...a, service: a.service ?? state.filter.service, region: a.region ?? state.filter.region,
-      gpu_model: a.gpu_model ?? state.filter.gpu_model })) return;
+      gpu_model: a.gpu_model ?? state.filter.gpu_model, model_version: a.model_version ?? state.filter.model_version })) return;
     state.alerts.set(`${a.fingerprint}|${a.state}|${a.starts_at}`, a);
     state.dirty = true;
   }
@@ -188,6 +188,7 @@
     "chart-tenant": () => layout("date", "linear", yTitle("USD/h")),
     "chart-idle": () => layout("date", "linear", yTitle("USD/h")),
     "chart-tokens": () => layout("date", "linear", yTitle("USD per 1M tokens")),
+    "chart-versions": () => layout("date", "linear", yTitle("USD/h")),
     "chart-service": () => layout("linear", "category", { margin: { l: 10, r: 10, t: 10, b: 40 }, xaxis: { title: { text: "USD/h" } } }),
     "chart-util": () => layout("category", "linear", { yaxis: { range: [0, 100], title: { text: "%" } } }),
     "chart-reconcile": () => layout("category", "linear", { barmode: "group", ...yTitle("USD") }),
@@ -201,6 +202,7 @@
   const EMPTY = {
     "chart-reconcile": "no billing line items yet: they arrive on gpu.billing from billing exports (gpucost import billing; the simulator imports its own FOCUS export as each hour closes)",
     "chart-tokens": "no token counts for this view: services report tokens in their usage events",
+    "chart-versions": "no usage for this view yet: each service's model versions (model_version in its usage events) show here",
     "chart-forecast": "no spend history for this view yet",
   };
   function emptyText(id) {
@@ -328,6 +330,14 @@
     return new Set([...tokens.entries()].sort((a, b) => b[1] - a[1]).slice(0, n).map((e) => e[0]));
   }
 
+  const versionService = new Map();  // a line of the version chart -> its tenant/service
+  function topSpenders(n) {  // the n services that spent most in the last complete window
+    const spend = new Map();
+    for (const r of lastLive()) spend.set(`${r.tenant}/${r.service}`, (spend.get(`${r.tenant}/${r.service}`) || 0) + r.spend_usd);
+    if (spend.size <= n) return null;
+    return new Set([...spend.entries()].sort((a, b) => b[1] - a[1]).slice(0, n).map((e) => e[0]));
+  }
+
   function drawOverview() {
     react("chart-tenant", lines(timeSeries("tenant-rate", (r) => [rateOf(r)], (r) => r.tenant), (n) => n));
     react("chart-idle", lines(timeSeries("tenant-idle", (r) => [idleOf(r)], (r) => r.tenant), (n) => n, { fill: "tozeroy" }));
@@ -337,6 +347,16 @@
     const top = topServices(TOP_SERVICES);
     for (const k of [...tok.keys()]) if (top && !top.has(k)) tok.delete(k);
     react("chart-tokens", lines(tok, (n) => n.split("/")[0]));
+    // Spend rate per service and model version: a canary beside the stable version it replaces
+    // (one colour per tenant, one dash per line); events without a version show as "(none)".
+    const ver = timeSeries("version-rate", (r) => [rateOf(r)], (r) => {
+      const label = `${r.tenant}/${r.service} ${r.model_version || "(none)"}`;
+      versionService.set(label, `${r.tenant}/${r.service}`);
+      return label;
+    });
+    const spenders = topSpenders(TOP_SERVICES);
+    for (const k of [...ver.keys()]) if (spenders && !spenders.has(versionService.get(k))) ver.delete(k);
+    react("chart-versions", lines(ver, (n) => n.split("/")[0]));
 
     const svc = new Map(), util = new Map();
     serviceLabels.clear();

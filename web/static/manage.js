@@ -78,7 +78,9 @@
       field("name", "name", input(rule?.name)), field("kind", "kind", kind),
       field("tenant", "tenant", input(rule?.tenant, { disabled: !!rule }), rule ? "a rule stays with its tenant" : "empty: every tenant (admin)"),
       field("service", "service", input(rule?.service)), field("region", "region", input(rule?.region)),
-      field("GPU model", "gpu_model", input(rule?.gpu_model)), paramsBox, field("enabled", "enabled", enabled),
+      field("GPU model", "gpu_model", input(rule?.gpu_model)),
+      field("model version", "model_version", input(rule?.model_version), "e.g. a canary: only its spend counts"),
+      paramsBox, field("enabled", "enabled", enabled),
       el("div", { className: "actions" }, el("button", { type: "submit" }, rule ? "save" : "create rule"),
         rule ? el("button", { type: "button", onclick: () => ruleForm(null) }, "cancel") : null,
         el("span", { className: "field-error", dataset: { field: "" }, role: "alert" })));
@@ -86,7 +88,7 @@
       e.preventDefault();
       const f = form.elements;
       const body = { name: f.name.value.trim(), kind: kind.value, enabled: enabled.checked, params: {} };
-      for (const k of ["tenant", "service", "region", "gpu_model"]) if (f[k].value.trim()) body[k] = f[k].value.trim();
+      for (const k of ["tenant", "service", "region", "gpu_model", "model_version"]) if (f[k].value.trim()) body[k] = f[k].value.trim();
       if (rule) body.tenant = rule.tenant;
       for (const [name] of PARAMS[kind.value]) {
         const v = f["params." + name].value.trim();
@@ -106,10 +108,10 @@
     if (!res.ok) { box.textContent = "not available"; return; }
     if (!res.data.length) box.replaceChildren(el("p", { className: "muted" }, "no rules yet: create one below (gpucost up makes demo rules for the simulated tenants)"));
     else box.replaceChildren(table(["name", "kind", "scope", "parameters", "enabled", ""], res.data.map((r) => [
-      r.name, r.kind, [r.tenant || "every tenant", r.service, r.region, r.gpu_model].filter(Boolean).join(" / "), paramText(r.params),
+      r.name, r.kind, [r.tenant || "every tenant", r.service, r.region, r.gpu_model, r.model_version].filter(Boolean).join(" / "), paramText(r.params),
       el("input", { type: "checkbox", checked: r.enabled, "aria-label": `enable ${r.name}`, onchange: async (e) => {
         const spec = { name: r.name, kind: r.kind, tenant: r.tenant, service: r.service, region: r.region, gpu_model: r.gpu_model,
-          group_by: r.group_by, params: r.params, enabled: e.target.checked };
+          model_version: r.model_version, group_by: r.group_by, params: r.params, enabled: e.target.checked };
         const res2 = await api(`/api/rules/${encodeURIComponent(r.id)}`, { method: "PUT", body: spec });
         if (!res2.ok) e.target.checked = !e.target.checked;
       } }),
