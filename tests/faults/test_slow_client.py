@@ -49,11 +49,26 @@ def record(seq: int, window_start: int) -> dict:
             "tokens": 0, "requests": 0, "fallback_priced_events": 0, "seq": seq, "sent_ts": 0.0, "pad": PAD}
 
 
+async def publish_updates(stack, seqs: range, window_start: int) -> None:
+    for start in range(seqs.start, seqs.stop, 50):
+        batch = []
+        for seq in range(start, min(start + 50, seqs.stop)):
+            r = record(seq, window_start)
+            r["sent_ts"] = time.time()
+            batch.append(r)
+        await publish_aggregates(stack.settings, batch)
+        await asyncio.sleep(0.05)
+
+
+def p99(values: list[float]) -> float:
+    values = sorted(values)
+    return values[int(0.99 * (len(values) - 1))]
+
+
 async def test_slow_client_coalesces_latest_per_key_without_slowing_the_others(stack):
     stack.start_api()
     url = stack.ws_url + "?api_key=" + stack.admin_key
     fast = [await connect(url) for _ in range(5)]
-    slow = await connect(url, rcvbuf=4096)  # and it never reads while updates flow
     window_start = int(time.time()) // 60 * 60
     fast_latest: list[dict] = [{} for _ in fast]
     lag_ms: list[float] = []
@@ -66,24 +81,32 @@ async def test_slow_client_coalesces_latest_per_key_without_slowing_the_others(s
                 fast_latest[i][rec["service"]] = rec["seq"]
                 lag_ms.append((time.time() - rec["sent_ts"]) * 1000)
 
+    async def all_fast_on(newest: dict) -> None:
+        deadline = time.monotonic() + 20
+        while any(f != newest for f in fast_latest) and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert all(f == newest for f in fast_latest), "fast clients did not get the newest value of every key"
+
     readers = [asyncio.create_task(read_fast(i, ws)) for i, ws in enumerate(fast)]
+    # Control: the same updates with no stuck client, for the lag this machine gives right now
+    # (a ratio measured side by side, not an absolute time: these machines are noisy).
+    control_n = 200
+    await publish_updates(stack, range(control_n), window_start)
+    await all_fast_on({f"svc-{seq % KEYS}": seq for seq in range(control_n - KEYS, control_n)})
+    control_p99 = p99(lag_ms)
+    lag_ms.clear()
+
+    slow = await connect(url, rcvbuf=4096)  # and it never reads while updates flow
     n = 600  # 60 updates per key, ~10 MB to the slow client: far past its socket buffers (~4 MB here)
-    for start in range(0, n, 50):
-        batch = []
-        for seq in range(start, start + 50):
-            r = record(seq, window_start)
-            r["sent_ts"] = time.time()
-            batch.append(r)
-        await publish_aggregates(stack.settings, batch)
-        await asyncio.sleep(0.05)
-    newest = {f"svc-{seq % KEYS}": seq for seq in range(n)}
-    deadline = time.monotonic() + 20
-    while any(f != newest for f in fast_latest) and time.monotonic() < deadline:
-        await asyncio.sleep(0.1)
-    assert all(f == newest for f in fast_latest), "fast clients did not get the newest value of every key"
-    lag_ms.sort()
-    p99 = lag_ms[int(0.99 * (len(lag_ms) - 1))]
-    assert p99 < 2000, f"fast clients' p99 push lag {p99:.0f} ms while one client is stuck"
+    seqs = range(control_n, control_n + n)
+    await publish_updates(stack, seqs, window_start)
+    newest = {f"svc-{seq % KEYS}": seq for seq in seqs}
+    await all_fast_on(newest)
+    stuck_p99 = p99(lag_ms)
+    # A fan-out that waited on the stuck socket would hold the fast clients for as long as it is
+    # stuck (here: for ever); a slack of 4x plus half a second only absorbs the machine's noise.
+    assert stuck_p99 <= 4 * control_p99 + 500, \
+        f"fast clients' p99 push lag {stuck_p99:.0f} ms while one client is stuck, {control_p99:.0f} ms before"
 
     dropped = httpx.get(stack.url + "/api/stats", headers=stack.headers).json()["ws_dropped"]
     assert dropped > 0, "the stuck client's queue should have coalesced"
@@ -103,7 +126,7 @@ async def test_slow_client_coalesces_latest_per_key_without_slowing_the_others(s
     assert got == newest  # latest value per key wins
     assert received < n, f"slow client got {received} of {n}: nothing was coalesced"
     print(f"\nslow client: received {received} of {n} updates (coalesced), server counted {dropped} dropped; "
-          f"fast clients p99 lag {p99:.0f} ms, all on the newest value")
+          f"fast clients p99 lag {stuck_p99:.0f} ms (no stuck client: {control_p99:.0f} ms), all on the newest value")
     for t in readers:
         t.cancel()
     for ws in (*fast, slow):
