@@ -17,7 +17,7 @@ from schemathesis.checks import not_a_server_error
 
 pytestmark = pytest.mark.integration
 
-MAX_EXAMPLES = 30
+MAX_EXAMPLES = 20
 #: Operations whose positive examples are expensive by design (the recommender sizes fleets over
 #: the whole catalog); fewer examples, still no server error allowed.
 EXPENSIVE = {"POST /api/recommendations"}
