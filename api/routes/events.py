@@ -74,6 +74,11 @@ def _validate(members: Any, kind: str, decode, p: Principal, errors: list[dict])
         elif not p.allows(good[0].tenant):
             errors.append({"kind": kind, "index": index, "status": 403,
                            "reason": f"tenant {good[0].tenant!r} is not this key's tenant {p.tenant!r}"})
+        elif getattr(good[0], "charge_category", "usage") != "usage" and not p.is_admin:
+            # A tenant's own key must not lower its own bill: credits, tax and adjustments come
+            # from billing imports or an admin key.
+            errors.append({"kind": kind, "index": index, "status": 403,
+                           "reason": f"a {good[0].charge_category} line needs an admin key (or a billing import)"})
         else:
             out.append(good[0])
     return out
@@ -82,7 +87,8 @@ def _validate(members: Any, kind: str, decode, p: Principal, errors: list[dict])
 @router.post("/events", status_code=202, response_model=Accepted,
              openapi_extra={"requestBody": {"required": True,
                                             "content": {"application/json": {"schema": _batch_schema()}}}},
-             responses={403: {"description": "An event of another tenant"},
+             responses={403: {"description": "An event of another tenant, or a charge (credit, tax, "
+                                              "adjustment) sent with a tenant key"},
                         413: {"description": "Body or batch too large"},
                         422: {"description": "Events that break the contract, by index"},
                         503: {"description": "Kafka unavailable and nothing queued; resend later"}})

@@ -257,6 +257,20 @@ async def test_post_events_accepts_only_the_keys_tenant_and_valid_events(api_sta
             UsageEvent.model_validate_json(json.dumps(ev))
             tenants.append(ev["tenant"])
     assert sorted(tenants) == ["acme"] * 3 + ["globex"]  # the rejected batches sent nothing
+    # A tenant key may not lower its own bill: a credit (or tax, adjustment) needs an admin key.
+    now = int(time.time()) // 3600 * 3600
+    credit = dict(ts=now, tenant="acme", service="unassigned", cloud="aws", region="global", instance_type="none",
+                  gpu_model="none", instance_id="credit-1", period_start=now - 86400, period_end=now, gpu_count=0,
+                  cost_usd=-25.0, pricing="on_demand", source="manual:credit-1", charge_category="credit")
+    r = httpx.post(url, headers=bearer(s.acme_key), json={"billing": [credit]})
+    assert r.status_code == 403 and "admin key" in r.json()["detail"]["errors"][0]["reason"], r.text
+    r = httpx.post(url, headers=s.headers, json={"billing": [credit]})
+    assert r.status_code == 202 and r.json()["billing"] == 1, r.text
+    billed = []
+    for rec in await read_topic(s.settings, s.settings.billing_topic):
+        payload = json.loads(rec.value)
+        billed += payload if isinstance(payload, list) else [payload]
+    assert [(b["charge_category"], b["cost_usd"]) for b in billed] == [("credit", -25.0)]
 
 
 @pytest.mark.integration
