@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from contracts.aggregates import AggregateKey, PaneRecordKey, PaneSums, WindowAggregate
@@ -102,13 +102,14 @@ class PaneStore:
     def add(self, events: Iterable[UsageEvent], partition: int, offset: int, advance: bool = True) -> list[Rejected]:
         """Fold one message's events in; returns those it cannot count (late, or no price for
         their GPU model) with the reason, for the dead-letter topic: never silently dropped."""
+        events = events if isinstance(events, (list, tuple)) else list(events)
         rejected = [rej for _, rej in self.fold_messages(partition, ((offset, events),))]
         if advance:  # the worker advances once per batch of messages instead (advance_watermark)
             self.partition_seen[partition] = time.monotonic()
             self._advance_watermark()
         return rejected
 
-    def fold_messages(self, partition: int, messages: Iterable[tuple[int, Iterable]]) -> list[tuple[int, Rejected]]:
+    def fold_messages(self, partition: int, messages: Iterable[tuple[int, Sequence]]) -> list[tuple[int, Rejected]]:
         """Fold a batch of one source partition's messages, (offset, events) in offset order;
         returns (position of the message in the batch, Rejected) for each event it cannot count.
         The watermark does not move here (advance_watermark does, per batch). Events are
@@ -131,62 +132,67 @@ class PaneStore:
         dirty_add = self.dirty.add
         price = self.price
         newest = self.partition_watermarks.get(partition, 0.0)
-        replayed = late = accepted = 0
+        replayed = late = n_total = 0
         # The pane being filled: its list, key and start, and its running sums in locals. Events
         # come in runs (a message is usually one host's GPUs for one interval: same key, pane and
-        # price), so a run skips the lookups. Carrying the pane from one message to the next is
-        # exact: offsets grow within a partition, so an event past a pane's restored offset is
-        # followed only by such events, and the horizon does not move within the batch.
+        # price), and an event of the run (its time inside the pane, the same key and price key
+        # as the event before) goes straight to the sums. Carrying the pane from one message to
+        # the next is exact: offsets grow within a partition, so an event past a pane's restored
+        # offset is followed only by such events, and the horizon does not move within the batch.
         cur = new_sums()  # a scratch pane before the first (written back to, then dropped)
-        cur_key = cur_pane = None
+        cur_key = None
+        cur_pane = pane_end = 0  # [cur_pane, pane_end): the pane's event times
         spend = gpu_s = util_s = idle = 0.0
         n_events = tokens = requests = n_fallback = cur_offset = 0
         last_pkey = usd_h = fallback = None
         for position, (offset, events) in enumerate(messages):
+            n_total += len(events)
             for ev in events:
                 ts = ev.ts
-                pane_start = int(ts // step) * step
                 key = (ev.tenant, ev.service, ev.region, ev.gpu_model)  # the aggregate key (AggKey)
-                if pane_start != cur_pane or key != cur_key:
-                    by_start = panes.get(key)
-                    by_partition = by_start.get(pane_start) if by_start is not None else None
-                    sums = by_partition.get(partition) if by_partition is not None else None
-                    # A replay first: an event already in the pane's durable state is neither late
-                    # nor unpriceable now, whatever the restored watermark or prices say.
-                    if sums is not None and offset <= sums[RESTORED_OFFSET]:
-                        replayed += 1
-                        continue
-                    if pane_start + step <= horizon:
-                        rejected.append((position, Rejected(
-                            f"late: the window [{pane_start + step - spec.size_s}, {pane_start + step}) holding "
-                            f"event time {ts:.3f} is closed (watermark {self.watermark:.3f}, allowed lateness "
-                            f"{spec.allowed_lateness_s}s)", ev)))
-                        late += 1
-                        continue
-                else:
-                    sums = cur
-                pkey = (ev.cloud, ev.region, ev.instance_type, ev.gpu_model)
-                if pkey != last_pkey:
-                    try:
-                        usd_h, fallback = price(ev)
-                    except PricingError as exc:
-                        rejected.append((position, Rejected(f"unpriceable: {exc}", ev)))
-                        last_pkey = None
-                        continue
-                    last_pkey = pkey
-                if sums is not cur:
-                    cur[SPEND], cur[GPU_S], cur[UTIL_S], cur[IDLE] = spend, gpu_s, util_s, idle
-                    cur[EVENTS], cur[TOKENS], cur[REQUESTS], cur[FALLBACK] = n_events, tokens, requests, n_fallback
-                    cur[LAST_OFFSET] = cur_offset
-                    if sums is None:
-                        if by_start is None:
-                            by_start = panes[key] = {}
-                        if by_partition is None:
-                            by_partition = by_start[pane_start] = {}
-                        sums = by_partition[partition] = new_sums()
-                    dirty_add((key, pane_start, partition))
-                    cur, cur_key, cur_pane = sums, key, pane_start
-                    spend, gpu_s, util_s, idle, n_events, tokens, requests, n_fallback = sums[:_N_SUMS]
+                pkey = (ev.cloud, ev.region, ev.instance_type, ev.gpu_model)  # what the price depends on
+                if not (cur_pane <= ts < pane_end and key == cur_key and pkey == last_pkey):
+                    # Not the run: find the pane and the price, or reject the event.
+                    pane_start = int(ts // step) * step
+                    if pane_start != cur_pane or key != cur_key:
+                        by_start = panes.get(key)
+                        by_partition = by_start.get(pane_start) if by_start is not None else None
+                        sums = by_partition.get(partition) if by_partition is not None else None
+                        # A replay first: an event already in the pane's durable state is neither
+                        # late nor unpriceable now, whatever the restored watermark or prices say.
+                        if sums is not None and offset <= sums[RESTORED_OFFSET]:
+                            replayed += 1
+                            continue
+                        if pane_start + step <= horizon:
+                            rejected.append((position, Rejected(
+                                f"late: the window [{pane_start + step - spec.size_s}, {pane_start + step}) holding "
+                                f"event time {ts:.3f} is closed (watermark {self.watermark:.3f}, allowed lateness "
+                                f"{spec.allowed_lateness_s}s)", ev)))
+                            late += 1
+                            continue
+                    else:
+                        sums = cur
+                    if pkey != last_pkey:
+                        try:
+                            usd_h, fallback = price(ev)
+                        except PricingError as exc:
+                            rejected.append((position, Rejected(f"unpriceable: {exc}", ev)))
+                            last_pkey = None
+                            continue
+                        last_pkey = pkey
+                    if sums is not cur:
+                        cur[SPEND], cur[GPU_S], cur[UTIL_S], cur[IDLE] = spend, gpu_s, util_s, idle
+                        cur[EVENTS], cur[TOKENS], cur[REQUESTS], cur[FALLBACK] = n_events, tokens, requests, n_fallback
+                        cur[LAST_OFFSET] = cur_offset
+                        if sums is None:
+                            if by_start is None:
+                                by_start = panes[key] = {}
+                            if by_partition is None:
+                                by_partition = by_start[pane_start] = {}
+                            sums = by_partition[partition] = new_sums()
+                        dirty_add((key, pane_start, partition))
+                        cur, cur_key, cur_pane, pane_end = sums, key, pane_start, pane_start + step
+                        spend, gpu_s, util_s, idle, n_events, tokens, requests, n_fallback = sums[:_N_SUMS]
                 interval = ev.interval_s
                 cost = usd_h * interval / 3600.0
                 util = ev.util
@@ -195,14 +201,15 @@ class PaneStore:
                 util_s += util * interval
                 idle += cost * (1.0 - util)
                 n_events += 1
-                if ev.tokens:
-                    tokens += ev.tokens
-                if ev.requests:
-                    requests += ev.requests
+                n = ev.tokens
+                if n:
+                    tokens += n
+                n = ev.requests
+                if n:
+                    requests += n
                 if fallback:
                     n_fallback += 1
                 cur_offset = offset
-                accepted += 1
                 if ts > newest:
                     newest = ts
         cur[SPEND], cur[GPU_S], cur[UTIL_S], cur[IDLE] = spend, gpu_s, util_s, idle
@@ -210,9 +217,9 @@ class PaneStore:
         cur[LAST_OFFSET] = cur_offset
         if newest > self.partition_watermarks.get(partition, 0.0):
             self.partition_watermarks[partition] = newest
-        self.replayed_events += replayed
         self.late_events += late
-        self.accepted_events += accepted
+        self.accepted_events += n_total - replayed - len(rejected)
+        self.replayed_events += replayed
         return rejected
 
     def advance_watermark(self, partitions: Iterable[int]) -> None:
