@@ -33,6 +33,7 @@ AggKey = tuple[str, str, str, str]  # (tenant, service, region, gpu_model)
 # Slots of a pane's running sums (a list, for speed on the hot path).
 SPEND, GPU_S, UTIL_S, IDLE, EVENTS, TOKENS, REQUESTS, FALLBACK, LAST_OFFSET, RESTORED_OFFSET = range(10)
 _N_SUMS = 8  # the additive slots
+assert LAST_OFFSET == _N_SUMS and RESTORED_OFFSET == _N_SUMS + 1  # fold_messages writes slots 0..8 at once
 
 
 def new_sums(restored_offset: int = -1) -> list:
@@ -181,9 +182,8 @@ class PaneStore:
                             continue
                         last_pkey = pkey
                     if sums is not cur:
-                        cur[SPEND], cur[GPU_S], cur[UTIL_S], cur[IDLE] = spend, gpu_s, util_s, idle
-                        cur[EVENTS], cur[TOKENS], cur[REQUESTS], cur[FALLBACK] = n_events, tokens, requests, n_fallback
-                        cur[LAST_OFFSET] = cur_offset
+                        cur[:LAST_OFFSET + 1] = (spend, gpu_s, util_s, idle, n_events, tokens, requests, n_fallback,
+                                                 cur_offset)
                         if sums is None:
                             if by_start is None:
                                 by_start = panes[key] = {}
@@ -192,7 +192,7 @@ class PaneStore:
                             sums = by_partition[partition] = new_sums()
                         dirty_add((key, pane_start, partition))
                         cur, cur_key, cur_pane, pane_end = sums, key, pane_start, pane_start + step
-                        spend, gpu_s, util_s, idle, n_events, tokens, requests, n_fallback = sums[:_N_SUMS]
+                        spend, gpu_s, util_s, idle, n_events, tokens, requests, n_fallback, _, _ = sums
                 interval = ev.interval_s
                 cost = usd_h * interval / 3600.0
                 util = ev.util
@@ -212,9 +212,7 @@ class PaneStore:
                 cur_offset = offset
                 if ts > newest:
                     newest = ts
-        cur[SPEND], cur[GPU_S], cur[UTIL_S], cur[IDLE] = spend, gpu_s, util_s, idle
-        cur[EVENTS], cur[TOKENS], cur[REQUESTS], cur[FALLBACK] = n_events, tokens, requests, n_fallback
-        cur[LAST_OFFSET] = cur_offset
+        cur[:LAST_OFFSET + 1] = spend, gpu_s, util_s, idle, n_events, tokens, requests, n_fallback, cur_offset
         if newest > self.partition_watermarks.get(partition, 0.0):
             self.partition_watermarks[partition] = newest
         self.late_events += late

@@ -13,7 +13,8 @@ import msgspec
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from contracts.events import UsageEvent, UsageRow, decode_usage, decode_usage_rows, encode, encode_batch, max_future_skew_s
+from contracts.events import (UsageEvent, UsageRow, decode_usage, decode_usage_rows, encode, encode_batch,
+                             max_future_skew_s)
 from tests.ingest.test_events_property import BAD_FIELDS, json_values, usage_events
 
 FAST = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
