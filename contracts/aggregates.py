@@ -83,6 +83,12 @@ class PaneRecordKey(NamedTuple):
         return cls(int(parts[0]), AggregateKey(*parts[1:5]), int(parts[5]))
 
 
+def pane_record_key_bytes(partition: int, key: tuple[str, ...], pane_start: int) -> bytes:
+    """`PaneRecordKey(partition, AggregateKey(*key), pane_start).encode().encode()` from the
+    plain tuple the meter keys its panes by (the same encoding, without building the tuples)."""
+    return SEP.join((str(partition), *key, str(pane_start))).encode()
+
+
 class WindowAggregate(_Record):
     """One hopping window of one key (DESIGN.md, Aggregates): an event counts wholly in every
     window whose [window_start, window_end) holds its ts."""

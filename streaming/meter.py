@@ -158,24 +158,20 @@ class UsageMeter(mode.Service):
         producer = await self._kafka_producer()
         topic = self.settings.panes_topic
         n = self.settings.topic_partitions
-        builders: dict[int, object] = {}
-        futures = []
-
-        async def append(partition: int, key: bytes, value: bytes | None) -> None:
-            batch = builders.get(partition)
-            if batch is None:
-                batch = builders[partition] = producer.create_batch()
-            if batch.append(key=key, value=value, timestamp=None) is None:  # full: send it, start another
-                futures.append(await producer.send_batch(batch, topic, partition=partition))
-                batch = builders[partition] = producer.create_batch()
-                batch.append(key=key, value=value, timestamp=None)  # an empty batch takes any record
-
-        for record_key, value in self.store.take_dirty():
-            await append(pane_partition(record_key.key.tenant, n), record_key.encode().encode(),
-                         value.model_dump_json().encode())
+        by_partition: dict[int, list] = {}
+        for tenant, key, value in self.store.take_dirty_encoded():
+            by_partition.setdefault(pane_partition(tenant, n), []).append((key, value))
         for record_key in self.store.evict_closed():
-            await append(pane_partition(record_key.key.tenant, n), record_key.encode().encode(), None)
-        for partition, batch in builders.items():
+            by_partition.setdefault(pane_partition(record_key.key.tenant, n), []).append(
+                (record_key.encode().encode(), None))
+        futures = []
+        for partition, records in by_partition.items():
+            batch = producer.create_batch()
+            for key, value in records:
+                if batch.append(key=key, value=value, timestamp=None) is None:  # full: send it, start another
+                    futures.append(await producer.send_batch(batch, topic, partition=partition))
+                    batch = producer.create_batch()
+                    batch.append(key=key, value=value, timestamp=None)  # an empty batch takes any record
             futures.append(await producer.send_batch(batch, topic, partition=partition))
         return futures
 

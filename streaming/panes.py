@@ -22,7 +22,9 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from contracts.aggregates import AggregateKey, PaneRecordKey, PaneSums, WindowAggregate
+from pydantic_core import to_json
+
+from contracts.aggregates import AggregateKey, PaneRecordKey, PaneSums, WindowAggregate, pane_record_key_bytes
 from contracts.events import UsageEvent
 from core.pricing import PricingError
 
@@ -251,6 +253,19 @@ class PaneStore:
         self.dirty.clear()
         return out
 
+    def take_dirty_encoded(self) -> list[tuple[str, bytes, bytes]]:
+        """`take_dirty` for the wire, as the meter sends it: (tenant, record key, record value),
+        the same bytes as encoding take_dirty's records, built without the models (a flush writes
+        thousands; pydantic's model and its validation were ~13 µs of the ~15 µs a record)."""
+        out = []
+        panes = self.panes
+        watermarks = self.partition_watermarks
+        for key, pane_start, partition in self.dirty:
+            out.append((key[0], pane_record_key_bytes(partition, key, pane_start),
+                        pane_sums_json(panes[key][pane_start][partition], watermarks.get(partition, 0.0))))
+        self.dirty.clear()
+        return out
+
     def restore(self, record_key: PaneRecordKey, value: PaneSums | None, mark_windows: bool = True) -> None:
         """Load one durable pane record (None = tombstone): a stage-1 store restores its own
         partitions' panes before folding; the window stage applies every record of its keys
@@ -404,3 +419,16 @@ def pane_sums(sums: list, watermark: float) -> PaneSums:
     return PaneSums(spend_usd=sums[SPEND], gpu_seconds=sums[GPU_S], util_seconds=sums[UTIL_S],
                     idle_usd=sums[IDLE], events=sums[EVENTS], tokens=sums[TOKENS], requests=sums[REQUESTS],
                     fallback_priced=sums[FALLBACK], last_offset=sums[LAST_OFFSET], watermark=watermark)
+
+
+def pane_sums_json(sums: list, watermark: float) -> bytes:
+    """`pane_sums(sums, watermark).model_dump_json().encode()`, the same bytes (pydantic-core's
+    serializer, the fields in PaneSums' order) without the model. A non-finite sum goes through
+    the model, which refuses it as before (tests/streaming/test_fold_batch.py compares the two)."""
+    spend, gpu_s, util_s, idle = float(sums[SPEND]), float(sums[GPU_S]), float(sums[UTIL_S]), float(sums[IDLE])
+    watermark = float(watermark)
+    if not math.isfinite(spend + gpu_s + util_s + idle + watermark):
+        return pane_sums(sums, watermark).model_dump_json().encode()
+    return to_json({"spend_usd": spend, "gpu_seconds": gpu_s, "util_seconds": util_s, "idle_usd": idle,
+                    "events": sums[EVENTS], "tokens": sums[TOKENS], "requests": sums[REQUESTS],
+                    "fallback_priced": sums[FALLBACK], "last_offset": sums[LAST_OFFSET], "watermark": watermark})

@@ -145,3 +145,35 @@ def test_batch_fold_equals_the_event_by_event_reference(steps, lateness, kind, r
         assert (ours.accepted_events, ours.late_events, ours.replayed_events) == \
                (ref.accepted_events, ref.late_events, ref.replayed_events)
         assert ours.partition_watermarks == ref.partition_watermarks and ours.watermark == ref.watermark
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(batches(), st.sampled_from(["pydantic", "row"]))
+def test_encoded_pane_records_are_the_models_bytes(steps, kind):
+    """The meter sends take_dirty_encoded(); the contract is take_dirty()'s models, encoded."""
+    a, b = fresh(120, []), fresh(120, [])
+    for per_partition in steps:
+        for p, msgs in per_partition.items():
+            batch = [(off, [make(f, kind) for f in events]) for off, events in msgs]
+            a.fold_messages(p, batch)
+            b.fold_messages(p, batch)
+        a.advance_watermark(per_partition)
+        b.advance_watermark(per_partition)
+        models = sorted((k.key.tenant, k.encode().encode(), v.model_dump_json().encode()) for k, v in a.take_dirty())
+        assert sorted(b.take_dirty_encoded()) == models
+        assert all(PaneSums.model_validate_json(v) is not None for _, _, v in models)
+
+
+def test_a_non_finite_pane_is_refused_as_the_model_refuses_it():
+    import pytest
+    from pydantic import ValidationError
+
+    from streaming.panes import pane_sums_json
+
+    sums = new_sums()
+    sums[SPEND] = float("inf")
+    with pytest.raises(ValidationError):
+        pane_sums_json(sums, 1.0)
+    sums[SPEND] = 1e308
+    sums[IDLE] = 1e308  # each finite, their sum is not: the model decides (and accepts)
+    assert pane_sums_json(sums, 1.0) == PaneSums.model_validate_json(pane_sums_json(sums, 1.0)).model_dump_json().encode()
