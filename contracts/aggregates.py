@@ -108,6 +108,13 @@ class PaneRecordKey(NamedTuple):
         return cls(int(parts[0]), AggregateKey.from_parts(parts[1:-1], raw), int(parts[-1]))
 
 
+def pane_record_key_bytes(partition: int, key: tuple[str, ...], pane_start: int) -> bytes:
+    """`PaneRecordKey(partition, AggregateKey(*key), pane_start).encode().encode()` from the
+    plain tuple the meter keys its panes by (the same encoding, without building the tuples)."""
+    # One key, one encoding: the model version is a fifth part only when there is one.
+    return SEP.join((str(partition), *(key if len(key) > 4 and key[4] else key[:4]), str(pane_start))).encode()
+
+
 class WindowAggregate(_Record):
     """One hopping window of one key (DESIGN.md, Aggregates): an event counts wholly in every
     window whose [window_start, window_end) holds its ts."""

@@ -10,6 +10,7 @@ import time
 from functools import lru_cache
 from typing import Annotated, Literal
 
+import msgspec
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticKnownError
 
@@ -187,6 +188,67 @@ def _decode(raw: bytes, one: TypeAdapter, many: TypeAdapter, kind: str):
 
 def decode_usage(raw: bytes) -> tuple[list[UsageEvent], list[InvalidEvent]]:
     return _decode(raw, _usage_one, _usage_many, "usage")
+
+
+# -- the worker's fast path ------------------------------------------------------------------
+# The meter (streaming/meter.py) decodes a message with msgspec straight into slot structs, the
+# field constraints checked in C: about 5x faster than `validate_json` (bench.meter_cpu). It is a
+# shortcut only: a message it accepts is one `decode_usage` accepts whole, with the same values;
+# any other message (a reject, a JSON escape, a DEL byte, a NaN token anywhere) answers None and
+# goes through `decode_usage`, so every rejection and its reason is the contract's own.
+# tests/ingest/test_usage_rows.py checks that the two agree and that the fields stay in step.
+# What Meta cannot say is checked in `decode_usage_rows`: the clock and used <= total memory.
+# Non-finite numbers need no check: msgspec refuses NaN/Infinity tokens and out-of-range floats.
+# Names carry no control characters: raw ones are invalid JSON for both decoders, escaped ones
+# (a backslash) and DEL (0x7f, legal raw in JSON) send the message to `decode_usage`.
+_RowName = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+_RowNonNegative = Annotated[float, msgspec.Meta(ge=0)]
+
+
+class UsageRow(msgspec.Struct, kw_only=True, gc=False):
+    """A `UsageEvent` as the meter folds it (no extra fields kept: the meter reads none)."""
+
+    schema_version: int = SCHEMA_VERSION
+    ts: Annotated[float, msgspec.Meta(gt=0)]
+    tenant: _RowName
+    service: _RowName
+    cloud: _RowName
+    region: _RowName
+    instance_type: _RowName
+    gpu_model: _RowName
+    host: _RowName
+    gpu_index: Annotated[int, msgspec.Meta(ge=0, le=1024)]
+    interval_s: Annotated[float, msgspec.Meta(gt=0, le=3600)]
+    util: Annotated[float, msgspec.Meta(ge=0, le=1)]
+    mem_used_gb: _RowNonNegative
+    mem_total_gb: Annotated[float, msgspec.Meta(gt=0)]
+    power_w: _RowNonNegative
+    tokens: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    requests: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    model_version: _RowName | None = None
+
+
+_rows_decode = msgspec.json.Decoder(list[UsageRow] | UsageRow).decode
+_BACKSLASH, _DEL = ord("\\"), 0x7F
+_RowsError = msgspec.DecodeError  # ValidationError is a DecodeError
+
+
+def decode_usage_rows(raw: bytes, ts_limit: float) -> list[UsageRow] | None:
+    """A message's events if the contract accepts every one of them, else None (then
+    `decode_usage` decides, with the reasons). ts_limit: time.time() + max_future_skew_s(), taken
+    by the caller at most a batch earlier (an older limit only sends more messages the slow way)."""
+    if _BACKSLASH in raw or _DEL in raw:  # byte values: `int in bytes` is a memchr
+        return None
+    try:
+        rows = _rows_decode(raw)
+    except _RowsError:
+        return None
+    if rows.__class__ is not list:
+        rows = [rows]
+    for row in rows:  # UsageEvent._meaningful and _check_fields, the same comparisons
+        if row.ts > ts_limit or row.mem_used_gb > row.mem_total_gb * 1.01:
+            return None
+    return rows
 
 
 def decode_billing(raw: bytes) -> tuple[list[BillingEvent], list[InvalidEvent]]:

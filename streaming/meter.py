@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import zlib
 
 import mode
 from aiokafka import ConsumerRebalanceListener
 
 from contracts.aggregates import PaneRecordKey, PaneSums
-from contracts.events import decode_usage
+from contracts.events import UsageRow, decode_usage, decode_usage_rows, max_future_skew_s
 from core.kafka import consumer as kafka_consumer
 from core.kafka import read_to_end, stop_consumer
 from core.settings import Settings
@@ -99,35 +100,84 @@ class UsageMeter(mode.Service):
             await stop_consumer(c)
 
     def fold(self, records, pending: list) -> None:
-        """Per-event work, in plain Python: decode, validate, meter, fold into panes."""
-        add = self.store.add
-        dead = self.dead_letters.send
-        stats = self.stats
+        """Per-event work for one partition's batch of messages, in plain Python: decode and
+        validate (msgspec's fast path for a message the contract accepts whole, else the contract's
+        own `decode_usage`, which keeps the good events of a message and rejects the bad ones with
+        their reasons), meter and fold into panes (PaneStore.fold_messages)."""
+        if not records:
+            return
+        fast = decode_usage_rows
+        ts_limit = time.time() + max_future_skew_s()
+        messages = []
+        decode_rejects: dict[int, list] = {}  # message position -> its bad events (slow path only)
+        n_good = 0
         for r in records:
-            stats.messages += 1
-            good, bad = decode_usage(r.value if r.value is not None else b"")
-            for reject in bad:
+            raw = r.value
+            rows = fast(raw, ts_limit) if raw is not None else None
+            if rows is None:
+                rows, bad = decode_usage(raw if raw is not None else b"")
+                if bad:
+                    decode_rejects[len(messages)] = bad
+            n_good += len(rows)
+            messages.append((r.offset, rows))
+        rejected = self.store.fold_messages(records[0].partition, messages)
+        self.stats.messages += len(records)
+        self.stats.events += n_good - len(rejected)
+        if decode_rejects or rejected:
+            self._dead_letter(records, messages, decode_rejects, rejected, pending)
+
+    def _dead_letter(self, records, messages, decode_rejects: dict, rejected: list, pending: list) -> None:
+        """Bad events of a batch onto the dead-letter topic, message by message in offset order:
+        a message's undecodable or invalid events first, then those the fold could not count.
+        An event the fold rejects is sent as the contract's JSON of it (extra fields kept)."""
+        dead = self.dead_letters.send
+        fold_rejects: dict[int, list] = {}
+        for position, rej in rejected:
+            fold_rejects.setdefault(position, []).append(rej)
+        for position in sorted(decode_rejects.keys() | fold_rejects.keys()):
+            r = records[position]
+            for reject in decode_rejects.get(position, ()):
                 pending.append(dead(reject.reason, reject.raw, r))
-            if not good:
-                continue
-            rejected = add(good, r.partition, r.offset, advance=False)
-            for rej in rejected:
-                pending.append(dead(rej.reason, rej.event.model_dump_json(exclude_none=True).encode(), r))
-            stats.events += len(good) - len(rejected)
+            contract_events = None
+            for rej in fold_rejects.get(position, ()):
+                ev = rej.event
+                if isinstance(ev, UsageRow):  # fast path: the same event as the contract decodes it
+                    if contract_events is None:
+                        contract_events = decode_usage(r.value)[0]
+                    ev = contract_events[next(i for i, row in enumerate(messages[position][1]) if row is ev)]
+                pending.append(dead(rej.reason, ev.model_dump_json(exclude_none=True).encode(), r))
 
     async def persist_dirty(self) -> list:
         """Send every changed pane's record and every closed pane's tombstone; returns the
-        delivery futures."""
-        send = self.panes_topic.send
+        delivery futures. Records go out as record batches, one per pane partition (or more when
+        one fills), through the Faust app's producer: a future per batch instead of one per record
+        and none of Faust's per-message bookkeeping (a Faust send cost ~4x the aiokafka send, and
+        a pane record goes out for about every 17th event at 8 events a message: bench.stream).
+        Order within a partition is the order of the calls, so a pane's record precedes its
+        tombstone."""
+        producer = await self._kafka_producer()
+        topic = self.settings.panes_topic
         n = self.settings.topic_partitions
-        futures = []
-        for record_key, value in self.store.take_dirty():
-            futures.append(await send(key=record_key.encode().encode(), value=value.model_dump_json().encode(),
-                                      partition=pane_partition(record_key.key.tenant, n)))
+        by_partition: dict[int, list] = {}
+        for tenant, key, value in self.store.take_dirty_encoded():
+            by_partition.setdefault(pane_partition(tenant, n), []).append((key, value))
         for record_key in self.store.evict_closed():
-            futures.append(await send(key=record_key.encode().encode(), value=None,
-                                      partition=pane_partition(record_key.key.tenant, n)))
+            by_partition.setdefault(pane_partition(record_key.key.tenant, n), []).append(
+                (record_key.encode().encode(), None))
+        futures = []
+        for partition, records in by_partition.items():
+            batch = producer.create_batch()
+            for key, value in records:
+                if batch.append(key=key, value=value, timestamp=None) is None:  # full: send it, start another
+                    futures.append(await producer.send_batch(batch, topic, partition=partition))
+                    batch = producer.create_batch()
+                    batch.append(key=key, value=value, timestamp=None)  # an empty batch takes any record
+            futures.append(await producer.send_batch(batch, topic, partition=partition))
         return futures
+
+    async def _kafka_producer(self):
+        """The aiokafka producer under the Faust app's (Faust's producer has no batch API)."""
+        return (await self.panes_topic.app.maybe_start_producer())._ensure_producer()
 
     @mode.Service.task
     async def _run(self) -> None:
