@@ -28,7 +28,7 @@ def test_valid_event_round_trips_and_keeps_unknown_fields():
     ("util", -0.1, "util"),
     ("interval_s", 0, "interval_s"),
     ("power_w", -1, "power_w"),
-    ("ts", time.time() + 3600, "future"),
+    pytest.param("ts", time.time() + 3600, "future", id="ts-an-hour-ahead"),  # a stable id: xdist compares them
     ("util", "0.5", "util"),          # no type coercion
     ("gpu_index", 1.5, "gpu_index"),
     ("tenant", "", "tenant"),
