@@ -38,10 +38,13 @@ def reference_fold(store: PaneStore, partition: int, messages) -> list[tuple[int
     for position, (offset, events) in enumerate(messages):
         for ev in events:
             pane_start = int(ev.ts // spec.step_s) * spec.step_s
-            key = (ev.tenant, ev.service, ev.region, ev.gpu_model)
+            key = (ev.tenant, ev.service, ev.region, ev.gpu_model, ev.model_version or "")
             sums = store.panes.get(key, {}).get(pane_start, {}).get(partition)
             if sums is not None and offset <= sums[RESTORED_OFFSET]:
                 store.replayed_events += 1
+                continue
+            if sums is None and offset <= store.every_version_upto.get(((*key[:4], ""), pane_start, partition), -1):
+                store.replayed_events += 1  # in a pane restored from before versions were keyed apart
                 continue
             if pane_start + spec.step_s <= horizon:
                 rejected.append((position, "late"))
@@ -82,7 +85,8 @@ event_fields = st.fixed_dictionaries({
     "gpu_model": st.sampled_from(["H100", "H100", "L4", "nope"]), "host": st.just("h"), "gpu_index": st.just(0),
     "interval_s": st.sampled_from([10.0, 0.1, 7.3, 3600.0]), "util": st.floats(0, 1),
     "mem_used_gb": st.just(1.0), "mem_total_gb": st.just(2.0), "power_w": st.just(1.0),
-    "tokens": st.none() | st.integers(0, 10**20), "requests": st.none() | st.integers(0, 5)})
+    "tokens": st.none() | st.integers(0, 10**20), "requests": st.none() | st.integers(0, 5),
+    "model_version": st.sampled_from([None, None, "v2"])})
 
 
 def make(fields: dict, kind: str):
@@ -125,13 +129,19 @@ def fresh(lateness: int, restored: list) -> PaneStore:
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(batches(), st.sampled_from([0, 30, 120]), st.sampled_from(["pydantic", "row"]),
-       st.lists(st.tuples(st.sampled_from([0, 1]), st.sampled_from(["a", "b"]), st.integers(-15, 10), st.integers(0, 12)),
-                max_size=6))
+       st.lists(st.tuples(st.sampled_from([0, 1]), st.sampled_from(["a", "b"]), st.integers(-15, 10), st.integers(0, 12),
+                          st.sampled_from(["", "v2", "before-versions"])), max_size=6))
 def test_batch_fold_equals_the_event_by_event_reference(steps, lateness, kind, restores):
-    # Restored panes (a restart): events at or before their offset are replays.
-    restored = [(PaneRecordKey(p, AggregateKey(t, "s", "r1", "H100"), T0 + 10 * pane), PaneSums(
-        spend_usd=0.5, gpu_seconds=10.0, util_seconds=5.0, idle_usd=0.25, events=1, tokens=0, requests=0,
-        fallback_priced=0, last_offset=off, watermark=T0 - 100.0)) for p, t, pane, off in restores]
+    # Restored panes (a restart): events at or before their offset are replays. "before-versions":
+    # a record written before model_version was a key part (no every_version_upto field): it holds
+    # every version's events of its key up to its offset.
+    def sums(off, version):
+        fields = dict(spend_usd=0.5, gpu_seconds=10.0, util_seconds=5.0, idle_usd=0.25, events=1, tokens=0,
+                      requests=0, fallback_priced=0, last_offset=off, watermark=T0 - 100.0)
+        return PaneSums(**fields) if version == "before-versions" else PaneSums(**fields, every_version_upto=-1)
+
+    restored = [(PaneRecordKey(p, AggregateKey(t, "s", "r1", "H100", "" if v == "before-versions" else v),
+                               T0 + 10 * pane), sums(off, v)) for p, t, pane, off, v in restores]
     ours, ref = fresh(lateness, restored), fresh(lateness, restored)
     for per_partition in steps:
         for p, msgs in per_partition.items():
