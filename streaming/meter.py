@@ -51,6 +51,7 @@ class UsageMeter(mode.Service):
         self.dead_letters = dead_letters
         self.stats = stats
         self.batch_lock = asyncio.Lock()
+        self.in_flight: asyncio.Future | None = None  # the last batch's delivery and offset commit
 
     async def on_start(self) -> None:
         meter = self
@@ -58,6 +59,7 @@ class UsageMeter(mode.Service):
         class Rebalance(ConsumerRebalanceListener):
             async def on_partitions_revoked(self, revoked):
                 async with meter.batch_lock:  # let the batch in flight finish and commit
+                    await meter.settle()
                     meter.store.drop_partitions({tp.partition for tp in revoked})
 
             async def on_partitions_assigned(self, assigned):
@@ -76,6 +78,10 @@ class UsageMeter(mode.Service):
         await self.consumer.start()
 
     async def on_stop(self) -> None:
+        try:
+            await self.settle()
+        except Exception as exc:  # stopping anyway: the batch is replayed and skipped by offset
+            log.warning("meter: the last batch was not committed: %r", exc)
         await stop_consumer(self.consumer)
         await self.prices.stop()
 
@@ -195,6 +201,19 @@ class UsageMeter(mode.Service):
                     offsets[tp] = records[-1].offset + 1
                 self.store.advance_watermark(tp.partition for tp in batches)
                 futures = [await f for f in pending] + await self.persist_dirty()
-                for fut in futures:
-                    await fut
-                await c.commit(offsets)
+                # Offsets are committed once this batch's records are durable, in the background:
+                # the next batch is fetched and folded meanwhile (its commit waits for this one).
+                await self.settle()
+                self.in_flight = asyncio.ensure_future(self._commit_when_durable(futures, offsets))
+
+    async def _commit_when_durable(self, futures: list, offsets: dict) -> None:
+        for fut in futures:
+            await fut
+        await self.consumer.commit(offsets)
+
+    async def settle(self) -> None:
+        """Wait until the last batch's pane records and dead letters are durable and its offsets
+        committed (before the next commit, a revocation, a stop)."""
+        in_flight, self.in_flight = self.in_flight, None
+        if in_flight is not None:
+            await in_flight
