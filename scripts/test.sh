@@ -36,11 +36,7 @@ export GPUCOST_TEST_REQUIRE_PG=1
 
 echo "==> pytest"
 set +e
-# Two test processes, a file each at a time (module fixtures load once): the integration tests
-# mostly wait on the stream's windows and timers, so two share two cores well. Every test has
-# its own topics, database and ports, and the one shared broker is never restarted.
-python -m pytest -q -p no:cacheprovider -o console_output_style=classic --durations=15 \
-  -n "${GPUCOST_TEST_PROCESSES:-2}" --dist loadfile "$@"
+python -m pytest -q -p no:cacheprovider -o console_output_style=classic --durations=15 "$@"
 rc=$?
 set -e
 if [ $rc -eq 5 ]; then

@@ -20,6 +20,7 @@ import zlib
 
 import mode
 from aiokafka import ConsumerRebalanceListener
+from aiokafka.errors import KafkaError
 
 from contracts.aggregates import PaneRecordKey, PaneSums
 from contracts.events import UsageRow, decode_usage, decode_usage_rows, max_future_skew_s
@@ -209,7 +210,14 @@ class UsageMeter(mode.Service):
     async def _commit_when_durable(self, futures: list, offsets: dict) -> None:
         for fut in futures:
             await fut
-        await self.consumer.commit(offsets)
+        try:
+            await self.consumer.commit(offsets)
+        except KafkaError as exc:
+            # A rebalance began while the commit was in flight (UnknownMemberId, CommitFailed):
+            # the batch's pane records are durable, so whoever owns these partitions next replays
+            # the batch from the last committed offset and skips every event by its offset.
+            log.warning("meter: offsets of the last batch not committed (%s); the batch will be "
+                        "replayed and skipped by offset", exc.__class__.__name__)
 
     async def settle(self) -> None:
         """Wait until the last batch's pane records and dead letters are durable and its offsets

@@ -47,7 +47,7 @@ def an_alert(state="firing", tenant="acme", fingerprint=None, starts_at=1_764_00
     return {"fingerprint": fingerprint or uuid.uuid4().hex[:20], "state": state, "rule_id": "r-1",
             "rule_kind": "budget", "rule_name": "acme daily budget", "rule_version": 1, "level": "100%",
             "severity": "critical", "group": {"tenant": tenant}, "tenant": tenant, "service": None,
-            "region": None, "gpu_model": None, "value": 123.4, "threshold": 100.0,
+            "region": None, "gpu_model": None, "model_version": None, "value": 123.4, "threshold": 100.0,
             "summary": "1d spend $123.40 reached 100% of the $100.00 budget", "starts_at": starts_at,
             "ends_at": None if state == "firing" else starts_at + 600, "details": {}, "emitted_at": time.time()}
 
