@@ -1,6 +1,8 @@
 """Weight quantization: small pure primitives first, then each scheme as a module swap.
 
 Schemes (`quantize_model(model, scheme)`):
+- "gemv": nothing quantized; bf16 weights whose decode-sized matmuls go through the Triton GEMV
+  of int8_gemv.py (kernels fixed by Triton's autotuner, not by Inductor's per-process tuning).
 - "int8-weight-only": per-output-channel int8 weights, bf16/fp32 activations. Its forward is
   gpt-fast's one line, which `torch.compile` fuses into the matmul; at decode sizes on a GPU it is
   the Triton GEMV of int8_gemv.py instead, which reads each int8 weight once at full bandwidth.
@@ -61,6 +63,27 @@ class WeightOnlyInt8Linear(nn.Module):
         return F.linear(x, self.weight.to(x.dtype)) * self.scales
 
 
+class GemvLinear(nn.Module):
+    """A bf16/fp16 linear layer whose decode-sized calls go through the Triton GEMV (the
+    "gemv" scheme: nothing is quantized; the weights stay as they are)."""
+
+    def __init__(self, weight: Tensor):
+        super().__init__()
+        self.in_features, self.out_features = weight.shape[1], weight.shape[0]
+        self.register_buffer("weight", weight.detach().contiguous())
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> GemvLinear:
+        if linear.bias is not None:
+            raise ValueError("the GEMV has no bias term")
+        return cls(linear.weight)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if int8_gemv.ENABLED and int8_gemv.gemv_applies(x, self.weight):
+            return torch.ops.gpucost.gemv(x, self.weight)
+        return F.linear(x, self.weight)
+
+
 class Float8Linear(nn.Module):
     def __init__(self, in_features: int, out_features: int, device: torch.device | str = "cpu"):
         super().__init__()
@@ -109,7 +132,7 @@ def torchao_available() -> bool:
     return True
 
 
-SCHEMES = ("none", "int8-weight-only", "fp8", "int8-dynamic", "torchao-int8-weight-only", "torchao-fp8")
+SCHEMES = ("none", "gemv", "int8-weight-only", "fp8", "int8-dynamic", "torchao-int8-weight-only", "torchao-fp8")
 
 
 def quantize_model(model: nn.Module, scheme: str, bits: int = 8) -> nn.Module:
@@ -119,7 +142,9 @@ def quantize_model(model: nn.Module, scheme: str, bits: int = 8) -> nn.Module:
     quantization that the accuracy gate must reject."""
     if scheme == "none":
         return model
-    if scheme == "int8-weight-only":
+    if scheme == "gemv":
+        _swap_linears(model, GemvLinear.from_linear)
+    elif scheme == "int8-weight-only":
         _swap_linears(model, lambda lin: WeightOnlyInt8Linear.from_linear(lin, bits))
     elif scheme == "fp8":
         _swap_linears(model, Float8Linear.from_linear)
