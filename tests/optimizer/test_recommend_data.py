@@ -54,23 +54,46 @@ def test_check_projects_each_configuration_from_the_others():
     assert up["projected"] == pytest.approx(800 * 8 * (w + 192 * kv) / (w + 8 * 192 * kv), rel=1e-6)
 
 
-H100_FILE = Path(__file__).resolve().parents[2] / "optimizer" / "data" / "h100_measurements.json"
+DATA = Path(__file__).resolve().parents[2] / "optimizer" / "data"
 
 
-@pytest.mark.skipif(not H100_FILE.exists(), reason="no H100 measurements committed")
-def test_h100_projection_between_measured_configurations_is_within_15_percent():
-    """Issue 4's check on real H100 numbers (bench/optimizer_gpu.py): project every measured
-    configuration of the 1B model (batch 1/8/32, prompts 128-1792, outputs 128-256) from the others
-    and compare with what was measured."""
+@pytest.mark.parametrize("name, gpu", [("h100_measurements.json", "H100-80GB"),
+                                       ("h200_measurements.json", "H200-141GB")])
+def test_projection_between_measured_configurations_is_within_15_percent(name, gpu):
+    """Issues 4 and 13: on the committed GPU measurements (bench/optimizer_gpu.py), project every
+    measured configuration of a model (batch 1/8/32, prompts 128-1792, outputs 128-256; CUDA graph
+    and torch.compile + CUDA graph) from the others on the same GPU and engine, and compare with
+    what was measured."""
     from optimizer.recommend_data import _runs_in
 
-    rows = check(comparable(_runs_in(json.loads(H100_FILE.read_text()))))
+    measured = comparable(_runs_in(json.loads((DATA / name).read_text())))
+    assert {m.gpu_model for m in measured} == {gpu}
+    rows = check(measured)
     same_model = [r for r in rows if r["same_model"]]
     nearest = [r for r in rows if r["nearest"]]
-    assert len(same_model) >= 6 and nearest
+    assert len(same_model) >= 20 and len(nearest) >= 10
     assert all(r["within_15pct"] for r in nearest), [(r["source"], r["target"], r["error"]) for r in nearest]
     assert all(r["within_15pct"] for r in same_model), \
         [(r["source"], r["target"], r["error"]) for r in same_model if not r["within_15pct"]]
+
+
+def test_h200_instances_are_calibrated_on_h200_measurements():
+    """The catalog's H200 instances are priced from what the H200 measured, not from the H100:
+    the exact configuration measured there comes back as measured, others are projected from
+    the nearest H200 run."""
+    from optimizer.recommend import Workload, project
+
+    ms = load_measurements(DATA).measurements
+    h200 = [m for m in ms if m.gpu_model == "H200-141GB" and m.engine == "compile+cudagraph"
+            and m.params > 7e9 and m.batch_size == 8]
+    assert h200, "no 7B batch-8 compiled run in h200_measurements.json"
+    m = h200[0]
+    w = Workload(params=m.params, prompt_tokens=m.prompt_tokens, output_tokens=m.output_tokens,
+                 kv_bytes_per_token=m.kv_bytes_per_token, model_bytes=m.model_bytes)
+    point, kind, origin = project(w, "H200-141GB", 1, 8, m.prompt_tokens, m.output_tokens, ms)
+    assert kind == "measured" and point.tokens_per_s == m.tokens_per_s
+    _, kind, origin = project(w, "H200-141GB", 1, 16, m.prompt_tokens, m.output_tokens, ms)
+    assert kind == "projected" and "on H200-141GB" in origin, origin
 
 
 def test_stored_benchmark_runs_are_read_and_gate_rejected_ones_skipped():
