@@ -28,6 +28,9 @@ except ImportError:  # CPU-only installs: the module swaps fall back to their on
     triton = None
 
 ENABLED = True  # False: decode through Inductor's fused reduction instead (for comparison)
+# "grouped": the int8 kernel with 16-weight groups summed in registers; "tile": the bf16 kernel's
+# [BLOCK_N, BLOCK_K] accumulator on int8 weights (46-73 % of a copy on the H200, bench/gemv.py)
+INT8_KERNEL = "grouped"
 MAX_ROWS = 4  # beyond a few rows the weights are worth tiling: cuBLAS / Inductor take over
 
 
@@ -48,9 +51,12 @@ def _configs() -> list:
 
 
 if triton is not None:
+    def _bench(kernel_call, quantiles):
+        return triton.testing.do_bench(kernel_call, warmup=10, rep=40, quantiles=quantiles)
+
     # Each config is timed for ~50 ms per shape instead of Triton's default 125 ms: 24 configs x
     # 10 shapes (1B and 7B, bf16 and int8) would otherwise add about 30 s to a process's first steps.
-    @triton.autotune(configs=_configs(), key=["N", "K", "HAS_SCALE"], warmup=10, rep=40)
+    @triton.autotune(configs=_configs(), key=["N", "K", "HAS_SCALE"], do_bench=_bench)
     @triton.heuristics({"EVEN_K": lambda a: a["K"] % a["BLOCK_K"] == 0,
                         "EVEN_N": lambda a: a["N"] % a["BLOCK_N"] == 0})
     @triton.jit
@@ -83,13 +89,71 @@ if triton is not None:
         tl.store(y_ptr + row * stride_ym + offs_n, out.to(y_ptr.dtype.element_ty), mask=n_mask)
 
 
+    def _int8_configs() -> list:
+        """int8 tiles: 8..32 KB of weights a CTA per K step (twice the bf16 kernel's bytes for the
+        same registers: the accumulator holds one partial sum per 16 weights)."""
+        if _interpreting():
+            return [triton.Config({"BLOCK_N": 16, "BLOCK_K": 64}, num_warps=4)]
+        shapes = ((2, 4096, 4), (4, 2048, 4), (8, 1024, 4), (16, 512, 4), (4, 4096, 4), (8, 2048, 4),
+                  (16, 1024, 4), (8, 2048, 8), (16, 1024, 8), (8, 4096, 8), (16, 2048, 8), (32, 1024, 8))
+        return [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warps=warps, num_stages=stages)
+                for bn, bk, warps in shapes for stages in (1, 3)]
+
+    def _fits(configs, named_args, **kwargs):
+        """Drop K blocks longer than K (all masked work); keep at least one config."""
+        kept = [c for c in configs if c.kwargs["BLOCK_K"] <= max(named_args["K"], 64)]
+        return kept or configs[:1]
+
+    @triton.autotune(configs=_int8_configs(), key=["N", "K"], do_bench=_bench,
+                     prune_configs_by={"early_config_prune": _fits})
+    @triton.heuristics({"EVEN_K": lambda a: a["K"] % a["BLOCK_K"] == 0,
+                        "EVEN_N": lambda a: a["N"] % a["BLOCK_N"] == 0})
+    @triton.jit
+    def _int8_gemv_kernel(x_ptr, w_ptr, s_ptr, y_ptr, N, K, stride_xm, stride_wn, stride_ym,
+                          BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
+                          EVEN_N: tl.constexpr):
+        """The int8 GEMV: a [BLOCK_N, BLOCK_K / 16, 16] weight tile, each thread holding 16
+        consecutive int8 weights (one 16-byte load), summed in registers at every K step into a
+        [BLOCK_N, BLOCK_K / 16] accumulator; one cross-thread reduction at the end."""
+        R: tl.constexpr = 16
+        G: tl.constexpr = BLOCK_K // R
+        pid_n = tl.program_id(0)
+        row = tl.program_id(1)
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        offs_k = tl.arange(0, G)[:, None] * R + tl.arange(0, R)[None, :]  # [G, R]
+        n_mask = offs_n < N
+        w_ptrs = w_ptr + offs_n[:, None, None].to(tl.int64) * stride_wn + offs_k[None, :, :]
+        x_ptrs = x_ptr + row * stride_xm + offs_k
+        acc = tl.zeros((BLOCK_N, G), dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            if EVEN_K and EVEN_N:
+                w = tl.load(w_ptrs, eviction_policy="evict_first")
+                x = tl.load(x_ptrs)
+            else:
+                k_mask = (k0 + offs_k) < K
+                w = tl.load(w_ptrs, mask=n_mask[:, None, None] & k_mask[None, :, :], other=0,
+                            eviction_policy="evict_first")
+                x = tl.load(x_ptrs, mask=k_mask, other=0.0)
+            acc += tl.sum(w.to(tl.float32) * x.to(tl.float32)[None, :, :], axis=2)
+            w_ptrs += BLOCK_K
+            x_ptrs += BLOCK_K
+        out = tl.sum(acc, axis=1) * tl.load(s_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
+        tl.store(y_ptr + row * stride_ym + offs_n, out.to(y_ptr.dtype.element_ty), mask=n_mask)
+
+
 def _launch(x: Tensor, weight: Tensor, scales: Tensor | None) -> Tensor:
     n, k = weight.shape
     x2 = x.reshape(-1, k).contiguous()
     y = torch.empty(x2.shape[0], n, dtype=x.dtype, device=x.device)
     grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), x2.shape[0])  # noqa: E731
-    _gemv_kernel[grid](x2, weight, weight if scales is None else scales, y, n, k, x2.stride(0),
-                       weight.stride(0), y.stride(0), HAS_SCALE=scales is not None)
+    if scales is None:
+        _gemv_kernel[grid](x2, weight, weight, y, n, k, x2.stride(0), weight.stride(0), y.stride(0),
+                           HAS_SCALE=False)
+    elif INT8_KERNEL == "grouped":
+        _int8_gemv_kernel[grid](x2, weight, scales, y, n, k, x2.stride(0), weight.stride(0), y.stride(0))
+    else:
+        _gemv_kernel[grid](x2, weight, scales, y, n, k, x2.stride(0), weight.stride(0), y.stride(0),
+                           HAS_SCALE=True)
     return y.reshape(*x.shape[:-1], n)
 
 

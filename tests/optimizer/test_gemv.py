@@ -28,12 +28,15 @@ CHECK = textwrap.dedent("""
     for n, k in ((64, 128), (70, 200)):
         w = torch.randn(n, k)
         q, s = quantize_per_channel(w)
-        for rows in (1, 3):
-            x = torch.randn(rows, k)
-            y = torch.ops.gpucost.int8_gemv(x, q, s)
-            ref = (x.double() @ q.double().t()) * s.double()
-            assert y.shape == (rows, n), y.shape
-            assert torch.allclose(y.double(), ref, rtol=1e-5, atol=1e-4), (y.double() - ref).abs().max()
+        for kernel in ("grouped", "tile"):  # both int8 kernels
+            int8_gemv.INT8_KERNEL = kernel
+            for rows in (1, 3):
+                x = torch.randn(rows, k)
+                y = torch.ops.gpucost.int8_gemv(x, q, s)
+                ref = (x.double() @ q.double().t()) * s.double()
+                assert y.shape == (rows, n), y.shape
+                assert torch.allclose(y.double(), ref, rtol=1e-5, atol=1e-4), (kernel, (y.double() - ref).abs().max())
+        int8_gemv.INT8_KERNEL = "grouped"
         xb, wb = torch.randn(1, 1, k).bfloat16(), w.bfloat16()
         y = torch.ops.gpucost.gemv(xb, wb)
         ref = (xb.double().reshape(1, k) @ wb.double().t()).reshape(1, 1, n)
