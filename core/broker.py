@@ -148,7 +148,12 @@ def _write_config(settings: Settings) -> Path:
 def _cluster_id(bdir: Path) -> str:
     f = bdir / "cluster.id"
     if not f.exists():
-        f.write_text(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))
+        # Like Kafka's own Uuid.randomUuid: never an id starting with "-" (1 in 64 of them), which
+        # a command line reads as an option.
+        cid = "-"
+        while cid.startswith("-"):
+            cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        f.write_text(cid)
     return f.read_text().strip()
 
 
@@ -167,7 +172,7 @@ def _format_storage(settings: Settings, lib: Path, bdir: Path) -> None:
     if (bdir / "data" / "meta.properties").exists():
         return
     cmd = [*_java_base(lib, bdir, "-Xmx256m"), "kafka.tools.StorageTool", "format",
-           "-t", _cluster_id(bdir), "-c", str(bdir / "server.properties"), "-g"]
+           f"--cluster-id={_cluster_id(bdir)}", "-c", str(bdir / "server.properties"), "-g"]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise BrokerError(f"formatting KRaft storage failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
@@ -348,7 +353,7 @@ def _prepare_node(settings: Settings, node: ClusterNode, nodes: list[ClusterNode
     if (node.dir / "data" / "meta.properties").exists():
         return
     cmd = [*_java_base(lib, node.dir, "-Xmx256m"), "kafka.tools.StorageTool", "format",
-           "-t", _cluster_id(cluster_dir(settings)), "-c", str(node.dir / "server.properties"), "-g"]
+           f"--cluster-id={_cluster_id(cluster_dir(settings))}", "-c", str(node.dir / "server.properties"), "-g"]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise BrokerError(f"formatting node {node.node_id} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")

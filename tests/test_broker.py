@@ -31,3 +31,27 @@ def test_start_is_idempotent_and_stop_leaves_nothing_running(tmp_path: Path):
     # Storage was formatted once: a restart reuses it.
     assert broker.start(s).answering
     assert broker.stop(s)
+
+
+def test_a_cluster_id_starting_with_a_dash_formats(tmp_path: Path, monkeypatch):
+    """One random cluster id in 64 starts with "-" (CI hit it): new ids never do, and an old one
+    that does is still passed as a value, not read as an option."""
+    import uuid
+
+    dashed = bytes([0xF8]) + bytes(15)  # urlsafe base64 "-A..."
+    ids = iter([uuid.UUID(bytes=dashed), uuid.UUID(bytes=bytes(range(16)))])
+    monkeypatch.setattr(broker.uuid, "uuid4", lambda: next(ids))
+    cid = broker._cluster_id(tmp_path)
+    assert cid == "AAECAwQFBgcICQoLDA0ODw"
+
+    s = Settings(data_dir=tmp_path, kafka_bootstrap=f"127.0.0.1:{free_port()}", kafka_controller_port=free_port())
+    bdir = tmp_path / "kafka"
+    bdir.mkdir()
+    (bdir / "cluster.id").write_text("-" + cid[1:])
+    st = broker.start(s)
+    try:
+        assert st.answering
+        meta = (bdir / "data" / "meta.properties").read_text()
+        assert "cluster.id=-" + cid[1:] in meta
+    finally:
+        broker.stop(s)
