@@ -160,7 +160,8 @@ def mixed_step(model: Transformer, tokens: Tensor, pos: Tensor, packed: Tensor, 
         q, k, v = attn.wqkv(layer.attention_norm(x)).split([q_size, kv_size, kv_size], dim=-1)
         cache = model.caches[i]
         y_d = _attend(attn, q[:b], k[:b], v[:b], rope_d, cache, dec_slots, None, dec_mask)
-        y_c = _attend(attn, q[b:], k[b:], v[b:], rope_c, cache, ch_slots, ch_rows, ch_mask)
+        with _prefill_attention():  # the backends the eager prefill used (no cuDNN plans)
+            y_c = _attend(attn, q[b:], k[b:], v[b:], rope_c, cache, ch_slots, ch_rows, ch_mask)
         h = x + attn.wo(torch.cat([y_d.reshape(b, q_size), y_c.reshape(r * c, q_size)]))
         x = h + layer.feed_forward(layer.ffn_norm(h))
     x = model.norm(x)
@@ -314,8 +315,7 @@ class ContinuousBatcher:
         self._pos.copy_(torch.clamp(self._pos + 1, max=self._last_pos))
 
     def _mixed(self, n_rows: int) -> None:
-        with _prefill_attention():  # the backends the eager prefill used (no cuDNN plans)
-            mixed_step(self.model, self._tokens, self._pos, self._packed[n_rows], self.chunk)
+        mixed_step(self.model, self._tokens, self._pos, self._packed[n_rows], self.chunk)
 
     def _run(self) -> None:
         try:
