@@ -107,19 +107,6 @@ def pack_chunks(segments: list[tuple[int, list[int], int, bool, int]], n_rows: i
     return torch.tensor(out, dtype=torch.long)
 
 
-def _attend(attn, q: Tensor, k: Tensor, v: Tensor, rope: Tensor, cache, slots: Tensor,
-            rows: Tensor | None, mask: Tensor) -> Tensor:
-    """`Attention.forward` after the qkv projection, for [bsz, T] tokens: [bsz, T, H*D]."""
-    bsz, seqlen = slots.shape
-    q = apply_rope(q.view(bsz, seqlen, attn.n_head, attn.head_dim), rope)
-    k = apply_rope(k.view(bsz, seqlen, attn.n_kv_head, attn.head_dim), rope)
-    v = v.view(bsz, seqlen, attn.n_kv_head, attn.head_dim)
-    q, k, v = (t.transpose(1, 2) for t in (q, k, v))
-    k, v = cache.update(slots, k, v, rows)
-    y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
-    return y.transpose(1, 2).reshape(bsz, seqlen, attn.n_head * attn.head_dim)
-
-
 def _mask(q_pos: Tensor, pos: Tensor, real: Tensor, window: int | None) -> Tensor:
     """`Transformer._row_mask`'s mask: q_pos [b, T], slot positions/realness [b, S] -> [b, 1, T, S]."""
     bsz = q_pos.shape[0]
@@ -136,41 +123,58 @@ def mixed_step(model: Transformer, tokens: Tensor, pos: Tensor, packed: Tensor, 
     a chunk of prompt for each segment row of `packed` (`pack_chunks`). Updates `tokens` and
     `pos` in place like the decode step: a segment that ends its prompt puts its first answer
     token and the next position into its row. No host work, no data-dependent shapes: the same
-    code runs eagerly (CPU, tests) and inside a CUDA graph capture (static buffers)."""
+    code runs eagerly (CPU, tests) and inside a CUDA graph capture (static buffers).
+
+    The B + R*chunk tokens go through every projection together (one weight read), through one
+    RoPE (q and k together) and one KV-cache write; only attention is split: the decode rows
+    attend over rows 0..B-1 as the decode step does, the segments over their own rows. The GPU
+    step is launch-bound (a few µs a kernel), so the mixed step adds as few kernels as it can:
+    per layer, the chunk's attention and its two row gathers."""
     b, r, c = tokens.shape[0], packed.shape[0], chunk
-    n_slots = model.cache_slots
+    n, n_slots = b + r * c, model.cache_slots
+    device = tokens.device
     ch_tok, ch_pos = packed[:, :c], packed[:, c: 2 * c]
     ch_rows, ch_last, done, next_pos = (packed[:, 2 * c + i] for i in range(4))
-    ch_real = ch_pos != n_slots - 1
-    dec_slots, ch_slots = pos % n_slots, ch_pos % n_slots
-    # Slot bookkeeping, decode rows first (views of rows 0..B-1, as the decode step does), then
-    # the segments' rows (idle in the decode part, parked at n_slots - 1).
-    dec_spos, dec_sreal = model.slot_pos[:b], model.slot_real[:b]
-    dec_spos.scatter_(1, dec_slots, pos)
-    dec_sreal.scatter_(1, dec_slots, torch.ones_like(dec_slots, dtype=torch.bool))
-    model.slot_pos[ch_rows[:, None], ch_slots] = ch_pos
-    model.slot_real[ch_rows[:, None], ch_slots] = ch_real
-    dec_mask = _mask(pos, dec_spos, dec_sreal, model.window)
+    # Per token (decode rows first, then the segments row by row): cache row, position, realness.
+    # Padding and unused segments sit at position n_slots - 1: the slot idle decode rows park at,
+    # never attended by a real query (real positions are <= n_slots - 2).
+    rows_all = torch.cat([torch.arange(b, device=device), ch_rows.view(r, 1).expand(r, c).reshape(r * c)])
+    pos_all = torch.cat([pos.view(b), ch_pos.reshape(r * c)])
+    real_all = torch.cat([torch.ones(b, dtype=torch.bool, device=device),
+                          (ch_pos != n_slots - 1).reshape(r * c)])
+    slots_all = pos_all % n_slots
+    model.slot_pos[rows_all, slots_all] = pos_all
+    model.slot_real[rows_all, slots_all] = real_all
+    dec_mask = _mask(pos, model.slot_pos[:b], model.slot_real[:b], model.window)
     ch_mask = _mask(ch_pos, model.slot_pos[ch_rows], model.slot_real[ch_rows], model.window)
-    rope_d, rope_c = model.rope[pos], model.rope[ch_pos]
-    x = model.tok_embeddings(torch.cat([tokens.reshape(b), ch_tok.reshape(r * c)]))  # [B + R*C, dim]
+    rope = model.rope[pos_all].unsqueeze(0)  # [1, N, D/2, 2]
+    x = model.tok_embeddings(torch.cat([tokens.reshape(b), ch_tok.reshape(r * c)]))  # [N, dim]
     for i, layer in enumerate(model.layers):
         attn = layer.attention
-        q_size, kv_size = attn.n_head * attn.head_dim, attn.n_kv_head * attn.head_dim
-        q, k, v = attn.wqkv(layer.attention_norm(x)).split([q_size, kv_size, kv_size], dim=-1)
+        n_head, n_kv, hd = attn.n_head, attn.n_kv_head, attn.head_dim
+        qkv = attn.wqkv(layer.attention_norm(x))
+        qk = apply_rope(qkv[:, : (n_head + n_kv) * hd].view(1, n, n_head + n_kv, hd), rope)[0]
+        q, k = qk.split([n_head, n_kv], dim=1)  # [N, H, D], [N, Hkv, D]
+        v = qkv[:, (n_head + n_kv) * hd:].view(n, n_kv, hd)
         cache = model.caches[i]
-        y_d = _attend(attn, q[:b], k[:b], v[:b], rope_d, cache, dec_slots, None, dec_mask)
+        cache.put_tokens(rows_all, slots_all, k, v)
+        keys, values = cache.dense(b)  # rows 0..B-1 [B, Hkv, S, D]
+        y_d = F.scaled_dot_product_attention(q[:b].view(b, 1, n_head, hd).transpose(1, 2), keys, values,
+                                             attn_mask=dec_mask, enable_gqa=True)
         with _prefill_attention():  # the backends the eager prefill used (no cuDNN plans)
-            y_c = _attend(attn, q[b:], k[b:], v[b:], rope_c, cache, ch_slots, ch_rows, ch_mask)
-        h = x + attn.wo(torch.cat([y_d.reshape(b, q_size), y_c.reshape(r * c, q_size)]))
+            y_c = F.scaled_dot_product_attention(q[b:].view(r, c, n_head, hd).transpose(1, 2), keys[ch_rows],
+                                                 values[ch_rows], attn_mask=ch_mask, enable_gqa=True)
+        y = torch.cat([y_d.transpose(1, 2).reshape(b, n_head * hd),
+                       y_c.transpose(1, 2).reshape(r * c, n_head * hd)])
+        h = x + attn.wo(y)
         x = h + layer.feed_forward(layer.ffn_norm(h))
     x = model.norm(x)
-    last = x[b:].view(r, c, -1)[torch.arange(r, device=x.device), ch_last]  # [R, dim]
+    last = x[b:].view(r, c, -1)[torch.arange(r, device=device), ch_last]  # [R, dim]
     nxt = model.output(torch.cat([x[:b], last])).argmax(dim=-1)  # [B + R]
     # Rows whose prompt ended in this step take their first token and position. A one-hot
     # [R, B] match, not an index_put: unused segments share a row with segment 0, and only
     # `done` segments (real ones, each on its own row) count.
-    match = (ch_rows.view(r, 1) == torch.arange(b, device=x.device).view(1, b)) & (done.view(r, 1) > 0)
+    match = (ch_rows.view(r, 1) == torch.arange(b, device=device).view(1, b)) & (done.view(r, 1) > 0)
     hit = match.any(dim=0)
     first = (match.long() * nxt[b:].view(r, 1)).sum(dim=0)
     start = (match.long() * next_pos.view(r, 1)).sum(dim=0)

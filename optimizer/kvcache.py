@@ -35,6 +35,16 @@ class KVCache(nn.Module):
         v_out[:, :, slots] = v
         return k_out, v_out
 
+    def put_tokens(self, rows: Tensor, slots: Tensor, k: Tensor, v: Tensor) -> None:
+        """Write N tokens' keys and values [N, H, W], token i at (rows[i], slots[i]) (the
+        in-flight batcher's mixed step: decode rows and prompt chunks in one write)."""
+        self.k_cache[rows, :, slots] = k.to(self.k_cache.dtype)
+        self.v_cache[rows, :, slots] = v.to(self.v_cache.dtype)
+
+    def dense(self, bsz: int) -> tuple[Tensor, Tensor]:
+        """Keys and values of rows 0..bsz-1 [bsz, H, S, W] in the model's dtype."""
+        return self.k_cache[:bsz], self.v_cache[:bsz]
+
     def nbytes(self) -> int:
         return sum(b.numel() * b.element_size() for b in self.buffers())
 
@@ -117,6 +127,16 @@ class Int8KVCache(KVCache):
                 scales[:, :, slots] = scale
             out.append(dequantize_groupwise(self._load(store), scales, self.dtype))
         return out[0], out[1]
+
+    def put_tokens(self, rows: Tensor, slots: Tensor, k: Tensor, v: Tensor) -> None:
+        for name, x in (("k", k), ("v", v)):
+            q, scale = quantize_groupwise(x, self.bits)
+            getattr(self, f"{name}_q")[rows, :, slots] = self._store(q)
+            getattr(self, f"{name}_scale")[rows, :, slots] = scale
+
+    def dense(self, bsz: int) -> tuple[Tensor, Tensor]:
+        return tuple(dequantize_groupwise(self._load(getattr(self, f"{n}_q")[:bsz]),
+                                          getattr(self, f"{n}_scale")[:bsz], self.dtype) for n in ("k", "v"))
 
 
 class Int4KVCache(Int8KVCache):
