@@ -107,6 +107,14 @@ def pack_chunks(segments: list[tuple[int, list[int], int, bool, int]], n_rows: i
     return torch.tensor(out, dtype=torch.long)
 
 
+def idle_chunks(n_rows: int, chunk: int, n_slots: int) -> Tensor:
+    """A packed input with every segment unused (all positions parked at n_slots - 1, row 0,
+    done 0): what the mixed steps' static buffers hold for warm-up and capture."""
+    out = torch.zeros(n_rows, packed_width(chunk), dtype=torch.long)
+    out[:, chunk: 2 * chunk] = n_slots - 1
+    return out
+
+
 def _mask(q_pos: Tensor, pos: Tensor, real: Tensor, window: int | None) -> Tensor:
     """`Transformer._row_mask`'s mask: q_pos [b, T], slot positions/realness [b, S] -> [b, 1, T, S]."""
     bsz = q_pos.shape[0]
@@ -289,18 +297,15 @@ class ContinuousBatcher:
         self._pos = torch.full((b, 1), self._last_pos, dtype=torch.long, device=self.device)
         # The mixed steps' static inputs, one per bucket, filled with unused segments (every
         # position parked): what the warm-up and the capture read.
-        self._packed = {n: pack_chunks([(0, [0], 0, False, 0)], n, self.chunk, self.model.cache_slots)
-                        .to(self.device) for n in self.chunk_rows}
-        for packed in self._packed.values():
-            packed[:, self.chunk: 2 * self.chunk] = self._last_pos
-        if self.cuda_graph:
+        self._packed = {n: idle_chunks(n, self.chunk, self.model.cache_slots).to(self.device)
+                        for n in self.chunk_rows}
+        if not self.cuda_graph:
+            self._warm_up(1)  # the same calls as before a capture, so CPU tests run them too
+        else:
             stream = torch.cuda.Stream()
             stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream):
-                for _ in range(3):  # compile and warm up off the capture
-                    self._fn(self._tokens, self._pos)
-                    for n in self.chunk_rows:
-                        self._mixed(n)
+                self._warm_up(3)  # compile and warm up off the capture
             torch.cuda.current_stream().wait_stream(stream)
             self._graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(self._graph):
@@ -313,6 +318,14 @@ class ContinuousBatcher:
         self.model.reset_cache_state()  # the warm-up wrote into the rows
         self._tokens.zero_()
         self._pos.fill_(self._last_pos)
+
+    def _warm_up(self, times: int) -> None:
+        """Every step kind on the parked state: all rows at the last slot, segments unused, so it
+        writes nothing but the last slot of each row (reset after it anyway)."""
+        for _ in range(times):
+            self._fn(self._tokens, self._pos)
+            for n in self.chunk_rows:
+                self._mixed(n)
 
     def _advance(self) -> None:
         self._tokens.copy_(self._fn(self._tokens, self._pos))

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from optimizer.batcher import run_load
-from optimizer.continuous import ContinuousBatcher, mixed_step, pack_chunks, packed_width
+from optimizer.continuous import ContinuousBatcher, idle_chunks, mixed_step, pack_chunks, packed_width
 from optimizer.generate import ensure_caches, generate
 from optimizer.model import build_model
 
@@ -176,3 +176,20 @@ def test_mixed_step_at_the_gpu_shapes_runs_on_the_cpu():
     # Row 22's first token is the one its 3-token prompt gives alone (generate resets the cache).
     first = tokens[22, 0].item()
     assert first == alone(model, [7] * 3, 1)[0]
+
+
+@pytest.mark.parametrize("n_rows", [1, 8])
+def test_the_warm_up_step_on_idle_buffers_writes_only_the_parked_slot(n_rows):
+    """What runs before each capture (and whatever an unused segment does): all rows parked,
+    all segments unused. Only slot 511 may change; every position stays parked."""
+    model = build_model("test", seed=0)
+    b, slots, chunk = 32, 512, 128
+    ensure_caches(model, b, slots)
+    model.reset_cache_state()
+    before = model.caches[0].k_cache.clone()
+    tokens = torch.zeros(b, 1, dtype=torch.long)
+    pos = torch.full((b, 1), slots - 1, dtype=torch.long)
+    mixed_step(model, tokens, pos, idle_chunks(n_rows, chunk, slots), chunk)
+    assert pos.eq(slots - 1).all()
+    assert not model.slot_real[:, : slots - 1].any() and model.slot_pos[:, : slots - 1].eq(-1).all()
+    assert torch.equal(model.caches[0].k_cache[:, :, : slots - 1], before[:, :, : slots - 1])
