@@ -53,9 +53,15 @@ def _put_rows(store: Tensor, slots: Tensor, rows: Tensor | None, x: Tensor) -> T
     """Write x [B, H, T, W] at per-row slots [B, T] of cache rows `rows` (0..B-1 when None);
     returns those rows [B, H, S, W] (a view for 0..B-1, a gathered copy otherwise)."""
     bsz = x.shape[0]
-    index = torch.arange(bsz, device=store.device) if rows is None else rows
-    store[index[:, None], :, slots] = x.transpose(1, 2).to(store.dtype)
-    return store[:bsz] if rows is None else store[rows]
+    if rows is None:
+        # One scatter along the slot dim into the view of rows 0..B-1: no row-index tensor to
+        # build (the in-flight decode step runs this twice per layer inside its CUDA graph).
+        view = store[:bsz]
+        index = slots.view(bsz, 1, -1, 1).expand(bsz, x.shape[1], slots.shape[1], x.shape[3])
+        view.scatter_(2, index, x.to(store.dtype))
+        return view
+    store[rows[:, None], :, slots] = x.transpose(1, 2).to(store.dtype)
+    return store[rows]
 
 
 def quantize_groupwise(x: Tensor, bits: int, group_size: int = GROUP_SIZE) -> tuple[Tensor, Tensor]:
