@@ -31,11 +31,14 @@ from optimizer.model import Transformer
 GOAL_TPUT, GOAL_P99 = 1.5, 1.0
 
 # The in-flight forms the GPU section measures: the best first (chunked prefill in mixed steps,
-# joining at every step), a larger chunk, and the first form (eager prefill, join in groups of 8).
+# joining at every step, the host one step ahead of the GPU), the same without the overlap, a
+# larger chunk, and the first form as measured in run 3 (eager prefill, join in groups of 8,
+# host and GPU in lockstep).
 INFLIGHT_CONFIGS: dict[str, dict] = {
-    "inflight_chunk128": {"chunk": 128, "chunk_rows": (1, 2, 4, 8, 16, 32)},
-    "inflight_chunk256": {"chunk": 256, "chunk_rows": (1, 2, 4, 8, 16)},
-    "inflight_join8_eager": {"chunk": 0, "min_join": 8},
+    "inflight_chunk128": {"chunk": 128, "chunk_rows": (1, 2, 4, 8, 16, 32), "overlap": True},
+    "inflight_chunk128_sync": {"chunk": 128, "chunk_rows": (1, 2, 4, 8, 16, 32), "overlap": False},
+    "inflight_chunk256": {"chunk": 256, "chunk_rows": (1, 2, 4, 8, 16), "overlap": True},
+    "inflight_join8_eager": {"chunk": 0, "min_join": 8, "overlap": False},
 }
 BEST = "inflight_chunk128"
 

@@ -55,6 +55,17 @@ class _Request:
     batch_size: int = 0
     tokens: list[int] = field(default_factory=list)
     fed: int = 0  # prompt tokens already in the cache (chunked prefill)
+    done: bool = False  # resolved: tokens of steps already launched for it are dropped
+
+
+@dataclass(eq=False)
+class _Step:
+    """A launched engine step whose tokens are not read yet (the host runs one step ahead)."""
+    decoding: list[_Request]               # rows that decode in it
+    taking: list[tuple[_Request, bool]]    # prompts taking a chunk, and whether it is their last
+    host: Tensor                           # the step's tokens [B], on the host once `event` is done
+    event: object                          # torch.cuda.Event, or None on the CPU
+    launch_s: float                        # host time spent launching it
 
 
 _STOP = object()
@@ -200,13 +211,15 @@ class ContinuousBatcher:
     `chunk` > 0: prompts are taken in `chunk` tokens a step by mixed steps, up to the largest of
     `chunk_rows` prompts at once (buckets: a step with n prompts to take in runs the smallest
     bucket >= n); `chunk` 0: each admission is prefilled eagerly (the first form).
+    `overlap` launches each step before reading the previous one's tokens.
     `min_join` admits only once that many rows are free. `steps` records how many rows were busy
     at each step, `admissions` how many requests joined at each admission, `mixed_steps` how
     many prompts each mixed step took a chunk of, for reports and tests."""
 
     def __init__(self, model: Transformer, max_batch_size: int = 32, max_seq_len: int | None = None,
                  cuda_graph: bool = False, compile: bool = False, eos_id: int | None = None,
-                 min_join: int = 1, chunk: int = 128, chunk_rows: tuple[int, ...] = (1, 2, 4, 8)):
+                 min_join: int = 1, chunk: int = 128, chunk_rows: tuple[int, ...] = (1, 2, 4, 8),
+                 overlap: bool = True):
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1")
         if chunk < 0:
@@ -235,6 +248,11 @@ class ContinuousBatcher:
         self.mixed_s = 0.0  # engine time of the mixed steps (decode and prompt chunks together)
         self._prefilling: list[_Request] = []  # admitted, prompt not all in the cache yet
         self._mixed_graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        # One step ahead: step k+1 is launched before step k's tokens are read, so the host's
+        # bookkeeping runs while the GPU computes. A finished row is then freed one step late
+        # (its extra token is dropped); nothing else changes.
+        self.overlap = overlap
+        self._n_launched = 0
         self._fn = torch.compile(self._step, fullgraph=True, dynamic=False) if compile else self._step
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
@@ -299,6 +317,13 @@ class ContinuousBatcher:
         # position parked): what the warm-up and the capture read.
         self._packed = {n: idle_chunks(n, self.chunk, self.model.cache_slots).to(self.device)
                         for n in self.chunk_rows}
+        # Pinned host buffers, two of each (steps alternate): the tokens read back, and the
+        # packed chunks staged for an asynchronous copy. A buffer is reused two steps later,
+        # after the step that used it has been read back (so its copies are done).
+        pin = self.device.type == "cuda"
+        self._host_tokens = [torch.zeros(b, dtype=torch.long, pin_memory=pin) for _ in range(2)]
+        self._staging = {(n, k): torch.zeros(n, packed_width(self.chunk), dtype=torch.long, pin_memory=pin)
+                         for n in self.chunk_rows for k in range(2)}
         if not self.cuda_graph:
             self._warm_up(1)  # the same calls as before a capture, so CPU tests run them too
         else:
@@ -344,18 +369,25 @@ class ContinuousBatcher:
             return
         self._ready.set()
         stopping = False
+        pending: _Step | None = None
         with torch.no_grad():
             while True:
                 busy = sum(r is not None for r in self._rows)
-                block = not busy and not self._waiting and not stopping
+                block = not busy and not self._waiting and not stopping and pending is None
                 stopping = self._drain(block) or stopping
-                if stopping and not busy and not self._waiting:
+                if stopping and not busy and not self._waiting and pending is None:
                     break
                 try:
                     self._admit()
-                    if any(r is not None for r in self._rows):
-                        self._decode()
+                    launched = self._launch() if any(r is not None for r in self._rows) else None
+                    if pending is not None:
+                        self._collect(pending)
+                    pending = launched
+                    if not self.overlap and pending is not None:
+                        self._collect(pending)
+                        pending = None
                 except Exception as exc:  # a failed step fails its requests, not the engine
+                    pending = None
                     self._prefilling.clear()
                     for i, r in enumerate(self._rows):
                         if r is not None:
@@ -436,7 +468,9 @@ class ContinuousBatcher:
     def _join(self, joining: list[_Request], rows: list[int], busy: int) -> None:
         """Chunked admission: the rows are forgotten and parked; the mixed steps fill them."""
         t0 = time.perf_counter()
-        rows_t = torch.tensor(rows, dtype=torch.long).to(self.device)
+        rows_t = torch.tensor(rows, dtype=torch.long)
+        if self.device.type == "cuda":  # no wait on the step in flight
+            rows_t = rows_t.pin_memory().to(self.device, non_blocking=True)
         self.model.reset_rows(rows_t)
         # A freed row kept decoding garbage at its old positions: parked, it writes only the
         # last slot (never attended by a real query) until its prompt is in.
@@ -447,20 +481,33 @@ class ContinuousBatcher:
             self._prefilling.append(r)
         self.prefill_s += time.perf_counter() - t0
 
-    def _decode(self) -> None:
+    def _launch(self) -> _Step:
+        """Queue one step (mixed when prompts are waiting for their chunks) and the copy of its
+        tokens to the host; returns without waiting for the GPU."""
         t0 = time.perf_counter()
         self.steps.append(sum(r is not None for r in self._rows))
-        taking = list(self._prefilling)
-        fed: list[int] = []
-        if taking:
-            n_rows = next(n for n in self.chunk_rows if n >= len(taking))
+        decoding = [r for r in self._rows if r is not None and r.fed >= len(r.prompt)]
+        taking: list[tuple[_Request, bool]] = []
+        parity = self._n_launched % 2
+        self._n_launched += 1
+        if self._prefilling:
+            n_rows = next(n for n in self.chunk_rows if n >= len(self._prefilling))
             segments = []
-            for r in taking:
+            for r in list(self._prefilling):
                 n = min(self.chunk, len(r.prompt) - r.fed)
-                segments.append((r.row, r.prompt[r.fed: r.fed + n], r.fed, r.fed + n == len(r.prompt),
-                                 len(r.prompt)))
-                fed.append(n)
-            self._packed[n_rows].copy_(pack_chunks(segments, n_rows, self.chunk, self.model.cache_slots))
+                last = r.fed + n == len(r.prompt)
+                segments.append((r.row, r.prompt[r.fed: r.fed + n], r.fed, last, len(r.prompt)))
+                r.fed += n
+                taking.append((r, last))
+                if last:  # decodes from the next step on (its position is set by this one)
+                    self._prefilling.remove(r)
+            packed = pack_chunks(segments, n_rows, self.chunk, self.model.cache_slots)
+            if self.device.type == "cuda":
+                stage = self._staging[(n_rows, parity)]
+                stage.copy_(packed)
+                self._packed[n_rows].copy_(stage, non_blocking=True)
+            else:
+                self._packed[n_rows].copy_(packed)
             self.mixed_steps.append(len(taking))
             if n_rows in self._mixed_graphs:
                 self._mixed_graphs[n_rows].replay()
@@ -470,20 +517,32 @@ class ContinuousBatcher:
             self._graph.replay()
         else:
             self._advance()
-        tokens = self._tokens[:, 0].tolist()
-        t = time.perf_counter()
-        if taking:
-            self.mixed_s += t - t0
+        if self.device.type == "cuda":
+            host = self._host_tokens[parity]
+            host.copy_(self._tokens[:, 0], non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
         else:
-            self.decode_s += t - t0
-        for r in list(self._rows):
-            if r is not None and r.fed >= len(r.prompt):
+            host, event = self._tokens[:, 0].clone(), None
+        return _Step(decoding, taking, host, event, time.perf_counter() - t0)
+
+    def _collect(self, step: _Step) -> None:
+        """Wait for a launched step's tokens and hand them to their requests."""
+        t0 = time.perf_counter()
+        if step.event is not None:
+            step.event.synchronize()
+        tokens = step.host.tolist()
+        t = time.perf_counter()
+        if step.taking:
+            self.mixed_s += step.launch_s + t - t0
+        else:
+            self.decode_s += step.launch_s + t - t0
+        for r in step.decoding:
+            if not r.done:
                 r.tokens.append(tokens[r.row])
                 self._maybe_finish(r, t)
-        for r, n in zip(taking, fed):
-            r.fed += n
-            if r.fed == len(r.prompt):  # its first token came out of this step
-                self._prefilling.remove(r)
+        for r, last in step.taking:
+            if last and not r.done:  # its first token came out of this step
                 r.first_token = t
                 r.tokens.append(tokens[r.row])
                 self._maybe_finish(r, t)
@@ -497,6 +556,7 @@ class ContinuousBatcher:
 
     @staticmethod
     def _resolve(r: _Request, outcome) -> None:
+        r.done = True
         def settle() -> None:
             if r.future.done():
                 return

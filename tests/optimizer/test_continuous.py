@@ -24,11 +24,13 @@ def mixed_workload(vocab: int, n: int, seed: int = 3):
     return prompts, lengths
 
 
+@pytest.mark.parametrize("kwargs", [{}, {"chunk": 0}, {"chunk": 0, "overlap": False}, {"min_join": 2}],
+                         ids=["chunked", "eager-prefill", "eager-prefill-sync", "join2"])
 @pytest.mark.asyncio
-async def test_every_request_gets_the_tokens_it_gets_alone_while_others_join_and_leave():
+async def test_every_request_gets_the_tokens_it_gets_alone_while_others_join_and_leave(kwargs):
     model = build_model("test", seed=1)
     prompts, lengths = mixed_workload(model.args.vocab_size, 14)
-    async with ContinuousBatcher(model, max_batch_size=4, max_seq_len=64) as batcher:
+    async with ContinuousBatcher(model, max_batch_size=4, max_seq_len=64, **kwargs) as batcher:
         # 6 clients for 4 rows: requests queue, and join as soon as any row frees up.
         result = await run_load(batcher.submit, prompts, n_requests=14, max_new_tokens=lengths, concurrency=6)
     assert len(result.completions) == 14
@@ -90,9 +92,9 @@ def long_workload(vocab: int, n: int, seed: int, longest: int = 30):
     return prompts, lengths
 
 
-@pytest.mark.parametrize("kind", ["full", "int8"])
+@pytest.mark.parametrize("kind,overlap", [("full", True), ("int8", True), ("full", False)])
 @pytest.mark.asyncio
-async def test_chunked_prefill_matches_decoding_alone_with_prompts_longer_than_a_chunk(kind):
+async def test_chunked_prefill_matches_decoding_alone_with_prompts_longer_than_a_chunk(kind, overlap):
     model = build_model("test", seed=6)
     model.kv_cache_kind = kind
     prompts, lengths = long_workload(model.args.vocab_size, 16, seed=11)
@@ -100,7 +102,7 @@ async def test_chunked_prefill_matches_decoding_alone_with_prompts_longer_than_a
     lengths[0] = 1
     chunk = 8
     async with ContinuousBatcher(model, max_batch_size=4, max_seq_len=64, chunk=chunk,
-                                 chunk_rows=(1, 2, 4)) as batcher:
+                                 chunk_rows=(1, 2, 4), overlap=overlap) as batcher:
         outs = []
 
         async def client(ids):  # 6 closed-loop clients for 4 rows: requests join mid-run
