@@ -456,69 +456,16 @@ def main() -> None:
                 "distinct_kernels": len(kernels), "top": kernels[:15]}
 
     def batchers():
-        """32 clients, mixed lengths: dynamic batcher vs in-flight batcher, interleaved rounds."""
-        import asyncio
-        import random
-
-        from optimizer import abtest
-        from optimizer.batcher import DynamicBatcher, run_load
-        from optimizer.continuous import ContinuousBatcher
-        from optimizer.generate import ensure_caches, generate
+        """32 clients, mixed lengths: dynamic batcher vs in-flight batcher forms, interleaved rounds
+        (optimizer/batcher_compare.py; the best form: chunked prefill in mixed steps)."""
+        from optimizer.batcher_compare import BEST, INFLIGHT_CONFIGS, compare_batchers
 
         model, decoder = B.build_variant(args.model, V("bf16+cudagraph"), device)
-        rng = random.Random(0)
-        clients, n_req, seq = args.clients, 4 * args.clients, 512
-        prompts = [[rng.randrange(1, model.args.vocab_size) for _ in range(rng.randint(16, 256))] for _ in range(n_req)]
-        lengths = [rng.randint(16, 256) for _ in range(n_req)]
-        ensure_caches(model, clients, seq)
-
-        def run_batch(ps, max_new):
-            return generate(model, ps, max_new, decoder=decoder)
-
-        async def dynamic(n):
-            async with DynamicBatcher(run_batch, clients, 5.0) as b:
-                return await run_load(b.submit, prompts, n, lengths, clients), {"batch_sizes": [x.size for x in b.batches]}
-
-        async def continuous(n, min_join=1):
-            async with ContinuousBatcher(model, clients, seq, cuda_graph=True, min_join=min_join) as b:
-                r = await run_load(b.submit, prompts, n, lengths, clients)
-                return r, {"mean_busy_rows": sum(b.steps) / max(len(b.steps), 1), "decode_steps": len(b.steps),
-                           "admissions": len(b.admissions), "engine_prefill_s": b.prefill_s,
-                           "engine_decode_s": b.decode_s}
-
-        runners = {"dynamic": dynamic, "continuous": continuous,
-                   "continuous_join8": lambda n: continuous(n, 8)}
-        for fn in runners.values():  # warm-up: graphs for the batch sizes seen
-            asyncio.run(fn(clients))
-        out = {"clients": clients, "requests_per_round": n_req, "prompt_tokens": "uniform 16..256",
-               "new_tokens": "uniform 16..256", "variant": "bf16+cudagraph", "model": args.model, "rounds": []}
+        out = {"variant": "bf16+cudagraph", "model": args.model}
         doc["sections"]["batchers"] = out
-        for r in range(3):
-            order = tuple(runners) if r % 2 == 0 else tuple(runners)[::-1]
-            rnd = {}
-            for name in order:
-                res, info = asyncio.run(runners[name](n_req))
-                lat = B.latency_summary_ms([c.latency_s for c in res.completions])
-                rnd[name] = {"tokens_per_s": res.tokens_per_s, "tokens": res.tokens, "wall_s": res.wall_s,
-                             **lat, "ttft_p50_ms": B.latency_summary_ms([c.ttft_s for c in res.completions])["p50_ms"],
-                             **info}
-                log(f"batchers round {r} {name}: {res.tokens_per_s:.0f} tok/s, p50 {lat['p50_ms']:.0f} ms, "
-                    f"p99 {lat['p99_ms']:.0f} ms {info if name != 'dynamic' else ''}")
-            out["rounds"].append(rnd)
-            save()
-        for name in runners:
-            if name != "dynamic":
-                out[f"{name}_throughput_ratio"] = abtest.spread(
-                    [x[name]["tokens_per_s"] / x["dynamic"]["tokens_per_s"] for x in out["rounds"]])
-                out[f"{name}_p99_ratio"] = abtest.spread([x[name]["p99_ms"] / x["dynamic"]["p99_ms"] for x in out["rounds"]])
-        tput = [x["continuous"]["tokens_per_s"] / x["dynamic"]["tokens_per_s"] for x in out["rounds"]]
-        p99 = [x["continuous"]["p99_ms"] / x["dynamic"]["p99_ms"] for x in out["rounds"]]
-        out["throughput_ratio"] = abtest.spread(tput)
-        out["p99_ratio"] = abtest.spread(p99)
-        out["goal"] = ("met" if min(tput) >= 1.5 and max(p99) <= 1.0 else
-                       "not met" + (" (spread crosses the goal)" if max(tput) >= 1.5 and min(p99) <= 1.0 else ""))
-        log(f"batchers: continuous/dynamic tokens/s x{out['throughput_ratio']['median']:.2f} "
-            f"[{min(tput):.2f}..{max(tput):.2f}], p99 x{out['p99_ratio']['median']:.2f} [{min(p99):.2f}..{max(p99):.2f}]: {out['goal']}")
+        compare_batchers(model, decoder, INFLIGHT_CONFIGS, best=BEST, clients=args.clients,
+                         n_requests=4 * args.clients, seq=512, rounds=3, cuda_graph=True, log=log,
+                         on_round=save, out=out)
         del model, decoder
         return out
 

@@ -35,6 +35,16 @@ class KVCache(nn.Module):
         v_out[:, :, slots] = v
         return k_out, v_out
 
+    def put_tokens(self, rows: Tensor, slots: Tensor, k: Tensor, v: Tensor) -> None:
+        """Write N tokens' keys and values [N, H, W], token i at (rows[i], slots[i]) (the
+        in-flight batcher's mixed step: decode rows and prompt chunks in one write)."""
+        self.k_cache[rows, :, slots] = k.to(self.k_cache.dtype)
+        self.v_cache[rows, :, slots] = v.to(self.v_cache.dtype)
+
+    def dense(self, bsz: int) -> tuple[Tensor, Tensor]:
+        """Keys and values of rows 0..bsz-1 [bsz, H, S, W] in the model's dtype."""
+        return self.k_cache[:bsz], self.v_cache[:bsz]
+
     def nbytes(self) -> int:
         return sum(b.numel() * b.element_size() for b in self.buffers())
 
@@ -43,9 +53,15 @@ def _put_rows(store: Tensor, slots: Tensor, rows: Tensor | None, x: Tensor) -> T
     """Write x [B, H, T, W] at per-row slots [B, T] of cache rows `rows` (0..B-1 when None);
     returns those rows [B, H, S, W] (a view for 0..B-1, a gathered copy otherwise)."""
     bsz = x.shape[0]
-    index = torch.arange(bsz, device=store.device) if rows is None else rows
-    store[index[:, None], :, slots] = x.transpose(1, 2).to(store.dtype)
-    return store[:bsz] if rows is None else store[rows]
+    if rows is None:
+        # One scatter along the slot dim into the view of rows 0..B-1: no row-index tensor to
+        # build (the in-flight decode step runs this twice per layer inside its CUDA graph).
+        view = store[:bsz]
+        index = slots.view(bsz, 1, -1, 1).expand(bsz, x.shape[1], slots.shape[1], x.shape[3])
+        view.scatter_(2, index, x.to(store.dtype))
+        return view
+    store[rows[:, None], :, slots] = x.transpose(1, 2).to(store.dtype)
+    return store[rows]
 
 
 def quantize_groupwise(x: Tensor, bits: int, group_size: int = GROUP_SIZE) -> tuple[Tensor, Tensor]:
@@ -117,6 +133,16 @@ class Int8KVCache(KVCache):
                 scales[:, :, slots] = scale
             out.append(dequantize_groupwise(self._load(store), scales, self.dtype))
         return out[0], out[1]
+
+    def put_tokens(self, rows: Tensor, slots: Tensor, k: Tensor, v: Tensor) -> None:
+        for name, x in (("k", k), ("v", v)):
+            q, scale = quantize_groupwise(x, self.bits)
+            getattr(self, f"{name}_q")[rows, :, slots] = self._store(q)
+            getattr(self, f"{name}_scale")[rows, :, slots] = scale
+
+    def dense(self, bsz: int) -> tuple[Tensor, Tensor]:
+        return tuple(dequantize_groupwise(self._load(getattr(self, f"{n}_q")[:bsz]),
+                                          getattr(self, f"{n}_scale")[:bsz], self.dtype) for n in ("k", "v"))
 
 
 class Int4KVCache(Int8KVCache):

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from optimizer.batcher import run_load
-from optimizer.continuous import ContinuousBatcher
-from optimizer.generate import generate
+from optimizer.continuous import ContinuousBatcher, idle_chunks, mixed_step, pack_chunks, packed_width
+from optimizer.generate import ensure_caches, generate
 from optimizer.model import build_model
 
 
@@ -24,11 +24,13 @@ def mixed_workload(vocab: int, n: int, seed: int = 3):
     return prompts, lengths
 
 
+@pytest.mark.parametrize("kwargs", [{}, {"chunk": 0}, {"chunk": 0, "overlap": False}, {"min_join": 2}],
+                         ids=["chunked", "eager-prefill", "eager-prefill-sync", "join2"])
 @pytest.mark.asyncio
-async def test_every_request_gets_the_tokens_it_gets_alone_while_others_join_and_leave():
+async def test_every_request_gets_the_tokens_it_gets_alone_while_others_join_and_leave(kwargs):
     model = build_model("test", seed=1)
     prompts, lengths = mixed_workload(model.args.vocab_size, 14)
-    async with ContinuousBatcher(model, max_batch_size=4, max_seq_len=64) as batcher:
+    async with ContinuousBatcher(model, max_batch_size=4, max_seq_len=64, **kwargs) as batcher:
         # 6 clients for 4 rows: requests queue, and join as soon as any row frees up.
         result = await run_load(batcher.submit, prompts, n_requests=14, max_new_tokens=lengths, concurrency=6)
     assert len(result.completions) == 14
@@ -79,3 +81,117 @@ def test_cuda_graphs_need_a_gpu():
         pytest.skip("this machine has a GPU")
     with pytest.raises(ValueError, match="CUDA graphs need a CUDA device"):
         ContinuousBatcher(build_model("test"), cuda_graph=True)
+
+
+# -- chunked prefill: mixed steps (decode rows + prompt chunks in one forward) -----------------
+
+def long_workload(vocab: int, n: int, seed: int, longest: int = 30):
+    rng = random.Random(seed)
+    prompts = [[rng.randrange(1, vocab) for _ in range(rng.randint(1, longest))] for _ in range(n)]
+    lengths = [rng.randint(1, 12) for _ in range(n)]
+    return prompts, lengths
+
+
+@pytest.mark.parametrize("kind,overlap", [("full", True), ("int8", True), ("full", False)])
+@pytest.mark.asyncio
+async def test_chunked_prefill_matches_decoding_alone_with_prompts_longer_than_a_chunk(kind, overlap):
+    model = build_model("test", seed=6)
+    model.kv_cache_kind = kind
+    prompts, lengths = long_workload(model.args.vocab_size, 16, seed=11)
+    prompts[0] = prompts[0][:1]  # a one-token prompt and a one-token answer
+    lengths[0] = 1
+    chunk = 8
+    async with ContinuousBatcher(model, max_batch_size=4, max_seq_len=64, chunk=chunk,
+                                 chunk_rows=(1, 2, 4), overlap=overlap) as batcher:
+        outs = []
+
+        async def client(ids):  # 6 closed-loop clients for 4 rows: requests join mid-run
+            for i in ids:
+                outs.append((i, await batcher.submit(prompts[i], lengths[i])))
+
+        await asyncio.gather(*(client(range(c, 16, 6)) for c in range(6)))
+    assert model.caches[0].__class__.__name__ == ("Int8KVCache" if kind == "int8" else "KVCache")
+    assert len(outs) == 16
+    for i, c in outs:
+        assert c.tokens == alone(model, prompts[i], lengths[i]), i
+    # The new path ran: mixed steps, several prompts in one step, prompts over several chunks
+    # (more chunks than requests), and requests joining while others decoded.
+    assert batcher.mixed_steps and max(batcher.mixed_steps) >= 2
+    chunks = sum(-(-len(p) // chunk) for p in prompts)
+    assert sum(batcher.mixed_steps) == chunks > 16
+    assert any(busy > 0 for _, busy in batcher.admissions)
+    assert len(batcher.steps) > len(batcher.mixed_steps)  # plain decode steps too
+    assert all(c.latency_s >= c.ttft_s >= c.queue_s >= 0 for _, c in outs)
+
+
+def test_pack_chunks_indices_stay_in_range_at_the_gpu_shapes():
+    """32 rows, 512 slots, chunks of 128, every bucket: positions in [0, 511] (real ones <= 510),
+    rows in [0, 31], last-token index in [0, 127]; out-of-range input is refused on the host."""
+    rows, slots, chunk = 32, 512, 128
+    rng = random.Random(0)
+    for n_rows in (1, 2, 4, 8):
+        for _ in range(50):
+            n = rng.randint(1, n_rows)
+            segs = []
+            for row in rng.sample(range(rows), n):
+                length = rng.randint(1, slots - 1)  # prompt + at least one answer token fit
+                start = rng.randrange(0, length, chunk)
+                toks = [rng.randrange(1, 1024) for _ in range(min(chunk, length - start))]
+                segs.append((row, toks, start, start + len(toks) == length, length))
+            packed = pack_chunks(segs, n_rows, chunk, slots)
+            assert packed.shape == (n_rows, packed_width(chunk))
+            pos = packed[:, chunk: 2 * chunk]
+            assert int(pos.min()) >= 0 and int(pos.max()) <= slots - 1
+            real = pos != slots - 1
+            assert int(real.sum()) == sum(len(s[1]) for s in segs)
+            assert all(0 <= int(x) < rows for x in packed[:, 2 * chunk])
+            assert all(0 <= int(x) < chunk for x in packed[:, 2 * chunk + 1])
+            assert int(packed[:, 2 * chunk + 3].max()) <= slots - 1
+            assert int(packed[n:, 2 * chunk + 2].sum()) == 0  # unused segments never finish
+    with pytest.raises(ValueError):
+        pack_chunks([(0, [1] * 4, slots - 4, True, slots)], 1, chunk, slots)  # would reach the park slot
+    with pytest.raises(ValueError):
+        pack_chunks([(0, [1] * (chunk + 1), 0, False, 300)], 1, chunk, slots)
+
+
+def test_mixed_step_at_the_gpu_shapes_runs_on_the_cpu():
+    """The exact step the GPU captures (32 decode rows, 512 slots, 8 segment rows of 128), run
+    eagerly: CPU indexing raises on any index out of range instead of a device-side assert.
+    Segments at the row's end (positions up to 510), unused segments, idle rows parked at 511."""
+    model = build_model("test", seed=0)
+    b, slots, chunk = 32, 512, 128
+    ensure_caches(model, b, slots)
+    model.reset_cache_state()
+    tokens = torch.randint(1, 1000, (b, 1))
+    pos = torch.full((b, 1), slots - 1, dtype=torch.long)
+    pos[:20, 0] = torch.arange(20) * 25  # busy rows, the last at 475
+    segs = [(20, list(range(1, 128)), 383, True, 510),  # ends at position 509: first token at 510
+            (21, [5] * chunk, 0, False, 300),
+            (22, [7] * 3, 0, True, 3)]
+    packed = pack_chunks(segs, 8, chunk, slots)
+    mixed_step(model, tokens, pos, packed, chunk)
+    assert pos[20, 0] == 510 and pos[22, 0] == 3 and pos[21, 0] == slots - 1  # 21 not done: parked
+    assert pos[:20, 0].tolist() == [min(p + 1, slots - 1) for p in (torch.arange(20) * 25).tolist()]
+    assert pos[23:, 0].tolist() == [slots - 1] * (b - 23)
+    assert model.slot_real[21, :chunk].all() and not model.slot_real[21, chunk:slots - 1].any()
+    assert model.slot_pos[20, 383:510].tolist() == list(range(383, 510))
+    # Row 22's first token is the one its 3-token prompt gives alone (generate resets the cache).
+    first = tokens[22, 0].item()
+    assert first == alone(model, [7] * 3, 1)[0]
+
+
+@pytest.mark.parametrize("n_rows", [1, 8])
+def test_the_warm_up_step_on_idle_buffers_writes_only_the_parked_slot(n_rows):
+    """What runs before each capture (and whatever an unused segment does): all rows parked,
+    all segments unused. Only slot 511 may change; every position stays parked."""
+    model = build_model("test", seed=0)
+    b, slots, chunk = 32, 512, 128
+    ensure_caches(model, b, slots)
+    model.reset_cache_state()
+    before = model.caches[0].k_cache.clone()
+    tokens = torch.zeros(b, 1, dtype=torch.long)
+    pos = torch.full((b, 1), slots - 1, dtype=torch.long)
+    mixed_step(model, tokens, pos, idle_chunks(n_rows, chunk, slots), chunk)
+    assert pos.eq(slots - 1).all()
+    assert not model.slot_real[:, : slots - 1].any() and model.slot_pos[:, : slots - 1].eq(-1).all()
+    assert torch.equal(model.caches[0].k_cache[:, :, : slots - 1], before[:, :, : slots - 1])
