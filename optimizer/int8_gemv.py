@@ -1,18 +1,24 @@
 """Triton GEMVs for batch-1 decode: y = (x @ W^T) [* scales], W int8 [N, K] or bf16/fp16 [N, K].
 
 At decode batch sizes (a handful of rows) a linear layer is a read of its weights. These kernels
-read each weight once (int8: converted in registers), multiply and accumulate in fp32 into a
-[BLOCK_N, BLOCK_K] tile kept in registers over the whole K loop, and reduce across K once at the
-end (a reduction per K step, as the first version did, costs a cross-thread shuffle per load and
-held the 7B int8 step to 46 % of the H200's bandwidth). Weights are streamed with evict-first so
-they do not push the activations out of L2.
+read each weight once (int8: converted in registers), multiply and accumulate in fp32 in
+registers over the whole K loop, and reduce across threads once at the end (a reduction per K
+step, as the first int8 kernel did, held the 7B int8 step to 46 % of the H200's bandwidth).
+Weights are streamed with evict-first so they do not push the activations out of L2.
 
-Both are `torch.library` custom ops: opaque to torch.compile (which fuses everything around them),
-autotuned on their first real call per shape and dtype (outside any CUDA graph capture) from a
-config list that covers narrow and wide output blocks. The bf16 op gives a bf16 baseline whose
-kernels do not depend on what Inductor's coordinate-descent tuning picked in a given process (it
-moved the 7B bf16 step by 20 % between processes on the H200), and an int8-vs-bf16 ratio of like
-kernels. On a CPU the kernels run under Triton's interpreter (TRITON_INTERPRET=1) in the tests."""
+- `_gemv_kernel` ("tile"): a [BLOCK_N, BLOCK_K] fp32 accumulator; the bf16 GEMV, and the int8
+  one when `INT8_KERNEL = "tile"`.
+- `_int8_gemv_kernel` ("grouped", the int8 default): 16 consecutive int8 weights a thread (one
+  16-byte load) summed in registers at every K step, so the accumulator is 1/16 the size and a CTA
+  streams 8 to 32 KB a step. On the H200 it beat "tile" at 7B (step 3.150 vs 3.315 ms) and lost at
+  1B (GEMV time 577 vs 498 µs a step); docs/benchmarks.md, H200 section.
+
+Both ops are `torch.library` custom ops: opaque to torch.compile (which fuses everything around
+them), autotuned on their first real call per shape and dtype (outside any CUDA graph capture).
+The bf16 op gives a bf16 baseline whose kernels do not depend on what Inductor's coordinate-descent
+tuning picked in a given process (that moved the 7B bf16 step by 25 % between processes on the
+H200), and an int8-vs-bf16 ratio of like kernels. On a CPU the kernels run under Triton's
+interpreter (TRITON_INTERPRET=1) in the tests."""
 
 from __future__ import annotations
 
@@ -87,7 +93,6 @@ if triton is not None:
         if HAS_SCALE:
             out = out * tl.load(s_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
         tl.store(y_ptr + row * stride_ym + offs_n, out.to(y_ptr.dtype.element_ty), mask=n_mask)
-
 
     def _int8_configs() -> list:
         """int8 tiles: 8..32 KB of weights a CTA per K step (twice the bf16 kernel's bytes for the
