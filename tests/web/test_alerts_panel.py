@@ -30,7 +30,7 @@ def stack(kafka_broker, tmp_path, database_url):
     try:
         yield s
     finally:
-        s.stop()
+        s.stop(graceful=False)  # teardown: nothing is checked about the shutdown
 
 
 async def test_an_alert_is_listed_once_after_a_reconnect(stack):

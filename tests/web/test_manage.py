@@ -29,7 +29,7 @@ def receiving_stack(kafka_broker, tmp_path, database_url):
     try:
         yield s
     finally:
-        s.stop()
+        s.stop(graceful=False)  # teardown: nothing is checked about the shutdown
 
 
 def _usage(ts: float, gpu: int) -> UsageEvent:
