@@ -146,11 +146,17 @@ class Stack:
             pass
         p.wait(30)
 
-    def stop(self) -> None:
+    def stop(self, graceful: bool = True) -> None:
+        """Stop every process: SIGTERM, then SIGKILL what has not exited after 15 s. graceful=False
+        kills at once: for a test's teardown, which checks nothing about the shutdown (a restarted
+        API can take seconds to stop while its webhook consumer still waits for a rebalance)."""
         for name in list(self.procs):
             p = self.procs[name]
             if p.poll() is None:
-                os.killpg(p.pid, signal.SIGTERM)
+                try:
+                    os.killpg(p.pid, signal.SIGTERM if graceful else signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
         for name in list(self.procs):
             try:
                 self.procs[name].wait(15)

@@ -52,6 +52,10 @@ class Settings(BaseSettings):
     flush_interval_s: float = 0.25
     flush_max_events: int = 20000
     emit_interval_s: float = 1.0  # at most one aggregate per key and window per interval
+    # A source partition of gpu.usage silent this long (wall time) stops holding the event-time
+    # watermark back; until then windows wait for it (a fleet whose hosts hash to fewer partitions
+    # than topic_partitions sees its first windows close this late after a worker starts).
+    idle_partition_s: float = Field(30.0, gt=0)
 
     # API
     api_host: str = "127.0.0.1"

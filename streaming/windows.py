@@ -62,7 +62,8 @@ class WindowStage(mode.Service):
         # gpu.usage, whichever meter holds it: a meter whose watermark lags still finds open
         # every window its own rule accepts events for (docs/design-changes.md, lateness).
         return PaneStore(self.spec, self.metering,
-                         expected_partitions=frozenset(range(self.settings.topic_partitions)))
+                         expected_partitions=frozenset(range(self.settings.topic_partitions)),
+                         idle_partition_s=self.settings.idle_partition_s)
 
     async def on_stop(self) -> None:
         await stop_consumer(self.consumer)

@@ -65,7 +65,8 @@ def create_app(settings: Settings | None = None) -> faust.App:
     metering = Metering()
     stats = WorkerStats()
     dead_letters = DeadLetters(raw_topic(settings.deadletter_topic), stats)
-    store = PaneStore(spec, metering, expected_partitions=frozenset(range(settings.topic_partitions)))
+    store = PaneStore(spec, metering, expected_partitions=frozenset(range(settings.topic_partitions)),
+                      idle_partition_s=settings.idle_partition_s)
     meter = UsageMeter(settings, store, PriceFollower(settings, metering), raw_topic(settings.panes_topic),
                        dead_letters, stats)
     windows = WindowStage(settings, spec, metering, raw_topic(settings.aggregates_topic))

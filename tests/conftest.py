@@ -71,4 +71,4 @@ def stack(kafka_broker, tmp_path, database_url):
     try:
         yield s
     finally:
-        s.stop()
+        s.stop(graceful=False)  # teardown: nothing is checked about the shutdown

@@ -89,7 +89,7 @@ def alert_stack(kafka_broker, tmp_path, database_url):
     try:
         yield s
     finally:
-        s.stop()
+        s.stop(graceful=False)  # teardown: nothing is checked about the shutdown
 
 
 def test_each_rule_kind_fires_once_and_resolves_once_through_the_worker(alert_stack):

@@ -33,7 +33,7 @@ def hook_stack(kafka_broker, tmp_path, database_url, request):
     try:
         yield s
     finally:
-        s.stop()
+        s.stop(graceful=False)  # teardown: nothing is checked about the shutdown
 
 
 @pytest.fixture

@@ -17,15 +17,24 @@ from tests.support import free_port
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300), pytest.mark.one_database]  # the worker and the broker are under test, not the database
 
 
-@pytest.fixture
-def own_broker(tmp_path, kafka_broker):  # kafka_broker: the jars are fetched, the JVM works
-    settings = Settings(data_dir=tmp_path / "own-broker", kafka_bootstrap=f"127.0.0.1:{free_port()}",
+@pytest.fixture(scope="module")
+def module_broker(tmp_path_factory, kafka_broker):  # kafka_broker: the jars are fetched, the JVM works
+    """One second broker for this module's tests (each test runs on topics of its own)."""
+    settings = Settings(data_dir=tmp_path_factory.mktemp("own-broker"), kafka_bootstrap=f"127.0.0.1:{free_port()}",
                         kafka_controller_port=free_port())
     broker.start(settings)
     try:
         yield settings
     finally:
         broker.stop(settings)
+
+
+@pytest.fixture
+def own_broker(module_broker):
+    """The module's broker, answering: a test stops and restarts it (one that failed half way may
+    have left it down, so start it again; a no-op when it runs)."""
+    broker.start(module_broker)
+    return module_broker
 
 
 @pytest.mark.parametrize("hard", [False, True], ids=["sigterm", "sigkill"])

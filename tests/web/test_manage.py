@@ -22,12 +22,14 @@ pytestmark = [pytest.mark.integration, pytest.mark.browser, pytest.mark.one_data
 @pytest.fixture
 def receiving_stack(kafka_broker, tmp_path, database_url):
     # The built-in receiver is this API on 127.0.0.1: loopback webhooks allowed, as `gpucost up` does.
+    # All of acme's usage comes from one host, so one partition of gpu.usage: the other three stop
+    # holding the watermark back after 2 s instead of the default 30 s.
     s = Stack(tmp_path, database_url=database_url, GPUCOST_WEBHOOK_ALLOW_PRIVATE="true",
-              GPUCOST_WEBHOOK_BACKOFF_BASE_S="1")
+              GPUCOST_WEBHOOK_BACKOFF_BASE_S="1", GPUCOST_IDLE_PARTITION_S="2")
     try:
         yield s
     finally:
-        s.stop()
+        s.stop(graceful=False)  # teardown: nothing is checked about the shutdown
 
 
 def _usage(ts: float, gpu: int) -> UsageEvent:
@@ -80,10 +82,15 @@ async def test_a_rule_made_in_the_form_fires_and_its_delivery_shows_in_the_log(r
                              what="rule published")
 
         # Two GPUs of acme, live: above the quota of 1.5 -> fires, is delivered (after one 503), logged.
+        # Each GPU reports a 1 s sample for every second, as an exporter does, starting with the last
+        # 70 s (busy before the rule existed): the newest completed 60 s window holds 2 GPUs at once.
+        sent_upto = int(time.time()) - 70
         async with EventProducer(stack.settings) as producer:
             async def delivered():
-                now = time.time()
-                await producer.send_usage([_usage(now, 0), _usage(now, 1)])
+                nonlocal sent_upto
+                now = int(time.time())
+                await producer.send_usage([_usage(float(ts), g) for ts in range(sent_upto + 1, now + 1) for g in (0, 1)])
+                sent_upto = max(sent_upto, now)
                 ds = httpx.get(stack.url + "/api/deliveries", headers=h).json()
                 return [d for d in ds if d["alert"].get("rule_id") == rule["id"] and d["status"] == "delivered"]
             await async_wait_for(delivered, 120, interval=1.0, what="the rule's delivery")
