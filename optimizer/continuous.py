@@ -39,7 +39,7 @@ from torch import Tensor
 
 from optimizer.batcher import Completion
 from optimizer.generate import ensure_caches
-from optimizer.model import Transformer, apply_rope
+from optimizer.model import Transformer, apply_rope, slot_mask
 
 
 @dataclass(eq=False)
@@ -126,17 +126,6 @@ def idle_chunks(n_rows: int, chunk: int, n_slots: int) -> Tensor:
     return out
 
 
-def _mask(q_pos: Tensor, pos: Tensor, real: Tensor, window: int | None) -> Tensor:
-    """`Transformer._row_mask`'s mask: q_pos [b, T], slot positions/realness [b, S] -> [b, 1, T, S]."""
-    bsz = q_pos.shape[0]
-    q = q_pos.view(bsz, 1, -1, 1)
-    k = pos.view(bsz, 1, 1, -1)
-    mask = real.view(bsz, 1, 1, -1) & (k <= q) & (k >= 0)
-    if window is not None:
-        mask = mask & (q - k < window)
-    return mask | (k == q)
-
-
 def mixed_step(model: Transformer, tokens: Tensor, pos: Tensor, packed: Tensor, chunk: int) -> None:
     """One engine step in one forward: greedy decode of rows 0..B-1 (`tokens`, `pos` [B, 1]) and
     a chunk of prompt for each segment row of `packed` (`pack_chunks`). Updates `tokens` and
@@ -164,8 +153,8 @@ def mixed_step(model: Transformer, tokens: Tensor, pos: Tensor, packed: Tensor, 
     slots_all = pos_all % n_slots
     model.slot_pos[rows_all, slots_all] = pos_all
     model.slot_real[rows_all, slots_all] = real_all
-    dec_mask = _mask(pos, model.slot_pos[:b], model.slot_real[:b], model.window)
-    ch_mask = _mask(ch_pos, model.slot_pos[ch_rows], model.slot_real[ch_rows], model.window)
+    dec_mask = slot_mask(pos, model.slot_pos[:b], model.slot_real[:b], model.window)
+    ch_mask = slot_mask(ch_pos, model.slot_pos[ch_rows], model.slot_real[ch_rows], model.window)
     rope = model.rope[pos_all].unsqueeze(0)  # [1, N, D/2, 2]
     x = model.tok_embeddings(torch.cat([tokens.reshape(b), ch_tok.reshape(r * c)]))  # [N, dim]
     for i, layer in enumerate(model.layers):

@@ -87,6 +87,19 @@ def apply_rope(x: Tensor, rope: Tensor) -> Tensor:
     return out.flatten(3).type_as(x)
 
 
+def slot_mask(q_pos: Tensor, pos: Tensor, real: Tensor, window: int | None) -> Tensor:
+    """Which cache slots each query attends: query positions [b or 1, T], the slots' positions
+    and realness [b, S] -> [b, 1, T, S]. A slot is seen when it is real, at or before the query
+    and (with a window) within it; a query always sees its own position, so a padding query's
+    softmax is never over an empty set (no NaNs)."""
+    q = q_pos.view(q_pos.shape[0], 1, -1, 1)
+    k = pos.view(pos.shape[0], 1, 1, -1)
+    mask = real.view(real.shape[0], 1, 1, -1) & (k <= q) & (k >= 0)
+    if window is not None:
+        mask = mask & (q - k < window)
+    return mask | (k == q)
+
+
 class Attention(nn.Module):
     def __init__(self, args: ModelArgs):
         super().__init__()
@@ -219,13 +232,7 @@ class Transformer(nn.Module):
             real.index_fill_(1, slots, True)  # no host tensor: this runs inside CUDA graph capture
         else:
             real[:, slots] = pad_mask
-        q_pos = input_pos.view(1, 1, -1, 1)
-        k_pos = pos.view(bsz, 1, 1, -1)
-        mask = real.view(bsz, 1, 1, -1) & (k_pos <= q_pos) & (k_pos >= 0)
-        if self.window is not None:
-            mask = mask & (q_pos - k_pos < self.window)
-        # A padding query sees itself, so its softmax is never over an empty set (no NaNs).
-        return slots, mask | (k_pos == q_pos)
+        return slots, slot_mask(input_pos.view(1, -1), pos, real, self.window)
 
     def reset_rows(self, rows: Tensor) -> None:
         """Forget what the cache rows `rows` hold (a new request takes them over)."""
@@ -247,12 +254,7 @@ class Transformer(nn.Module):
             self.slot_pos[rows[:, None], slots] = input_pos
             self.slot_real[rows[:, None], slots] = real_new
             pos, real = self.slot_pos[rows], self.slot_real[rows]
-        q_pos = input_pos.view(bsz, 1, -1, 1)
-        k_pos = pos.view(bsz, 1, 1, -1)
-        mask = real.view(bsz, 1, 1, -1) & (k_pos <= q_pos) & (k_pos >= 0)
-        if self.window is not None:
-            mask = mask & (q_pos - k_pos < self.window)
-        return slots, mask | (k_pos == q_pos)
+        return slots, slot_mask(input_pos, pos, real, self.window)
 
     def forward(self, idx: Tensor, input_pos: Tensor | None = None,
                 pad_mask: Tensor | None = None, rows: Tensor | None = None) -> Tensor:
