@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from bench.optimizer_gpu import copy_bandwidth  # noqa: E402
 from optimizer import int8_gemv  # noqa: E402  (registers the ops)
 from optimizer.model import PRESETS  # noqa: E402
 from optimizer.quantize import quantize_per_channel  # noqa: E402
@@ -32,21 +33,6 @@ def shapes(preset: str) -> list[tuple[str, int, int]]:
     hd = a.dim // a.n_head
     return [("wqkv", (a.n_head + 2 * a.n_kv_head) * hd, a.dim), ("wo", a.dim, a.dim),
             ("w13", 2 * a.ffn_dim, a.dim), ("w2", a.dim, a.ffn_dim), ("head", a.vocab_size, a.dim)]
-
-
-def copy_gb_s(device) -> float:
-    src = torch.empty(1 << 30, dtype=torch.uint8, device=device)
-    dst = torch.empty_like(src)
-    for _ in range(3):
-        dst.copy_(src)
-    torch.cuda.synchronize()
-    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    s.record()
-    for _ in range(10):
-        dst.copy_(src)
-    e.record()
-    torch.cuda.synchronize()
-    return 2 * src.numel() * 10 / (s.elapsed_time(e) / 1e3) / 1e9
 
 
 def graphed(fn, n_copies: int):
@@ -80,7 +66,7 @@ def main() -> None:
     ap.add_argument("--out")
     args = ap.parse_args()
     dev = torch.device("cuda")
-    copy = copy_gb_s(dev)
+    copy = copy_bandwidth(dev) / 1e9
     print(f"device {torch.cuda.get_device_name(dev)}; copy {copy:.0f} GB/s", flush=True)
     rows = []
     for preset in args.presets.split(","):
