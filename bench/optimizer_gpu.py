@@ -460,12 +460,15 @@ def main() -> None:
         (optimizer/batcher_compare.py; the best form: chunked prefill in mixed steps)."""
         from optimizer.batcher_compare import BEST, INFLIGHT_CONFIGS, compare_batchers
 
-        model, decoder = B.build_variant(args.model, V("bf16+cudagraph"), device)
-        out = {"variant": "bf16+cudagraph", "model": args.model}
+        # Both batchers' steps compiled (torch.compile + CUDA graphs): the dynamic batcher's
+        # decode step at its batch size, the in-flight decode step and its mixed steps.
+        variant = "bf16+compile+cudagraph"
+        model, decoder = B.build_variant(args.model, V(variant), device)
+        out = {"variant": variant, "model": args.model}
         doc["sections"]["batchers"] = out
         compare_batchers(model, decoder, INFLIGHT_CONFIGS, best=BEST, clients=args.clients,
-                         n_requests=4 * args.clients, seq=512, rounds=3, cuda_graph=True, log=log,
-                         on_round=save, out=out)
+                         n_requests=4 * args.clients, seq=512, rounds=3, cuda_graph=True, compile=True,
+                         log=log, on_round=save, out=out)
         del model, decoder
         return out
 

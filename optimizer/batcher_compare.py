@@ -30,14 +30,14 @@ from optimizer.model import Transformer
 
 GOAL_TPUT, GOAL_P99 = 1.5, 1.0
 
-# The in-flight forms the GPU section measures: the best first (chunked prefill in mixed steps,
-# joining at every step, the host one step ahead of the GPU), the same without the overlap, a
-# larger chunk, and the first form as measured in run 3 (eager prefill, join in groups of 8,
-# host and GPU in lockstep).
+# The in-flight forms the GPU section measures (run 8: both batchers' steps compiled): chunked
+# prefill in mixed steps joining at every step, the host one step ahead of the GPU (the best
+# form), the same with host and GPU in lockstep, and the first form as measured in run 3 (eager
+# prefill, join in groups of 8, lockstep). Run 7 (eager kernels in CUDA graphs) also measured a
+# chunk of 256 (docs/benchmarks.md).
 INFLIGHT_CONFIGS: dict[str, dict] = {
-    "inflight_chunk128": {"chunk": 128, "chunk_rows": (1, 2, 4, 8, 16, 32), "overlap": True},
-    "inflight_chunk128_sync": {"chunk": 128, "chunk_rows": (1, 2, 4, 8, 16, 32), "overlap": False},
-    "inflight_chunk256": {"chunk": 256, "chunk_rows": (1, 2, 4, 8, 16), "overlap": True},
+    "inflight_chunk128": {"chunk": 128, "chunk_rows": (1, 2, 4, 8), "overlap": True},
+    "inflight_chunk128_sync": {"chunk": 128, "chunk_rows": (1, 2, 4, 8), "overlap": False},
     "inflight_join8_eager": {"chunk": 0, "min_join": 8, "overlap": False},
 }
 BEST = "inflight_chunk128"
@@ -55,10 +55,11 @@ def compare_batchers(model: Transformer, decoder: Decoder, configs: dict[str, di
                      best: str = BEST, clients: int = 32, n_requests: int = 128, seq: int = 512,
                      rounds: int = 3, prompt_range: tuple[int, int] = (16, 256),
                      answer_range: tuple[int, int] = (16, 256), cuda_graph: bool = True,
-                     log: Callable[[str], None] = print, on_round: Callable[[], None] | None = None,
+                     compile: bool = False, log: Callable[[str], None] = print, on_round: Callable[[], None] | None = None,
                      out: dict | None = None) -> dict:
     """Dynamic vs each in-flight configuration (ContinuousBatcher keyword arguments), `rounds`
-    interleaved rounds after one warm-up run each. Fills and returns `out`."""
+    interleaved rounds after one warm-up run each. `compile`: the in-flight steps through
+    torch.compile (give the dynamic batcher's `decoder` the same). Fills and returns `out`."""
     configs = dict(INFLIGHT_CONFIGS if configs is None else configs)
     if best not in configs:
         raise ValueError(f"the best configuration {best!r} is not among {list(configs)}")
@@ -73,7 +74,7 @@ def compare_batchers(model: Transformer, decoder: Decoder, configs: dict[str, di
             return await run_load(b.submit, prompts, n, lengths, clients), {"batch_sizes": [x.size for x in b.batches]}
 
     async def inflight(n, kwargs):
-        async with ContinuousBatcher(model, clients, seq, cuda_graph=cuda_graph, **kwargs) as b:
+        async with ContinuousBatcher(model, clients, seq, cuda_graph=cuda_graph, compile=compile, **kwargs) as b:
             r = await run_load(b.submit, prompts, n, lengths, clients)
         return r, {"mean_busy_rows": sum(b.steps) / max(len(b.steps), 1), "steps": len(b.steps),
                    "mixed_steps": len(b.mixed_steps),
@@ -90,7 +91,7 @@ def compare_batchers(model: Transformer, decoder: Decoder, configs: dict[str, di
                 "new_tokens": f"uniform {answer_range[0]}..{answer_range[1]}", "cache_slots": seq,
                 "configs": {k: {kk: list(vv) if isinstance(vv, tuple) else vv for kk, vv in v.items()}
                             for k, v in configs.items()},
-                "best": best, "rounds": []})
+                "best": best, "compiled": compile, "rounds": []})
     for name, fn in runners.items():  # warm-up: graphs for the batch sizes seen
         asyncio.run(fn(clients))
         log(f"batchers warm-up {name} done")

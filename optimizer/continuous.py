@@ -169,9 +169,11 @@ def mixed_step(model: Transformer, tokens: Tensor, pos: Tensor, packed: Tensor, 
         keys, values = cache.dense(b)  # rows 0..B-1 [B, Hkv, S, D]
         y_d = F.scaled_dot_product_attention(q[:b].view(b, 1, n_head, hd).transpose(1, 2), keys, values,
                                              attn_mask=dec_mask, enable_gqa=True)
-        with _prefill_attention():  # the backends the eager prefill used (no cuDNN plans)
-            y_c = F.scaled_dot_product_attention(q[b:].view(r, c, n_head, hd).transpose(1, 2), keys[ch_rows],
-                                                 values[ch_rows], attn_mask=ch_mask, enable_gqa=True)
+        # Fixed shapes per bucket: the default backends (cuDNN on an H200, planned once per
+        # bucket at warm-up). The eager prefill's backends ran this in fp32 GEMMs (math backend):
+        # a third of a mixed step's kernel time on the H200.
+        y_c = F.scaled_dot_product_attention(q[b:].view(r, c, n_head, hd).transpose(1, 2), keys[ch_rows],
+                                             values[ch_rows], attn_mask=ch_mask, enable_gqa=True)
         y = torch.cat([y_d.transpose(1, 2).reshape(b, n_head * hd),
                        y_c.transpose(1, 2).reshape(r * c, n_head * hd)])
         h = x + attn.wo(y)
@@ -192,11 +194,32 @@ def mixed_step(model: Transformer, tokens: Tensor, pos: Tensor, packed: Tensor, 
     pos.copy_(new_pos.view(b, 1))
 
 
+def decode_step(model: Transformer, tokens: Tensor, pos: Tensor) -> Tensor:
+    """One greedy step for every row (`tokens`, `pos` [B, 1]): next tokens [B, 1]."""
+    return model(tokens, pos)[:, -1].argmax(dim=-1, keepdim=True)
+
+
+_COMPILED: dict[tuple[str, str], object] = {}
+COMPILE_BACKEND = "inductor"  # tests use "aot_eager": the same tracing and functionalization, no codegen
+
+
+def _compiled(name: str, fn):
+    key = (name, COMPILE_BACKEND)
+    if key not in _COMPILED:
+        import torch._dynamo
+
+        # mixed steps: one compiled graph per (bucket, chunk); the default limit of 8 would fall
+        # back to eager kernels past the eighth
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+        _COMPILED[key] = torch.compile(fn, dynamic=False, backend=COMPILE_BACKEND)
+    return _COMPILED[key]
+
+
 class ContinuousBatcher:
     """`async with ContinuousBatcher(model, 32) as b: await b.submit(prompt, max_new_tokens)`.
 
     `cuda_graph` replays the decode step from one graph (GPU only), and each mixed step from one
-    graph per segment-row bucket; `compile` runs the decode step through torch.compile.
+    graph per segment-row bucket; `compile` runs the decode and mixed steps through torch.compile.
     `chunk` > 0: prompts are taken in `chunk` tokens a step by mixed steps, up to the largest of
     `chunk_rows` prompts at once (buckets: a step with n prompts to take in runs the smallest
     bucket >= n); `chunk` 0: each admission is prefilled eagerly (the first form).
@@ -242,7 +265,11 @@ class ContinuousBatcher:
         # (its extra token is dropped); nothing else changes.
         self.overlap = overlap
         self._n_launched = 0
-        self._fn = torch.compile(self._step, fullgraph=True, dynamic=False) if compile else self._step
+        # Compiled once per process, not per batcher: the functions take the model as an argument,
+        # so a new batcher on the same model reuses the compiled steps (one compile for the decode
+        # step, one per segment-row bucket and chunk for the mixed steps).
+        self._fn = _compiled("decode", decode_step) if compile else decode_step
+        self._mixed_fn = _compiled("mixed", mixed_step) if compile else mixed_step
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._graph: torch.cuda.CUDAGraph | None = None
@@ -290,10 +317,6 @@ class ContinuousBatcher:
 
     # -- the engine thread ----------------------------------------------------------------------
 
-    def _step(self, tokens: Tensor, pos: Tensor) -> Tensor:
-        """One greedy step for every row: next tokens [B, 1]."""
-        return self.model(tokens, pos)[:, -1].argmax(dim=-1, keepdim=True)
-
     def _setup(self) -> None:
         ensure_caches(self.model, self.max_batch_size, self.max_seq_len)
         self.model.reset_cache_state()
@@ -337,16 +360,16 @@ class ContinuousBatcher:
         """Every step kind on the parked state: all rows at the last slot, segments unused, so it
         writes nothing but the last slot of each row (reset after it anyway)."""
         for _ in range(times):
-            self._fn(self._tokens, self._pos)
+            self._fn(self.model, self._tokens, self._pos)
             for n in self.chunk_rows:
                 self._mixed(n)
 
     def _advance(self) -> None:
-        self._tokens.copy_(self._fn(self._tokens, self._pos))
+        self._tokens.copy_(self._fn(self.model, self._tokens, self._pos))
         self._pos.copy_(torch.clamp(self._pos + 1, max=self._last_pos))
 
     def _mixed(self, n_rows: int) -> None:
-        mixed_step(self.model, self._tokens, self._pos, self._packed[n_rows], self.chunk)
+        self._mixed_fn(self.model, self._tokens, self._pos, self._packed[n_rows], self.chunk)
 
     def _run(self) -> None:
         try:

@@ -54,12 +54,11 @@ def _put_rows(store: Tensor, slots: Tensor, rows: Tensor | None, x: Tensor) -> T
     returns those rows [B, H, S, W] (a view for 0..B-1, a gathered copy otherwise)."""
     bsz = x.shape[0]
     if rows is None:
-        # One scatter along the slot dim into the view of rows 0..B-1: no row-index tensor to
-        # build (the in-flight decode step runs this twice per layer inside its CUDA graph).
-        view = store[:bsz]
-        index = slots.view(bsz, 1, -1, 1).expand(bsz, x.shape[1], slots.shape[1], x.shape[3])
-        view.scatter_(2, index, x.to(store.dtype))
-        return view
+        # An index_put on the whole buffer, not a scatter into the view of rows 0..B-1: compiled,
+        # that scatter became a copy of the whole cache per layer (0.5 ms of a 1.8 ms in-flight
+        # step of the 1B model at 32 x 512 slots, H200).
+        store[torch.arange(bsz, device=store.device)[:, None], :, slots] = x.transpose(1, 2).to(store.dtype)
+        return store[:bsz]
     store[rows[:, None], :, slots] = x.transpose(1, 2).to(store.dtype)
     return store[rows]
 

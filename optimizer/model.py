@@ -246,10 +246,12 @@ class Transformer(nn.Module):
         bsz = input_pos.shape[0]
         slots = input_pos % self.cache_slots
         real_new = torch.ones_like(slots, dtype=torch.bool) if pad_mask is None else pad_mask
-        if rows is None:  # rows 0..B-1: views, written in place (this runs inside graph capture)
+        if rows is None:  # rows 0..B-1 (an index_put on the buffers: compiled, a scatter into
+            # their views copied them whole)
+            at = torch.arange(bsz, device=slots.device)[:, None]
+            self.slot_pos[at, slots] = input_pos
+            self.slot_real[at, slots] = real_new
             pos, real = self.slot_pos[:bsz], self.slot_real[:bsz]
-            pos.scatter_(1, slots, input_pos)
-            real.scatter_(1, slots, real_new)
         else:
             self.slot_pos[rows[:, None], slots] = input_pos
             self.slot_real[rows[:, None], slots] = real_new

@@ -195,3 +195,36 @@ def test_the_warm_up_step_on_idle_buffers_writes_only_the_parked_slot(n_rows):
     assert pos.eq(slots - 1).all()
     assert not model.slot_real[:, : slots - 1].any() and model.slot_pos[:, : slots - 1].eq(-1).all()
     assert torch.equal(model.caches[0].k_cache[:, :, : slots - 1], before[:, :, : slots - 1])
+
+
+@pytest.mark.asyncio
+async def test_compiled_steps_match_decoding_alone_and_a_second_batcher_reuses_them(monkeypatch):
+    """`compile=True` traces the decode and mixed steps (aot_eager here: Dynamo's tracing and
+    functionalization of the in-place cache writes, without code generation); the tokens are
+    those of each request decoded alone, and a second batcher on the same model compiles nothing
+    new (the steps take the model as an argument, so no guard on the batcher fails)."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    from optimizer import continuous
+
+    monkeypatch.setattr(continuous, "COMPILE_BACKEND", "aot_eager")
+    torch._dynamo.reset()
+    counters.clear()
+    model = build_model("test", seed=6)
+    prompts, lengths = long_workload(model.args.vocab_size, 10, seed=5)
+
+    async def run():
+        async with ContinuousBatcher(model, max_batch_size=4, max_seq_len=64, chunk=8, chunk_rows=(1, 2, 4),
+                                     compile=True) as batcher:
+            result = await run_load(batcher.submit, prompts, n_requests=10, max_new_tokens=lengths, concurrency=6)
+        return batcher, result
+
+    batcher, result = await run()
+    assert batcher.mixed_steps and len(batcher.steps) > len(batcher.mixed_steps)
+    expected = sorted((alone(model, p, n) for p, n in zip(prompts, lengths)), key=lambda t: (len(t), t))
+    assert sorted((c.tokens for c in result.completions), key=lambda t: (len(t), t)) == expected
+    frames = counters["stats"]["unique_graphs"]
+    assert frames >= 4  # the decode step and the three buckets' mixed steps
+    await run()
+    assert counters["stats"]["unique_graphs"] == frames
