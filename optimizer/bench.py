@@ -46,12 +46,15 @@ class Variant:
     window: int | None = None
     offload: bool = False
     decode_mode: str = "eager"
+    fused: bool = False  # decode steps through fused_decode.py (GEMV schemes)
 
     @property
     def name(self) -> str:
         parts = [self.precision]
         if self.quantization != "none":
             parts.append(self.quantization)
+        if self.fused:
+            parts.append("fused")
         if self.kv_cache != "full":
             parts.append(f"kv-{self.kv_cache}")
         if self.window is not None:
@@ -78,6 +81,8 @@ class Variant:
                 fields["window"] = int(part[7:])
             elif part == "offload":
                 fields["offload"] = True
+            elif part == "fused":
+                fields["fused"] = True
             elif part in ("compile", "cudagraph"):
                 modes.append(part)
             else:
@@ -95,6 +100,9 @@ class Variant:
             raise ValueError("int8-dynamic is fp32 on the CPU only")
         if self.offload and "cudagraph" in self.decode_mode:
             raise ValueError("offload streams weights between steps: no CUDA graphs")
+        if self.fused and (self.quantization not in ("gemv", "int8-weight-only") or self.kv_cache != "full"
+                           or self.offload):
+            raise ValueError("fused decode needs GEMV weights (gemv or int8-weight-only) and the full KV cache")
 
 
 @dataclass
@@ -145,6 +153,7 @@ def build_variant(name: str, variant: Variant, device: torch.device | str, seed:
     if variant.window is not None:
         model.set_sliding_window(variant.window)
     model.kv_cache_kind = variant.kv_cache
+    model.fused_decode = variant.fused
     if variant.offload:
         model = offload_layers(model, device)
     decoder = Decoder(model, compile="compile" in variant.decode_mode,

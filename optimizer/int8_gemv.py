@@ -8,12 +8,16 @@ Weights are streamed with evict-first so they do not push the activations out of
 
 - `_gemv_kernel` ("tile"): a [BLOCK_N, BLOCK_K] fp32 accumulator; the bf16 GEMV, and the int8
   one when `INT8_KERNEL = "tile"`.
-- `_int8_gemv_kernel` ("grouped", the int8 default): 16 consecutive int8 weights a thread (one
-  16-byte load) summed in registers at every K step, so the accumulator is 1/16 the size and a CTA
-  streams 8 to 32 KB a step. On the H200 it beat "tile" at 7B (step 3.150 vs 3.315 ms) and lost at
-  1B (GEMV time 577 vs 498 µs a step); docs/benchmarks.md, H200 section.
+- `_int8_gemv_kernel` ("grouped"): 16 consecutive int8 weights a thread (one 16-byte load) summed
+  in registers at every K step, so the accumulator is 1/16 the size and a CTA streams 8 to 32 KB a
+  step. On the H200 it beat "tile" at 7B (step 3.150 vs 3.315 ms) and lost at 1B (GEMV time 577
+  vs 498 µs a step); docs/benchmarks.md, H200 section. The default, "auto", times both per shape.
 
-Both ops are `torch.library` custom ops: opaque to torch.compile (which fuses everything around
+Both kernels also come fused (`gpucost::gemv_fused`, used by fused_decode.py): RMSNorm in the
+prologue, SiLU(gate) * up of the input, a residual add in the epilogue, programmatic dependent
+launch on Hopper.
+
+The ops are `torch.library` custom ops: opaque to torch.compile (which fuses everything around
 them), autotuned on their first real call per shape and dtype (outside any CUDA graph capture).
 The bf16 op gives a bf16 baseline whose kernels do not depend on what Inductor's coordinate-descent
 tuning picked in a given process (that moved the 7B bf16 step by 25 % between processes on the
@@ -35,8 +39,10 @@ except ImportError:  # CPU-only installs: the module swaps fall back to their on
 
 ENABLED = True  # False: decode through Inductor's fused reduction instead (for comparison)
 # "grouped": the int8 kernel with 16-weight groups summed in registers; "tile": the bf16 kernel's
-# [BLOCK_N, BLOCK_K] accumulator on int8 weights (46-73 % of a copy on the H200, bench/gemv.py)
-INT8_KERNEL = "grouped"
+# [BLOCK_N, BLOCK_K] accumulator on int8 weights (46-73 % of a copy on the H200, bench/gemv.py);
+# "auto": per shape, whichever of the two is faster, timed on the first call (grouped won at 7B
+# and tile at 1B on the H200, in separate runs)
+INT8_KERNEL = "auto"
 MAX_ROWS = 4  # beyond a few rows the weights are worth tiling: cuBLAS / Inductor take over
 
 
@@ -60,39 +66,108 @@ if triton is not None:
     def _bench(kernel_call, quantiles):
         return triton.testing.do_bench(kernel_call, warmup=10, rep=40, quantiles=quantiles)
 
+    # -- pieces shared by both kernels -------------------------------------------------------
+    # The fused forms (fused_decode.py): RMSNorm of the input row in the prologue (NORM), SiLU(gate)
+    # * up of a [gate, up] input row (SILU), a residual added in the epilogue (RESID), each
+    # rounded where eager PyTorch rounds; and programmatic dependent launch (PDL, Hopper): the
+    # kernel lets the next one launch as soon as its own last CTAs have started, and loads its
+    # first weight tile (weights never depend on the kernel before) before it waits for the
+    # previous kernel's output.
+
+    @triton.jit
+    def _w_tile(w_ptrs, n_mask, offs_k, k0, K, EVEN: tl.constexpr):
+        if EVEN:
+            w = tl.load(w_ptrs + k0, eviction_policy="evict_first")
+        else:
+            w = tl.load(w_ptrs + k0, mask=n_mask & ((k0 + offs_k) < K), other=0, eviction_policy="evict_first")
+        return w
+
+    @triton.jit
+    def _x_block(x_row, g_ptr, offs_k, k0, K, rstd, EVEN_K: tl.constexpr, NORM: tl.constexpr,
+                 SILU: tl.constexpr):
+        """The input block at k0 as fp32: plain, SiLU(gate) * up, or RMSNorm'ed."""
+        dt = x_row.dtype.element_ty
+        k_mask = (k0 + offs_k) < K
+        if EVEN_K:
+            x = tl.load(x_row + k0 + offs_k).to(tl.float32)
+        else:
+            x = tl.load(x_row + k0 + offs_k, mask=k_mask, other=0.0).to(tl.float32)
+        if SILU:  # the row is [gate (K), up (K)]
+            if EVEN_K:
+                up = tl.load(x_row + K + k0 + offs_k).to(tl.float32)
+            else:
+                up = tl.load(x_row + K + k0 + offs_k, mask=k_mask, other=0.0).to(tl.float32)
+            x = (x / (1.0 + tl.exp(-x))).to(dt).to(tl.float32)
+            x = (x * up).to(dt).to(tl.float32)
+        if NORM:
+            if EVEN_K:
+                g = tl.load(g_ptr + k0 + offs_k).to(tl.float32)
+            else:
+                g = tl.load(g_ptr + k0 + offs_k, mask=k_mask, other=0.0).to(tl.float32)
+            x = (x * rstd).to(dt).to(tl.float32)
+            x = (x * g).to(dt).to(tl.float32)
+        return x
+
+    @triton.jit
+    def _rstd(x_row, K, eps, BLOCK: tl.constexpr):
+        """1 / sqrt(mean(x^2) + eps) of the input row, in fp32 (a pass over it, from L2)."""
+        offs = tl.arange(0, BLOCK)
+        ss = tl.zeros((BLOCK,), dtype=tl.float32)
+        for k0 in range(0, K, BLOCK):
+            v = tl.load(x_row + k0 + offs, mask=(k0 + offs) < K, other=0.0).to(tl.float32)
+            ss += v * v
+        return 1.0 / tl.sqrt(tl.sum(ss, axis=0) / K + eps)
+
+    @triton.jit
+    def _epilogue(out, s_ptr, r_row, y_row, offs_n, n_mask, HAS_SCALE: tl.constexpr, RESID: tl.constexpr):
+        dt = y_row.dtype.element_ty
+        if HAS_SCALE:
+            out = out * tl.load(s_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
+        if RESID:  # x + linear(...): the linear's output rounded first, as eager PyTorch does
+            out = out.to(dt).to(tl.float32) + tl.load(r_row + offs_n, mask=n_mask, other=0.0).to(tl.float32)
+        tl.store(y_row + offs_n, out.to(dt), mask=n_mask)
+
+    @triton.jit
+    def _start(PDL: tl.constexpr):
+        if PDL:
+            tl.extra.cuda.gdc_launch_dependents()
+
+    @triton.jit
+    def _wait(PDL: tl.constexpr):
+        if PDL:
+            tl.extra.cuda.gdc_wait()
+
+    _KEY = ["N", "K", "HAS_SCALE", "NORM", "SILU", "RESID"]
+    _EVEN = {"EVEN_K": lambda a: a["K"] % a["BLOCK_K"] == 0, "EVEN_N": lambda a: a["N"] % a["BLOCK_N"] == 0}
+
     # Each config is timed for ~50 ms per shape instead of Triton's default 125 ms: 24 configs x
     # 10 shapes (1B and 7B, bf16 and int8) would otherwise add about 30 s to a process's first steps.
-    @triton.autotune(configs=_configs(), key=["N", "K", "HAS_SCALE"], do_bench=_bench)
-    @triton.heuristics({"EVEN_K": lambda a: a["K"] % a["BLOCK_K"] == 0,
-                        "EVEN_N": lambda a: a["N"] % a["BLOCK_N"] == 0})
+    @triton.autotune(configs=_configs(), key=_KEY, do_bench=_bench)
+    @triton.heuristics(_EVEN)
     @triton.jit
-    def _gemv_kernel(x_ptr, w_ptr, s_ptr, y_ptr, N, K, stride_xm, stride_wn, stride_ym,
-                     HAS_SCALE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    def _gemv_kernel(x_ptr, w_ptr, s_ptr, y_ptr, g_ptr, r_ptr, N, K, eps, stride_xm, stride_wn, stride_ym,
+                     stride_rm, HAS_SCALE: tl.constexpr, NORM: tl.constexpr, SILU: tl.constexpr,
+                     RESID: tl.constexpr, PDL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                      EVEN_K: tl.constexpr, EVEN_N: tl.constexpr):
+        _start(PDL)
         pid_n = tl.program_id(0)
         row = tl.program_id(1)
         offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         offs_k = tl.arange(0, BLOCK_K)
         n_mask = offs_n < N
         w_ptrs = w_ptr + offs_n[:, None].to(tl.int64) * stride_wn + offs_k[None, :]
-        x_ptrs = x_ptr + row * stride_xm + offs_k
-        acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
-        for k0 in range(0, K, BLOCK_K):
-            if EVEN_K and EVEN_N:
-                w = tl.load(w_ptrs, eviction_policy="evict_first")
-                x = tl.load(x_ptrs)
-            else:
-                k_mask = (k0 + offs_k) < K
-                w = tl.load(w_ptrs, mask=n_mask[:, None] & k_mask[None, :], other=0,
-                            eviction_policy="evict_first")
-                x = tl.load(x_ptrs, mask=k_mask, other=0.0)
-            acc += w.to(tl.float32) * x.to(tl.float32)[None, :]
-            w_ptrs += BLOCK_K
-            x_ptrs += BLOCK_K
-        out = tl.sum(acc, axis=1)
-        if HAS_SCALE:
-            out = out * tl.load(s_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
-        tl.store(y_ptr + row * stride_ym + offs_n, out.to(y_ptr.dtype.element_ty), mask=n_mask)
+        x_row = x_ptr + row * stride_xm
+        w = _w_tile(w_ptrs, n_mask[:, None], offs_k[None, :], 0, K, EVEN_K and EVEN_N)
+        _wait(PDL)
+        rstd = 1.0
+        if NORM:
+            rstd = _rstd(x_row, K, eps, 1024)
+        acc = w.to(tl.float32) * _x_block(x_row, g_ptr, offs_k, 0, K, rstd, EVEN_K, NORM, SILU)[None, :]
+        for k0 in range(BLOCK_K, K, BLOCK_K):
+            w = _w_tile(w_ptrs, n_mask[:, None], offs_k[None, :], k0, K, EVEN_K and EVEN_N)
+            acc += w.to(tl.float32) * _x_block(x_row, g_ptr, offs_k, k0, K, rstd, EVEN_K, NORM, SILU)[None, :]
+        _epilogue(tl.sum(acc, axis=1), s_ptr, r_ptr + row * stride_rm, y_ptr + row * stride_ym, offs_n, n_mask,
+                  HAS_SCALE, RESID)
 
     def _int8_configs() -> list:
         """int8 tiles: 8..32 KB of weights a CTA per K step (twice the bf16 kernel's bytes for the
@@ -109,56 +184,86 @@ if triton is not None:
         kept = [c for c in configs if c.kwargs["BLOCK_K"] <= max(named_args["K"], 64)]
         return kept or configs[:1]
 
-    @triton.autotune(configs=_int8_configs(), key=["N", "K"], do_bench=_bench,
+    @triton.autotune(configs=_int8_configs(), key=_KEY, do_bench=_bench,
                      prune_configs_by={"early_config_prune": _fits})
-    @triton.heuristics({"EVEN_K": lambda a: a["K"] % a["BLOCK_K"] == 0,
-                        "EVEN_N": lambda a: a["N"] % a["BLOCK_N"] == 0})
+    @triton.heuristics(_EVEN)
     @triton.jit
-    def _int8_gemv_kernel(x_ptr, w_ptr, s_ptr, y_ptr, N, K, stride_xm, stride_wn, stride_ym,
-                          BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
-                          EVEN_N: tl.constexpr):
+    def _int8_gemv_kernel(x_ptr, w_ptr, s_ptr, y_ptr, g_ptr, r_ptr, N, K, eps, stride_xm, stride_wn, stride_ym,
+                          stride_rm, HAS_SCALE: tl.constexpr, NORM: tl.constexpr, SILU: tl.constexpr,
+                          RESID: tl.constexpr, PDL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                          EVEN_K: tl.constexpr, EVEN_N: tl.constexpr):
         """The int8 GEMV: a [BLOCK_N, BLOCK_K / 16, 16] weight tile, each thread holding 16
         consecutive int8 weights (one 16-byte load), summed in registers at every K step into a
         [BLOCK_N, BLOCK_K / 16] accumulator; one cross-thread reduction at the end."""
         R: tl.constexpr = 16
         G: tl.constexpr = BLOCK_K // R
+        _start(PDL)
         pid_n = tl.program_id(0)
         row = tl.program_id(1)
         offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         offs_k = tl.arange(0, G)[:, None] * R + tl.arange(0, R)[None, :]  # [G, R]
         n_mask = offs_n < N
         w_ptrs = w_ptr + offs_n[:, None, None].to(tl.int64) * stride_wn + offs_k[None, :, :]
-        x_ptrs = x_ptr + row * stride_xm + offs_k
-        acc = tl.zeros((BLOCK_N, G), dtype=tl.float32)
-        for k0 in range(0, K, BLOCK_K):
-            if EVEN_K and EVEN_N:
-                w = tl.load(w_ptrs, eviction_policy="evict_first")
-                x = tl.load(x_ptrs)
-            else:
-                k_mask = (k0 + offs_k) < K
-                w = tl.load(w_ptrs, mask=n_mask[:, None, None] & k_mask[None, :, :], other=0,
-                            eviction_policy="evict_first")
-                x = tl.load(x_ptrs, mask=k_mask, other=0.0)
-            acc += tl.sum(w.to(tl.float32) * x.to(tl.float32)[None, :, :], axis=2)
-            w_ptrs += BLOCK_K
-            x_ptrs += BLOCK_K
-        out = tl.sum(acc, axis=1) * tl.load(s_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
-        tl.store(y_ptr + row * stride_ym + offs_n, out.to(y_ptr.dtype.element_ty), mask=n_mask)
+        x_row = x_ptr + row * stride_xm
+        w = _w_tile(w_ptrs, n_mask[:, None, None], offs_k[None, :, :], 0, K, EVEN_K and EVEN_N)
+        _wait(PDL)
+        rstd = 1.0
+        if NORM:
+            rstd = _rstd(x_row, K, eps, 1024)
+        x = _x_block(x_row, g_ptr, offs_k, 0, K, rstd, EVEN_K, NORM, SILU)
+        acc = tl.sum(w.to(tl.float32) * x[None, :, :], axis=2)
+        for k0 in range(BLOCK_K, K, BLOCK_K):
+            w = _w_tile(w_ptrs, n_mask[:, None, None], offs_k[None, :, :], k0, K, EVEN_K and EVEN_N)
+            x = _x_block(x_row, g_ptr, offs_k, k0, K, rstd, EVEN_K, NORM, SILU)
+            acc += tl.sum(w.to(tl.float32) * x[None, :, :], axis=2)
+        _epilogue(tl.sum(acc, axis=1), s_ptr, r_ptr + row * stride_rm, y_ptr + row * stride_ym, offs_n, n_mask,
+                  HAS_SCALE, RESID)
 
 
-def _launch(x: Tensor, weight: Tensor, scales: Tensor | None) -> Tensor:
+def pdl_supported(device: torch.device) -> bool:
+    """Programmatic dependent launch: Hopper or later, a real GPU (not the interpreter)."""
+    return (triton is not None and device.type == "cuda" and not _interpreting()
+            and torch.cuda.get_device_capability(device) >= (9, 0))
+
+
+_int8_choice: dict[tuple, str] = {}  # (N, K, flags, rows) -> "tile" or "grouped", INT8_KERNEL "auto"
+
+
+def _launch(x: Tensor, weight: Tensor, scales: Tensor | None, norm_weight: Tensor | None = None,
+            eps: float = 0.0, resid: Tensor | None = None, silu: bool = False, pdl: bool = False) -> Tensor:
     n, k = weight.shape
-    x2 = x.reshape(-1, k).contiguous()
-    y = torch.empty(x2.shape[0], n, dtype=x.dtype, device=x.device)
-    grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), x2.shape[0])  # noqa: E731
+    width = 2 * k if silu else k
+    if x.shape[-1] != width:
+        raise ValueError(f"input rows of {x.shape[-1]} for a [{n}, {k}] weight{' (silu: gate and up)' if silu else ''}")
+    x2 = x.reshape(-1, width).contiguous()
+    rows = x2.shape[0]
+    y = torch.empty(rows, n, dtype=x.dtype, device=x.device)
+    r2 = resid.reshape(rows, n).contiguous() if resid is not None else y
+    flags = {"HAS_SCALE": scales is not None, "NORM": norm_weight is not None, "SILU": silu,
+             "RESID": resid is not None}
+    pdl = pdl and pdl_supported(x.device)
+    args = (x2, weight, weight if scales is None else scales, y, weight if norm_weight is None else norm_weight,
+            r2, n, k, eps, x2.stride(0), weight.stride(0), y.stride(0), r2.stride(0))
+    grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), rows)  # noqa: E731
+    extra = {"launch_pdl": True} if pdl else {}
+
+    def run(kernel):
+        kernel[grid](*args, **flags, PDL=pdl, **extra)
+
     if scales is None:
-        _gemv_kernel[grid](x2, weight, weight, y, n, k, x2.stride(0), weight.stride(0), y.stride(0),
-                           HAS_SCALE=False)
-    elif INT8_KERNEL == "grouped":
-        _int8_gemv_kernel[grid](x2, weight, scales, y, n, k, x2.stride(0), weight.stride(0), y.stride(0))
-    else:
-        _gemv_kernel[grid](x2, weight, scales, y, n, k, x2.stride(0), weight.stride(0), y.stride(0),
-                           HAS_SCALE=True)
+        run(_gemv_kernel)
+        return y.reshape(*x.shape[:-1], n)
+    choice = INT8_KERNEL
+    if choice == "auto":
+        key = (n, k, rows, pdl, *flags.values())
+        if key not in _int8_choice:  # the first call per shape (outside any graph capture)
+            times = {}
+            for name, kernel in (("tile", _gemv_kernel), ("grouped", _int8_gemv_kernel)):
+                run(kernel)  # autotunes it
+                times[name] = _bench(lambda kernel=kernel: run(kernel), None) if x.is_cuda else 0.0
+            _int8_choice[key] = min(times, key=times.get)
+        choice = _int8_choice[key]
+    run(_int8_gemv_kernel if choice == "grouped" else _gemv_kernel)
     return y.reshape(*x.shape[:-1], n)
 
 
@@ -179,6 +284,18 @@ def gemv(x: Tensor, weight: Tensor) -> Tensor:
 
 @gemv.register_fake
 def _(x: Tensor, weight: Tensor) -> Tensor:
+    return x.new_empty(*x.shape[:-1], weight.shape[0])
+
+
+@torch.library.custom_op("gpucost::gemv_fused", mutates_args=())
+def gemv_fused(x: Tensor, weight: Tensor, scales: Tensor | None, norm_weight: Tensor | None, eps: float,
+               resid: Tensor | None, silu: bool, pdl: bool) -> Tensor:
+    """[resid +] ([RMSNorm(x) | SiLU(gate) * up | x] @ W^T) [* scales], one kernel (bf16 or int8 W)."""
+    return _launch(x, weight, scales, norm_weight, eps, resid, silu, pdl)
+
+
+@gemv_fused.register_fake
+def _(x, weight, scales, norm_weight, eps, resid, silu, pdl):
     return x.new_empty(*x.shape[:-1], weight.shape[0])
 
 

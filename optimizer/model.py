@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from optimizer import fused_decode
 from optimizer.kvcache import KV_CACHE_KINDS, KVCache
 
 
@@ -178,6 +179,7 @@ class Transformer(nn.Module):
         self.window: int | None = None  # sliding-window attention span, in tokens
         self.caches: nn.ModuleList | None = None
         self.kv_cache_kind = "full"  # the kind `setup_caches` last made, reused by `ensure_caches`
+        self.fused_decode = False  # decode steps through fused_decode.py (GEMV schemes; the "fused" variant)
 
     # -- variants that change attention ----------------------------------------------------
 
@@ -277,6 +279,11 @@ class Transformer(nn.Module):
         else:
             mask = None
         x = self.tok_embeddings(idx)
+        if fused_decode.applies(self, idx, input_pos, pad_mask, rows):  # (the mask goes unused)
+            for i, layer in enumerate(self.layers):
+                x = fused_decode.layer(layer, x, rope, self.caches[i], slots, input_pos, self.slot_pos[:bsz],
+                                       self.slot_real[:bsz], self.window)
+            return fused_decode.linear(self.output, x, norm=self.norm)
         for i, layer in enumerate(self.layers):
             x = layer(x, rope, mask, None if self.caches is None else self.caches[i], slots, rows)
         return self.output(self.norm(x))

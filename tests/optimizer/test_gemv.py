@@ -88,3 +88,113 @@ def test_gemv_applies_only_where_the_kernel_runs():
         assert not int8_gemv.gemv_applies(torch.zeros(1, 16), w)  # CPU tensors, no interpreter
     assert not int8_gemv.gemv_applies(torch.zeros(int8_gemv.MAX_ROWS + 1, 16), w)
     assert not int8_gemv.gemv_applies(torch.zeros(1, 16), w.t().contiguous().t())  # not contiguous
+
+
+FUSED = textwrap.dedent("""
+    import asyncio
+    import torch
+    import torch.nn.functional as F
+    from optimizer import fused_decode, int8_gemv
+    from optimizer.bench import Variant, build_variant
+    from optimizer.continuous import ContinuousBatcher
+    from optimizer.generate import generate
+    from optimizer.model import slot_mask
+    from optimizer.quantize import quantize_per_channel
+
+    torch.manual_seed(0)
+    op = torch.ops.gpucost.gemv_fused
+    # The fused GEMV forms against their unfused PyTorch definitions (fp32: exact up to summation order)
+    for n, k in ((64, 128), (70, 200)):
+        w = torch.randn(n, k)
+        q, s = quantize_per_channel(w)
+        g, r = torch.randn(k), torch.randn(2, n)
+        x, gu = torch.randn(2, k) * 3, torch.randn(2, 2 * k)
+        normed = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5) * g
+        act = F.silu(gu[:, :k]) * gu[:, k:]
+        for kernel in ("tile", "grouped"):
+            int8_gemv.INT8_KERNEL = kernel
+            for weight, scales, dense in ((w, None, w), (q, s, q.float() * s[:, None])):
+                cases = [(op(x, weight, scales, g, 1e-5, None, False, False), normed @ dense.t()),
+                         (op(gu, weight, scales, None, 0.0, r, True, False), r + act @ dense.t()),
+                         (op(x, weight, scales, g, 1e-5, r, False, False), r + normed @ dense.t())]
+                for got, want in cases:
+                    assert got.shape == want.shape and torch.allclose(got, want, rtol=1e-4, atol=1e-3), \\
+                        (kernel, scales is None, (got - want).abs().max())
+        int8_gemv.INT8_KERNEL = "auto"
+    try:
+        op(torch.randn(1, 10), torch.randn(4, 8), None, None, 0.0, None, False, False)
+        raise SystemExit("a row of the wrong width was accepted")
+    except ValueError:
+        pass
+
+    # Decode attention against SDPA with the model's slot mask: ragged slots (masked tail), pad
+    # and unreal slots, a shared and a per-row query position, full and windowed
+    b, h, hkv, d, s = 2, 4, 2, 16, 37
+    qv = torch.randn(b, 1, h, d)
+    kc, vc = torch.randn(b + 1, hkv, s, d), torch.randn(b + 1, hkv, s, d)
+    pos = torch.randint(-1, 30, (b + 1, s))
+    real = torch.rand(b + 1, s) > 0.2
+    for q_pos in (torch.tensor([25]), torch.tensor([[20], [29]])):
+        pos[0, 3], pos[1, 4] = 25, 29  # each query's own slot
+        for window in (0, 6):
+            got = torch.ops.gpucost.decode_attention(qv, kc, vc, pos[:b], real[:b], q_pos, window, False)
+            mask = slot_mask(q_pos.view(-1, 1) if q_pos.numel() > 1 else q_pos.view(1, 1), pos[:b], real[:b],
+                             window or None)
+            want = F.scaled_dot_product_attention(qv.transpose(1, 2), kc[:b], vc[:b], attn_mask=mask,
+                                                  enable_gqa=True).transpose(1, 2).reshape(b, 1, h * d)
+            assert torch.allclose(got, want, atol=1e-5), (window, (got - want).abs().max())
+
+    # The fused decode step gives the unfused model's tokens (gemv and int8 weights, a sliding
+    # window, the in-flight batcher's per-row positions) and really runs. A small model, and the
+    # unfused side off the kernels (plain linears, or int8 through F.linear), to keep the
+    # interpreter's time down.
+    from optimizer.model import ModelArgs, build_model
+    from optimizer.quantize import quantize_model
+    args = ModelArgs(dim=64, n_layer=2, n_head=4, n_kv_head=2, ffn_dim=96, vocab_size=128, max_seq_len=128)
+    calls = {"n": 0}
+    layer = fused_decode.layer
+    def counted(*a, **kw):
+        calls["n"] += 1
+        return layer(*a, **kw)
+    fused_decode.layer = counted
+    def tokens(model, p, n, fused):
+        model.fused_decode = fused
+        int8_gemv.ENABLED = fused
+        try:
+            return generate(model, p, n).tokens
+        finally:
+            int8_gemv.ENABLED = True
+    for scheme, window in (("gemv", None), ("int8-weight-only", None), ("gemv", 6)):
+        model = quantize_model(build_model(args, seed=2), scheme)
+        if window:
+            model.set_sliding_window(window)
+        p = [list(range(3, 20))] if window else [[5, 9, 17, 3, 100, 11]]
+        want = tokens(model, p, 5, False)
+        before = calls["n"]
+        assert tokens(model, p, 5, True) == want, (scheme, window)
+        assert calls["n"] - before == 4 * 2, calls  # 4 decode steps x 2 layers
+    model = quantize_model(build_model(args, seed=3), "gemv")
+    prompts = [[5, 9, 17, 3], [7, 8, 9] * 5, [1, 2], [4] * 12, [9, 9]]
+    want = [tokens(model, [p], 4, False)[0] for p in prompts]
+    model.fused_decode = True
+    async def inflight():
+        async with ContinuousBatcher(model, 4, 48, chunk=8, chunk_rows=(1, 2, 4)) as batcher:
+            return [r.tokens for r in await asyncio.gather(*(batcher.submit(p, 4) for p in prompts))]
+    before = calls["n"]
+    assert asyncio.run(inflight()) == want
+    assert calls["n"] > before
+    try:
+        Variant(quantization="none", fused=True).check(torch.device("cpu"))
+        raise SystemExit("fused without GEMV weights was accepted")
+    except ValueError:
+        pass
+    assert Variant.parse("bf16+int8-weight-only+fused+compile+cudagraph").fused
+    print("ok")
+""")
+
+
+def test_fused_decode_kernels_under_the_triton_interpreter():
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-c", FUSED], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stdout + out.stderr
