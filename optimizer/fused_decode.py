@@ -23,6 +23,7 @@ the tests, against the unfused model."""
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 from torch import Tensor
@@ -41,7 +42,8 @@ if triton is not None:
 
     def _attn_fits(configs, named_args, **kwargs):
         """Tiles of at most 32 K fp32 values (K and V each) a CTA."""
-        kept = [c for c in configs if c.kwargs["BLOCK_S"] * named_args["D"] <= 32768]
+        d = kwargs["D"] if "D" in kwargs else named_args["D"]  # a keyword (constexpr) in Triton 3.6
+        kept = [c for c in configs if c.kwargs["BLOCK_S"] * d <= 32768]
         return kept or configs[:1]
 
     @triton.autotune(configs=_attn_configs(), key=["S", "D", "GROUP"], do_bench=int8_gemv._bench,
@@ -131,7 +133,9 @@ def linear(module, x: Tensor, norm=None, resid: Tensor | None = None, silu: bool
                                         0.0 if norm is None else norm.eps, resid, silu, PDL)
 
 
-PDL = True  # launch with programmatic dependent launch where the GPU has it (Hopper and later)
+# Launch with programmatic dependent launch where the GPU has it (Hopper and later);
+# GPUCOST_FUSED_PDL=0 turns it off (for comparison, in another process)
+PDL = os.environ.get("GPUCOST_FUSED_PDL", "1") != "0"
 
 
 def applies(model, idx: Tensor, input_pos: Tensor, pad_mask: Tensor | None, rows: Tensor | None) -> bool:
