@@ -12,9 +12,13 @@ residual adds, SiLU. Here a layer is:
 5. `gemv_fused(h, w13, norm=ffn_norm)`;
 6. `gemv_fused(gate_up, w2, silu=True, resid=h)`: SiLU(gate) * up in the prologue, residual after.
 
-On Hopper every one of these Triton kernels is launched with programmatic dependent launch: the
-next kernel starts while the last CTAs of the one before run, and fetches its first weight tile
-before it waits for the data it depends on.
+With GPUCOST_FUSED_PDL=1 (Hopper) these Triton kernels are launched with programmatic dependent
+launch: the next kernel starts while the last CTAs of the one before run, and fetches its first
+weight tile before it waits for the data it depends on. On the H200 that did not pay, so it is off.
+
+Measured on the H200 (run 8, docs/benchmarks.md): 184 -> 132 kernels a 1B step, 0.910 -> 0.853 ms
+in one process (1.067x); at 7B 364 -> 260 kernels, 4.213 -> 4.208 ms (1.001x). The attention kernel
+takes what cuDNN took (5.8 µs a layer at 1B); the gain is the kernels that went away.
 
 Rounding follows eager PyTorch (the norm's output rounded to the model dtype before the weight,
 the linear's output before the residual). On a CPU the kernels run under Triton's interpreter in
@@ -133,9 +137,10 @@ def linear(module, x: Tensor, norm=None, resid: Tensor | None = None, silu: bool
                                         0.0 if norm is None else norm.eps, resid, silu, PDL)
 
 
-# Launch with programmatic dependent launch where the GPU has it (Hopper and later);
-# GPUCOST_FUSED_PDL=0 turns it off (for comparison, in another process)
-PDL = os.environ.get("GPUCOST_FUSED_PDL", "1") != "0"
+# Programmatic dependent launch (Hopper and later) only when GPUCOST_FUSED_PDL=1: on the H200 it
+# did not pay (run 8, docs/benchmarks.md: 1B fused step 0.878 ms with it, 0.846 to 0.853 without;
+# 7B 4.215 and 4.208 ms), so it is off by default and kept for comparison.
+PDL = os.environ.get("GPUCOST_FUSED_PDL", "0") == "1"
 
 
 def applies(model, idx: Tensor, input_pos: Tensor, pad_mask: Tensor | None, rows: Tensor | None) -> bool:

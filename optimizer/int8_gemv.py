@@ -14,8 +14,8 @@ Weights are streamed with evict-first so they do not push the activations out of
   vs 498 µs a step); docs/benchmarks.md, H200 section. The default, "auto", times both per shape.
 
 Both kernels also come fused (`gpucost::gemv_fused`, used by fused_decode.py): RMSNorm in the
-prologue, SiLU(gate) * up of the input, a residual add in the epilogue, programmatic dependent
-launch on Hopper.
+prologue, SiLU(gate) * up of the input, a residual add in the epilogue, and (optionally)
+programmatic dependent launch on Hopper.
 
 The ops are `torch.library` custom ops: opaque to torch.compile (which fuses everything around
 them), autotuned on their first real call per shape and dtype (outside any CUDA graph capture).
