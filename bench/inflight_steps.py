@@ -21,20 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from bench.gemv import time_graph  # noqa: E402
 from optimizer import bench as B  # noqa: E402
 from optimizer.continuous import ContinuousBatcher  # noqa: E402
-
-
-def graph_ms(graph, reps: int) -> float:
-    graph.replay()
-    torch.cuda.synchronize()
-    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    s.record()
-    for _ in range(reps):
-        graph.replay()
-    e.record()
-    torch.cuda.synchronize()
-    return s.elapsed_time(e) / reps
 
 
 def kernel_profile(fn, steps: int = 3, top: int = 12) -> dict:
@@ -89,7 +78,7 @@ def main() -> None:
     times = {k: [] for k in graphs}
     for r in range(args.rounds):
         for k in (graphs if r % 2 == 0 else list(graphs)[::-1]):
-            times[k].append(graph_ms(graphs[k], 20))
+            times[k].append(time_graph(graphs[k], reps=20, calls=1) * 1e3)
     for k, ts in times.items():
         out[k] = {"ms": statistics.median(ts), "min": min(ts), "max": max(ts)}
         print(f"{k:24} {statistics.median(ts):7.3f} ms [{min(ts):.3f}..{max(ts):.3f}]", flush=True)

@@ -36,7 +36,11 @@ CHECK = textwrap.dedent("""
                 ref = (x.double() @ q.double().t()) * s.double()
                 assert y.shape == (rows, n), y.shape
                 assert torch.allclose(y.double(), ref, rtol=1e-5, atol=1e-4), (kernel, (y.double() - ref).abs().max())
-        int8_gemv.INT8_KERNEL = "grouped"
+        int8_gemv.INT8_KERNEL = "auto"  # the default: the faster kernel per shape, chosen once
+        x = torch.randn(1, k)
+        y = torch.ops.gpucost.int8_gemv(x, q, s)
+        assert torch.allclose(y.double(), (x.double() @ q.double().t()) * s.double(), rtol=1e-5, atol=1e-4)
+        assert [c for key, c in int8_gemv._int8_choice.items() if key[:2] == (n, k)] in (["tile"], ["grouped"])
         xb, wb = torch.randn(1, 1, k).bfloat16(), w.bfloat16()
         y = torch.ops.gpucost.gemv(xb, wb)
         ref = (xb.double().reshape(1, k) @ wb.double().t()).reshape(1, 1, n)
@@ -71,11 +75,16 @@ CHECK = textwrap.dedent("""
 """)
 
 
-def test_gemv_kernels_under_the_triton_interpreter():
+def interpret(script: str) -> None:
+    """Run `script` in a child process under Triton's interpreter; it must print "ok" last."""
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
-    out = subprocess.run([sys.executable, "-c", CHECK], cwd=ROOT, env=env, capture_output=True,
-                         text=True, timeout=300)
+    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=600)
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stdout + out.stderr
+
+
+def test_gemv_kernels_under_the_triton_interpreter():
+    interpret(CHECK)
 
 
 def test_gemv_applies_only_where_the_kernel_runs():
@@ -194,7 +203,4 @@ FUSED = textwrap.dedent("""
 
 
 def test_fused_decode_kernels_under_the_triton_interpreter():
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
-    out = subprocess.run([sys.executable, "-c", FUSED], cwd=ROOT, env=env, capture_output=True,
-                         text=True, timeout=600)
-    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stdout + out.stderr
+    interpret(FUSED)
