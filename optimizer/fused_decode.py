@@ -2,7 +2,7 @@
 
 The 1B model's compiled decode step on the H200 was 184 kernels, and 240 µs of its 0.9 ms were
 not weight reads: cuDNN's attention and the conversion of the boolean mask it needs, RMSNorm and
-residual adds, SiLU. Here a layer is:
+residual adds, SiLU. Here a layer (`TransformerBlock.forward_fused`, model.py) is:
 
 1. `gemv_fused(x, wqkv, norm=attention_norm)`: RMSNorm computed in the GEMV's prologue;
 2. RoPE and the KV-cache write (Inductor, as before);
@@ -128,7 +128,7 @@ def _(q, k_cache, v_cache, slot_pos, slot_real, q_pos, window, pdl):
     return q.new_empty(q.shape[0], 1, q.shape[2] * q.shape[3])
 
 
-# -- the layer ---------------------------------------------------------------------------------
+# -- what the model's fused step (TransformerBlock.forward_fused) calls ------------------------
 
 def linear(module, x: Tensor, norm=None, resid: Tensor | None = None, silu: bool = False) -> Tensor:
     """`module` (GemvLinear or WeightOnlyInt8Linear) applied as one fused GEMV."""
@@ -162,22 +162,3 @@ def applies(model, idx: Tensor, input_pos: Tensor, pad_mask: Tensor | None, rows
     layer = model.layers[0]
     mods = (layer.attention.wqkv, layer.attention.wo, layer.feed_forward.w13, layer.feed_forward.w2, model.output)
     return all(isinstance(m, (GemvLinear, WeightOnlyInt8Linear)) and m.weight.is_contiguous() for m in mods)
-
-
-def layer(block, x: Tensor, rope: Tensor, cache, slots: Tensor, input_pos: Tensor, slot_pos: Tensor,
-          slot_real: Tensor, window: int | None) -> Tensor:
-    """One transformer block's decode step in five Triton kernels and the RoPE / cache write."""
-    from optimizer.model import apply_rope
-
-    attn, ff = block.attention, block.feed_forward
-    bsz = x.shape[0]
-    n_head, n_kv, hd = attn.n_head, attn.n_kv_head, attn.head_dim
-    qkv = linear(attn.wqkv, x, norm=block.attention_norm)
-    q, k, v = qkv.split([n_head * hd, n_kv * hd, n_kv * hd], dim=-1)
-    q = apply_rope(q.view(bsz, 1, n_head, hd), rope)
-    k = apply_rope(k.view(bsz, 1, n_kv, hd), rope)
-    cache.update(slots, k.transpose(1, 2), v.view(bsz, 1, n_kv, hd).transpose(1, 2))
-    y = torch.ops.gpucost.decode_attention(q, cache.k_cache, cache.v_cache, slot_pos, slot_real, input_pos,
-                                           window or 0, PDL)
-    h = linear(attn.wo, y, resid=x)
-    return linear(ff.w2, linear(ff.w13, h, norm=block.ffn_norm), silu=True, resid=h)

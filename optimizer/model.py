@@ -153,6 +153,25 @@ class TransformerBlock(nn.Module):
         h = x + self.attention(self.attention_norm(x), rope, mask, cache, slots, rows)
         return h + self.feed_forward(self.ffn_norm(h))
 
+    def forward_fused(self, x: Tensor, rope: Tensor, cache: KVCache, slots: Tensor, input_pos: Tensor,
+                      slot_pos: Tensor, slot_real: Tensor, window: int | None) -> Tensor:
+        """The same decode step (one token a row) in five Triton kernels and the RoPE / cache
+        write (fused_decode.py): the norms inside the GEMVs, the residual adds in their
+        epilogues, attention reading the slot bookkeeping instead of a mask."""
+        attn, ff = self.attention, self.feed_forward
+        bsz = x.shape[0]
+        n_head, n_kv, hd = attn.n_head, attn.n_kv_head, attn.head_dim
+        qkv = fused_decode.linear(attn.wqkv, x, norm=self.attention_norm)
+        q, k, v = qkv.split([n_head * hd, n_kv * hd, n_kv * hd], dim=-1)
+        q = apply_rope(q.view(bsz, 1, n_head, hd), rope)
+        k = apply_rope(k.view(bsz, 1, n_kv, hd), rope)
+        cache.update(slots, k.transpose(1, 2), v.view(bsz, 1, n_kv, hd).transpose(1, 2))
+        y = torch.ops.gpucost.decode_attention(q, cache.k_cache, cache.v_cache, slot_pos, slot_real, input_pos,
+                                               window or 0, fused_decode.PDL)
+        h = fused_decode.linear(attn.wo, y, resid=x)
+        gate_up = fused_decode.linear(ff.w13, h, norm=self.ffn_norm)
+        return fused_decode.linear(ff.w2, gate_up, silu=True, resid=h)
+
 
 class Transformer(nn.Module):
     """`forward(idx [B, T], input_pos [T], pad_mask [B, T] | None) -> logits [B, T, vocab]`.
@@ -281,8 +300,8 @@ class Transformer(nn.Module):
         x = self.tok_embeddings(idx)
         if fused_decode.applies(self, idx, input_pos, pad_mask, rows):  # (the mask goes unused)
             for i, layer in enumerate(self.layers):
-                x = fused_decode.layer(layer, x, rope, self.caches[i], slots, input_pos, self.slot_pos[:bsz],
-                                       self.slot_real[:bsz], self.window)
+                x = layer.forward_fused(x, rope, self.caches[i], slots, input_pos, self.slot_pos[:bsz],
+                                        self.slot_real[:bsz], self.window)
             return fused_decode.linear(self.output, x, norm=self.norm)
         for i, layer in enumerate(self.layers):
             x = layer(x, rope, mask, None if self.caches is None else self.caches[i], slots, rows)

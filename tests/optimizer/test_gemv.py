@@ -160,12 +160,13 @@ FUSED = textwrap.dedent("""
     from optimizer.model import ModelArgs, build_model
     from optimizer.quantize import quantize_model
     args = ModelArgs(dim=64, n_layer=2, n_head=4, n_kv_head=2, ffn_dim=96, vocab_size=128, max_seq_len=128)
+    from optimizer.model import TransformerBlock
     calls = {"n": 0}
-    layer = fused_decode.layer
+    layer = TransformerBlock.forward_fused
     def counted(*a, **kw):
         calls["n"] += 1
         return layer(*a, **kw)
-    fused_decode.layer = counted
+    TransformerBlock.forward_fused = counted
     def tokens(model, p, n, fused):
         model.fused_decode = fused
         int8_gemv.ENABLED = fused
