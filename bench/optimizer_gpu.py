@@ -51,7 +51,7 @@ import torch  # noqa: E402
 
 from optimizer import bench as B  # noqa: E402
 from optimizer.measure import (  # noqa: E402
-    Instance, device_slug, gpu_model_name, instance_for_gpu, kv_cache_bytes, parse_instance,
+    device_slug, gpu_model_name, instance_for_gpu, kv_cache_bytes, parse_instance,
     peak_bandwidth_bytes_s, usd_per_gpu_hour,
 )
 from optimizer.quantize import torchao_available  # noqa: E402
