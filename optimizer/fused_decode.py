@@ -159,6 +159,9 @@ def applies(model, idx: Tensor, input_pos: Tensor, pad_mask: Tensor | None, rows
         return False
     if not (idx.is_cuda or int8_gemv._interpreting()):
         return False
+    hd = model.args.head_dim
+    if hd & (hd - 1):  # the attention kernel's head tile is a power of two
+        return False
     layer = model.layers[0]
     mods = (layer.attention.wqkv, layer.attention.wo, layer.feed_forward.w13, layer.feed_forward.w2, model.output)
     return all(isinstance(m, (GemvLinear, WeightOnlyInt8Linear)) and m.weight.is_contiguous() for m in mods)
