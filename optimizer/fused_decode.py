@@ -34,6 +34,8 @@ from torch import Tensor
 
 from optimizer import int8_gemv
 from optimizer.int8_gemv import triton
+from optimizer.kvcache import KVCache
+from optimizer.quantize import GemvLinear, WeightOnlyInt8Linear
 
 if triton is not None:
     import triton.language as tl
@@ -146,9 +148,6 @@ PDL = os.environ.get("GPUCOST_FUSED_PDL", "0") == "1"
 def applies(model, idx: Tensor, input_pos: Tensor, pad_mask: Tensor | None, rows: Tensor | None) -> bool:
     """The fused step runs a decode step (one token a row, shared or per-row positions) of a model
     whose linear layers are all GEMV modules, with a full-precision KV cache, where the GEMV runs."""
-    from optimizer.kvcache import KVCache
-    from optimizer.quantize import GemvLinear, WeightOnlyInt8Linear
-
     if not getattr(model, "fused_decode", False) or model.caches is None or rows is not None or pad_mask is not None:
         return False
     if idx.shape[1] != 1 or type(model.caches[0]) is not KVCache:

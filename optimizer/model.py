@@ -267,16 +267,13 @@ class Transformer(nn.Module):
         bsz = input_pos.shape[0]
         slots = input_pos % self.cache_slots
         real_new = torch.ones_like(slots, dtype=torch.bool) if pad_mask is None else pad_mask
-        if rows is None:  # rows 0..B-1 (an index_put on the buffers: compiled, a scatter into
-            # their views copied them whole)
-            at = torch.arange(bsz, device=slots.device)[:, None]
-            self.slot_pos[at, slots] = input_pos
-            self.slot_real[at, slots] = real_new
-            pos, real = self.slot_pos[:bsz], self.slot_real[:bsz]
-        else:
-            self.slot_pos[rows[:, None], slots] = input_pos
-            self.slot_real[rows[:, None], slots] = real_new
-            pos, real = self.slot_pos[rows], self.slot_real[rows]
+        # rows 0..B-1 when None: an index_put on the buffers too (compiled, a scatter into their
+        # views copied them whole); then their views, not a gather
+        at = torch.arange(bsz, device=slots.device) if rows is None else rows
+        self.slot_pos[at[:, None], slots] = input_pos
+        self.slot_real[at[:, None], slots] = real_new
+        rows_of = slice(0, bsz) if rows is None else rows
+        pos, real = self.slot_pos[rows_of], self.slot_real[rows_of]
         return slots, slot_mask(input_pos, pos, real, self.window)
 
     def forward(self, idx: Tensor, input_pos: Tensor | None = None,
