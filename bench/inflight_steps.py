@@ -1,7 +1,8 @@
 """Where the in-flight batcher's engine time goes: its decode step against its mixed steps (the
 decode rows plus R prompt chunks), each replayed from its CUDA graph, interleaved over rounds; and
 a kernel profile of each step kind (torch.profiler over the same calls launched without the
-graph: kernels a step, the costliest kernels).
+graph: kernels a step, the costliest kernels). Each step's time is also given as a ratio to the same
+engine's decode step, round by round.
 
     python3 bench/inflight_steps.py [--model 1b] [--chunk 128] [--compile] [--out FILE.json]
 
@@ -80,8 +81,12 @@ def main() -> None:
         for k in (graphs if r % 2 == 0 else list(graphs)[::-1]):
             times[k].append(time_graph(graphs[k], reps=20, calls=1) * 1e3)
     for k, ts in times.items():
-        out[k] = {"ms": statistics.median(ts), "min": min(ts), "max": max(ts)}
-        print(f"{k:24} {statistics.median(ts):7.3f} ms [{min(ts):.3f}..{max(ts):.3f}]", flush=True)
+        decode = times[f"{k.split()[0]} decode"]  # the same engine's decode step, same rounds
+        ratios = [t / d for t, d in zip(ts, decode)]
+        out[k] = {"ms": statistics.median(ts), "min": min(ts), "max": max(ts),
+                  "vs_decode": statistics.median(ratios), "vs_decode_min": min(ratios), "vs_decode_max": max(ratios)}
+        print(f"{k:24} {statistics.median(ts):7.3f} ms [{min(ts):.3f}..{max(ts):.3f}]  "
+              f"x{statistics.median(ratios):.2f} [{min(ratios):.2f}..{max(ratios):.2f}] its decode step", flush=True)
     with torch.no_grad():
         for name, b in engines.items():
             for label, fn in (("decode", b._advance), ("mixed R=1", lambda b=b: b._mixed(1))):
