@@ -1,7 +1,9 @@
 """Batch-1 GEMV kernels side by side on a GPU: cuBLAS (F.linear, bf16), the Triton GEMV on bf16
 weights, the Triton GEMV on int8 weights (optimizer/int8_gemv.py), for every linear layer shape of
 the 1B and 7B presets; the int8 GEMV both ways: "tile" (a [BLOCK_N, BLOCK_K] fp32 accumulator,
-as the bf16 kernel) and "grouped" (16 weights summed in registers per thread at every K step). Each kernel runs from a CUDA graph of 20 calls cycling through enough
+as the bf16 kernel) and "grouped" (16 weights summed in registers per thread at every K step),
+each with the int8 weights turned into fp32 by a conversion instruction ("cvt") and by the bits
+of 2^23 + 128 + w ("magic", `_magic` arms). Each kernel runs from a CUDA graph of 20 calls cycling through enough
 weight copies (>= 256 MB) that nothing is served from L2; variants interleaved over rounds;
 the median and spread of the achieved bandwidth, as a share of a measured device copy.
 
@@ -77,15 +79,16 @@ def main() -> None:
             wb = [torch.randn(n, k, device=dev, dtype=torch.bfloat16) for _ in range(n_copies)]
             q = [quantize_per_channel(w) for w in wb]
             q = [(a, s.to(torch.bfloat16)) for a, s in q]
-            def int8(kernel):
-                def call(i):  # the kernel is chosen when the graph is captured
-                    int8_gemv.INT8_KERNEL = kernel
+            def int8(kernel, convert="cvt"):
+                def call(i):  # the kernel and conversion are chosen when the graph is captured
+                    int8_gemv.INT8_KERNEL, int8_gemv.INT8_CONVERT = kernel, convert
                     return torch.ops.gpucost.int8_gemv(x, q[i][0], q[i][1])
                 return call
 
             fns = {"cublas_bf16": lambda i: F.linear(x, wb[i]),
                    "triton_bf16": lambda i: torch.ops.gpucost.gemv(x, wb[i]),
-                   "triton_int8_tile": int8("tile"), "triton_int8": int8("grouped")}
+                   "triton_int8_tile": int8("tile"), "triton_int8": int8("grouped"),
+                   "triton_int8_tile_magic": int8("tile", "magic"), "triton_int8_magic": int8("grouped", "magic")}
             nbytes = {v: 2 * n * k if "bf16" in v else n * k + 2 * n for v in fns}
             graphs = {v: graphed(fn, n_copies) for v, fn in fns.items()}
             times = {v: [] for v in fns}
@@ -105,8 +108,9 @@ def main() -> None:
             rows.append(row)
             print(f"{preset} {name:5} {n:6}x{k:<6} " + "  ".join(
                 f"{v} {row[v]['us']:7.2f} us {row[v]['gb_s']:6.0f} GB/s ({row[v]['share_of_copy']:.0%})"
-                for v in fns) + f"  int8/bf16 x{row['triton_bf16']['us'] / row['triton_int8']['us']:.2f}",
-                flush=True)
+                for v in fns) + f"  int8/bf16 x{row['triton_bf16']['us'] / row['triton_int8']['us']:.2f}"
+                f"  magic/cvt tile x{row['triton_int8_tile']['us'] / row['triton_int8_tile_magic']['us']:.2f}"
+                f" grouped x{row['triton_int8']['us'] / row['triton_int8_magic']['us']:.2f}", flush=True)
             graphs = fns = None
             torch.cuda.empty_cache()
     if args.out:

@@ -43,8 +43,9 @@ if triton is not None:
     def _attn_configs() -> list:
         if int8_gemv._interpreting():
             return [triton.Config({"BLOCK_S": 16}, num_warps=4)]
+        # small tiles: a head's slots are split across CTAs (up to MAX_SPLIT), each a tile or two
         return [triton.Config({"BLOCK_S": bs}, num_warps=w, num_stages=st)
-                for bs, w in ((32, 4), (64, 4), (128, 4), (128, 8), (256, 8)) for st in (1, 2, 3)]
+                for bs, w in ((16, 2), (32, 2), (32, 4), (64, 4), (128, 4), (128, 8)) for st in (1, 2)]
 
     def _attn_fits(configs, named_args, **kwargs):
         """Tiles of at most 32 K fp32 values (K and V each) a CTA."""
@@ -52,30 +53,65 @@ if triton is not None:
         kept = [c for c in configs if c.kwargs["BLOCK_S"] * d <= 32768]
         return kept or configs[:1]
 
+    @triton.jit
+    def _rope(row, c, s, offs_p, D: tl.constexpr):
+        """Load a head's D values at `row` and rotate its adjacent pairs (model.apply_rope: fp32,
+        rounded to the model dtype) -> [D] fp32."""
+        dt = row.dtype.element_ty
+        even = tl.load(row + 2 * offs_p).to(tl.float32)
+        odd = tl.load(row + 2 * offs_p + 1).to(tl.float32)
+        out = tl.join(even * c - odd * s, odd * c + even * s)
+        return tl.reshape(out, (D,)).to(dt).to(tl.float32)
+
     @triton.autotune(configs=_attn_configs(), key=["S", "D", "GROUP"], do_bench=int8_gemv._bench,
                      prune_configs_by={"early_config_prune": _attn_fits})
     @triton.jit
-    def _decode_attention_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, real_ptr, qpos_ptr, y_ptr, S, scale, window,
-                                 stride_qb, stride_qh, stride_kb, stride_kh, stride_ks, stride_pb, stride_qpb,
-                                 stride_yb, GROUP: tl.constexpr, D: tl.constexpr, WINDOW: tl.constexpr,
-                                 PDL: tl.constexpr, BLOCK_S: tl.constexpr):
-        """One query head of one row against its KV head's cache row: online softmax over the
-        slots in BLOCK_S blocks, fp32 throughout. A slot is attended when it is real, at or before
-        the query's position (and within the window), or at the query's own position: the
-        model's `slot_mask`."""
+    def _attention_kernel(qkv_ptr, rope_ptr, k_ptr, v_ptr, pos_ptr, real_ptr, qpos_ptr, part_ptr,
+                          count_ptr, y_ptr, S, scale, window, stride_qkv, stride_rope, stride_kb,
+                          stride_kh, stride_ks, stride_pb, stride_qpb, stride_yb, H: tl.constexpr,
+                          GROUP: tl.constexpr, D: tl.constexpr, WINDOW: tl.constexpr, MAX_SPLIT: tl.constexpr,
+                          PDL: tl.constexpr, BLOCK_S: tl.constexpr):
+        """A layer's attention for one query head of one row, from the qkv GEMV's output: RoPE on
+        q and the new k, the new k and v written to the cache (by the group's first head), and
+        an online softmax over this CTA's share of the cache slots (the grid's third axis splits
+        them). The slot being written is left out of the scan and the new token is taken from
+        registers instead, so no CTA reads what another writes. A slot is attended when it is
+        real, at or before the query's position (and within the window), or at the query's own
+        position: the model's `slot_mask`.
+        Each split leaves (max, sum, weighted values) in `part`; the last to finish (a counter
+        per row and head, reset after) combines them."""
         b = tl.program_id(0)
         h = tl.program_id(1)
+        sp = tl.program_id(2)
+        nsplit = tl.num_programs(2)
         if PDL:
             tl.extra.cuda.gdc_launch_dependents()
             tl.extra.cuda.gdc_wait()
+        HKV: tl.constexpr = H // GROUP
+        kvh = h // GROUP
+        offs_p = tl.arange(0, D // 2)
         offs_d = tl.arange(0, D)
-        q = tl.load(q_ptr + b * stride_qb + h * stride_qh + offs_d).to(tl.float32) * scale
+        rope = rope_ptr + b * stride_rope + 2 * offs_p
+        c, s = tl.load(rope), tl.load(rope + 1)
+        row = qkv_ptr + b * stride_qkv
+        q = _rope(row + h * D, c, s, offs_p, D) * scale
         qp = tl.load(qpos_ptr + b * stride_qpb)
-        kv = (h // GROUP) * stride_kh + b * stride_kb
+        slot = qp % S  # the model's slots: input_pos % cache_slots
+        kv = kvh * stride_kh + b * stride_kb
         m = tl.full((1,), -1e30, dtype=tl.float32)  # running max and sum; finite, so an all-unseen
         l = tl.zeros((1,), dtype=tl.float32)        # block gives exp(0) * 0, never NaN
         acc = tl.zeros((D,), dtype=tl.float32)
-        for s0 in range(0, S, BLOCK_S):
+        if sp == 0:  # the new token: every query sees its own position
+            k_new = _rope(row + (H + kvh) * D, c, s, offs_p, D)
+            v_new = tl.load(row + (H + HKV + kvh) * D + offs_d)
+            if h % GROUP == 0:
+                tl.store(k_ptr + kv + slot * stride_ks + offs_d, k_new.to(k_ptr.dtype.element_ty))
+                tl.store(v_ptr + kv + slot * stride_ks + offs_d, v_new.to(v_ptr.dtype.element_ty))
+            m = tl.sum(q * k_new, axis=0) + tl.zeros((1,), dtype=tl.float32)
+            l = tl.full((1,), 1.0, dtype=tl.float32)
+            acc = v_new.to(tl.float32)
+        per = tl.cdiv(tl.cdiv(S, BLOCK_S), nsplit) * BLOCK_S
+        for s0 in range(sp * per, tl.minimum(S, (sp + 1) * per), BLOCK_S):
             offs_s = s0 + tl.arange(0, BLOCK_S)
             s_mask = offs_s < S
             kp = tl.load(pos_ptr + b * stride_pb + offs_s, mask=s_mask, other=-1)
@@ -86,7 +122,7 @@ if triton is not None:
             seen = (kr != 0) & (kp <= qp) & (kp >= 0)
             if WINDOW:
                 seen = seen & (qp - kp < window)
-            seen = (seen | (kp == qp)) & s_mask
+            seen = (seen | (kp == qp)) & s_mask & (offs_s != slot)
             sc = tl.where(seen, tl.sum(kt * q[None, :], axis=1), -1e30)
             m_new = tl.maximum(m, tl.max(sc, axis=0))
             alpha = tl.exp(m - m_new)
@@ -94,49 +130,87 @@ if triton is not None:
             l = l * alpha + tl.sum(p, axis=0)
             acc = acc * alpha + tl.sum(p[:, None] * vt, axis=0)
             m = m_new
-        tl.store(y_ptr + b * stride_yb + h * D + offs_d, (acc / l).to(y_ptr.dtype.element_ty))
+        out = y_ptr + b * stride_yb + h * D + offs_d
+        if nsplit == 1:
+            tl.store(out, (acc / l).to(y_ptr.dtype.element_ty))
+        else:
+            part = part_ptr + ((b * H + h) * MAX_SPLIT) * (D + 2)
+            tl.store(part + sp * (D + 2) + offs_d, acc)
+            tl.store(part + sp * (D + 2) + D + tl.arange(0, 1), m)
+            tl.store(part + sp * (D + 2) + D + 1 + tl.arange(0, 1), l)
+            tl.debug_barrier()  # every thread's share stored before the counter says so
+            done = tl.atomic_add(count_ptr + b * H + h, 1, sem="acq_rel", scope="gpu")
+            if done == nsplit - 1:  # the last split of this head: combine
+                tl.debug_barrier()
+                offs_sp = tl.arange(0, MAX_SPLIT)
+                sp_mask = offs_sp < nsplit
+                pm = tl.load(part + offs_sp * (D + 2) + D, mask=sp_mask, other=-1e30, cache_modifier=".cg")
+                pl = tl.load(part + offs_sp * (D + 2) + D + 1, mask=sp_mask, other=0.0, cache_modifier=".cg")
+                pa = tl.load(part + offs_sp[:, None] * (D + 2) + offs_d[None, :], mask=sp_mask[:, None],
+                             other=0.0, cache_modifier=".cg")
+                w = tl.exp(pm - tl.max(pm, axis=0))
+                total = tl.sum(pa * w[:, None], axis=0) / tl.sum(pl * w, axis=0)
+                tl.store(out, total.to(y_ptr.dtype.element_ty))
+                tl.store(count_ptr + b * H + h, 0)  # ready for the next layer
 
 
-def _decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, slot_pos: Tensor, slot_real: Tensor,
-                      q_pos: Tensor, window: int, pdl: bool) -> Tensor:
-    bsz, seqlen, n_head, head_dim = q.shape
-    if seqlen != 1:
-        raise ValueError("decode attention takes one query token a row")
-    q = q.contiguous()
-    y = torch.empty(bsz, 1, n_head * head_dim, dtype=q.dtype, device=q.device)
-    n_slots = k_cache.shape[2]
-    pdl = pdl and int8_gemv.pdl_supported(q.device)
+MAX_SPLIT = 16  # cache-slot splits a head's attention may take (the grid's third axis)
+
+
+def _splits(n_slots: int, block_s: int) -> int:
+    return min(MAX_SPLIT, triton.cdiv(n_slots, block_s))
+
+
+def _attention(qkv: Tensor, rope: Tensor, k_cache: Tensor, v_cache: Tensor, slot_pos: Tensor,
+               slot_real: Tensor, q_pos: Tensor, counts: Tensor, n_head: int, window: int, pdl: bool) -> Tensor:
+    bsz, seqlen, width = qkv.shape
+    n_kv, n_slots, head_dim = k_cache.shape[1], k_cache.shape[2], k_cache.shape[3]
+    if seqlen != 1 or width != (n_head + 2 * n_kv) * head_dim:
+        raise ValueError(f"decode attention takes one token's q, k and v a row, not {tuple(qkv.shape)}")
+    if counts.numel() < bsz * n_head:
+        raise ValueError(f"{counts.numel()} split counters for {bsz} rows x {n_head} heads")
+    qkv = qkv.contiguous()
+    rope = rope.reshape(-1, head_dim).contiguous()  # [1 or B, D/2 x (cos, sin)]
     q_pos = q_pos.reshape(-1)
+    y = torch.empty(bsz, 1, n_head * head_dim, dtype=qkv.dtype, device=qkv.device)
+    part = torch.empty(bsz, n_head, MAX_SPLIT, head_dim + 2, dtype=torch.float32, device=qkv.device)
+    pdl = pdl and int8_gemv.pdl_supported(qkv.device)
     extra = {"launch_pdl": True} if pdl else {}
-    _decode_attention_kernel[(bsz, n_head)](
-        q, k_cache, v_cache, slot_pos, slot_real.view(torch.uint8), q_pos, y, n_slots, 1.0 / math.sqrt(head_dim),
-        window, q.stride(0), q.stride(2), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        slot_pos.stride(0), 0 if q_pos.numel() == 1 else q_pos.stride(0), y.stride(0),
-        GROUP=n_head // k_cache.shape[1], D=head_dim, WINDOW=window > 0, PDL=pdl, **extra)
+    shared = lambda t: 0 if t.shape[0] == 1 else t.stride(0)  # noqa: E731  one for all rows
+    grid = lambda meta: (bsz, n_head, _splits(n_slots, meta["BLOCK_S"]))  # noqa: E731
+    _attention_kernel[grid](
+        qkv, rope, k_cache, v_cache, slot_pos, slot_real.view(torch.uint8), q_pos, part, counts, y,
+        n_slots, 1.0 / math.sqrt(head_dim), window, qkv.stride(0), shared(rope),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), slot_pos.stride(0), shared(q_pos), y.stride(0),
+        H=n_head, GROUP=n_head // n_kv, D=head_dim, WINDOW=window > 0, MAX_SPLIT=MAX_SPLIT, PDL=pdl, **extra)
     return y
 
 
-@torch.library.custom_op("gpucost::decode_attention", mutates_args=())
-def decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, slot_pos: Tensor, slot_real: Tensor,
-                     q_pos: Tensor, window: int, pdl: bool) -> Tensor:
-    """q [B, 1, H, D] (RoPE applied) against cache rows 0..B-1 [*, Hkv, S, D] -> [B, 1, H * D].
-    `slot_pos`/`slot_real` [B, S] are the model's slot bookkeeping, `q_pos` the query positions
-    ([1] shared or [B]), `window` 0 for full attention."""
-    return _decode_attention(q, k_cache, v_cache, slot_pos, slot_real, q_pos, window, pdl)
+@torch.library.custom_op("gpucost::decode_attention", mutates_args=("k_cache", "v_cache", "counts"))
+def decode_attention(qkv: Tensor, rope: Tensor, k_cache: Tensor, v_cache: Tensor,
+                     slot_pos: Tensor, slot_real: Tensor, q_pos: Tensor, counts: Tensor, n_head: int,
+                     window: int, pdl: bool) -> Tensor:
+    """A decode step's attention from the qkv GEMV's output [B, 1, (H + 2 Hkv) D]: RoPE (`rope`
+    [1 or B, ..., D/2, 2]), the new keys and values written at slot `q_pos % S` of cache rows
+    0..B-1 [*, Hkv, S, D], attention over those rows -> [B, 1, H D]. `q_pos` are the query
+    positions ([1] shared or [B, 1]), `slot_pos` / `slot_real` [B, S] the model's slot
+    bookkeeping (already holding this step's slots), `window` 0 for full attention, `counts`
+    int32 zeros (at least B x H; left zero)."""
+    return _attention(qkv, rope, k_cache, v_cache, slot_pos, slot_real, q_pos, counts, n_head, window, pdl)
 
 
 @decode_attention.register_fake
-def _(q, k_cache, v_cache, slot_pos, slot_real, q_pos, window, pdl):
-    return q.new_empty(q.shape[0], 1, q.shape[2] * q.shape[3])
+def _(qkv, rope, k_cache, v_cache, slot_pos, slot_real, q_pos, counts, n_head, window, pdl):
+    return qkv.new_empty(qkv.shape[0], 1, n_head * k_cache.shape[3])
 
 
 # -- what the model's fused step (TransformerBlock.forward_fused) calls ------------------------
 
-def linear(module, x: Tensor, norm=None, resid: Tensor | None = None, silu: bool = False) -> Tensor:
+def linear(module, x: Tensor, norm=None, resid: Tensor | None = None, glu: bool = False) -> Tensor:
     """`module` (GemvLinear or WeightOnlyInt8Linear) applied as one fused GEMV."""
     scales = getattr(module, "scales", None) if module.weight.dtype == torch.int8 else None
     return torch.ops.gpucost.gemv_fused(x, module.weight, scales, None if norm is None else norm.weight,
-                                        0.0 if norm is None else norm.eps, resid, silu, PDL)
+                                        0.0 if norm is None else norm.eps, resid, glu, PDL)
 
 
 # Programmatic dependent launch (Hopper and later) only when GPUCOST_FUSED_PDL=1: on the H200 it

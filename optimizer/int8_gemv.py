@@ -43,6 +43,9 @@ ENABLED = True  # False: decode through Inductor's fused reduction instead (for 
 # "auto": per shape, whichever of the two is faster, timed on the first call (grouped won at 7B
 # and tile at 1B on the H200, in separate runs)
 INT8_KERNEL = "auto"
+# int8 weights to fp32 in registers: "cvt" (an int-to-float conversion per weight) or "magic"
+# (integer add and fp32 subtract on the bits of 2^23 + 128 + w; exact, same results)
+INT8_CONVERT = os.environ.get("GPUCOST_INT8_CONVERT", "cvt")
 MAX_ROWS = 4  # beyond a few rows the weights are worth tiling: cuBLAS / Inductor take over
 
 
@@ -67,8 +70,8 @@ if triton is not None:
         return triton.testing.do_bench(kernel_call, warmup=10, rep=40, quantiles=quantiles)
 
     # -- pieces shared by both kernels -------------------------------------------------------
-    # The fused forms (fused_decode.py): RMSNorm of the input row in the prologue (NORM), SiLU(gate)
-    # * up of a [gate, up] input row (SILU), a residual added in the epilogue (RESID), each
+    # The fused forms (fused_decode.py): RMSNorm of the input row in the prologue (NORM), a
+    # residual added in the epilogue (RESID) or SiLU(gate) * up of the w13 rows (GLU), each
     # rounded where eager PyTorch rounds; and programmatic dependent launch (PDL, Hopper): the
     # kernel lets the next one launch as soon as its own last CTAs have started, and loads its
     # first weight tile (weights never depend on the kernel before) before it waits for the
@@ -83,22 +86,14 @@ if triton is not None:
         return w
 
     @triton.jit
-    def _x_block(x_row, g_ptr, offs_k, k0, K, rstd, EVEN_K: tl.constexpr, NORM: tl.constexpr,
-                 SILU: tl.constexpr):
-        """The input block at k0 as fp32: plain, SiLU(gate) * up, or RMSNorm'ed."""
+    def _x_block(x_row, g_ptr, offs_k, k0, K, rstd, EVEN_K: tl.constexpr, NORM: tl.constexpr):
+        """The input block at k0 as fp32: plain or RMSNorm'ed."""
         dt = x_row.dtype.element_ty
         k_mask = (k0 + offs_k) < K
         if EVEN_K:
             x = tl.load(x_row + k0 + offs_k).to(tl.float32)
         else:
             x = tl.load(x_row + k0 + offs_k, mask=k_mask, other=0.0).to(tl.float32)
-        if SILU:  # the row is [gate (K), up (K)]
-            if EVEN_K:
-                up = tl.load(x_row + K + k0 + offs_k).to(tl.float32)
-            else:
-                up = tl.load(x_row + K + k0 + offs_k, mask=k_mask, other=0.0).to(tl.float32)
-            x = (x / (1.0 + tl.exp(-x))).to(dt).to(tl.float32)
-            x = (x * up).to(dt).to(tl.float32)
         if NORM:
             if EVEN_K:
                 g = tl.load(g_ptr + k0 + offs_k).to(tl.float32)
@@ -107,6 +102,32 @@ if triton is not None:
             x = (x * rstd).to(dt).to(tl.float32)
             x = (x * g).to(dt).to(tl.float32)
         return x
+
+    @triton.jit
+    def _f32(w, MAGIC: tl.constexpr):
+        """A weight tile as fp32. int8 with MAGIC: through the bits of 2^23 + 128 + w (an integer
+        add and an fp32 subtract, exact) instead of an int-to-float conversion, which Hopper
+        issues at a quarter of the fp32 rate."""
+        if MAGIC:
+            return (w.to(tl.int32) + 0x4B000080).to(tl.float32, bitcast=True) - 8388736.0
+        else:
+            return w.to(tl.float32)
+
+    @triton.jit
+    def _rows(pid_n, N, BLOCK_N: tl.constexpr, GLU: tl.constexpr):
+        """The weight rows a CTA reads and the output columns it writes. GLU: the weight is
+        [gate (N/2 rows), up (N/2 rows)] and a CTA takes BLOCK_N/2 rows of each, interleaved, so
+        its epilogue can write SiLU(gate) * up for those columns."""
+        if GLU:
+            f = N // 2
+            cols = pid_n * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
+            offs_n = tl.reshape(tl.join(cols, cols + f), (BLOCK_N,))
+            n_mask = tl.reshape(tl.join(cols < f, cols < f), (BLOCK_N,))
+        else:
+            cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+            offs_n = cols
+            n_mask = cols < N
+        return offs_n, n_mask, cols
 
     @triton.jit
     def _rstd(x_row, K, eps, BLOCK: tl.constexpr):
@@ -119,13 +140,20 @@ if triton is not None:
         return 1.0 / tl.sqrt(tl.sum(ss, axis=0) / K + eps)
 
     @triton.jit
-    def _epilogue(out, s_ptr, r_row, y_row, offs_n, n_mask, HAS_SCALE: tl.constexpr, RESID: tl.constexpr):
+    def _epilogue(out, s_ptr, r_row, y_row, offs_n, n_mask, cols, N, HAS_SCALE: tl.constexpr,
+                  RESID: tl.constexpr, GLU: tl.constexpr, BLOCK_N: tl.constexpr):
         dt = y_row.dtype.element_ty
         if HAS_SCALE:
             out = out * tl.load(s_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
-        if RESID:  # x + linear(...): the linear's output rounded first, as eager PyTorch does
-            out = out.to(dt).to(tl.float32) + tl.load(r_row + offs_n, mask=n_mask, other=0.0).to(tl.float32)
-        tl.store(y_row + offs_n, out.to(dt), mask=n_mask)
+        if GLU:  # [gate, up] pairs -> SiLU(gate) * up, each rounded where eager PyTorch rounds
+            gate, up = tl.split(tl.reshape(out, (BLOCK_N // 2, 2)))
+            gate = gate.to(dt).to(tl.float32)
+            act = (gate / (1.0 + tl.exp(-gate))).to(dt).to(tl.float32)
+            tl.store(y_row + cols, (act * up.to(dt).to(tl.float32)).to(dt), mask=cols < N // 2)
+        else:
+            if RESID:  # x + linear(...): the linear's output rounded first, as eager PyTorch does
+                out = out.to(dt).to(tl.float32) + tl.load(r_row + offs_n, mask=n_mask, other=0.0).to(tl.float32)
+            tl.store(y_row + offs_n, out.to(dt), mask=n_mask)
 
     @triton.jit
     def _start(PDL: tl.constexpr):
@@ -137,7 +165,7 @@ if triton is not None:
         if PDL:
             tl.extra.cuda.gdc_wait()
 
-    _KEY = ["N", "K", "HAS_SCALE", "NORM", "SILU", "RESID"]
+    _KEY = ["N", "K", "HAS_SCALE", "NORM", "RESID", "GLU", "MAGIC"]
     _EVEN = {"EVEN_K": lambda a: a["K"] % a["BLOCK_K"] == 0, "EVEN_N": lambda a: a["N"] % a["BLOCK_N"] == 0}
 
     # Each config is timed for ~50 ms per shape instead of Triton's default 125 ms: 24 configs x
@@ -146,15 +174,14 @@ if triton is not None:
     @triton.heuristics(_EVEN)
     @triton.jit
     def _gemv_kernel(x_ptr, w_ptr, s_ptr, y_ptr, g_ptr, r_ptr, N, K, eps, stride_xm, stride_wn, stride_ym,
-                     stride_rm, HAS_SCALE: tl.constexpr, NORM: tl.constexpr, SILU: tl.constexpr,
-                     RESID: tl.constexpr, PDL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                     stride_rm, HAS_SCALE: tl.constexpr, NORM: tl.constexpr, RESID: tl.constexpr,
+                     GLU: tl.constexpr, MAGIC: tl.constexpr, PDL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                      EVEN_K: tl.constexpr, EVEN_N: tl.constexpr):
         _start(PDL)
         pid_n = tl.program_id(0)
         row = tl.program_id(1)
-        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        offs_n, n_mask, cols = _rows(pid_n, N, BLOCK_N, GLU)
         offs_k = tl.arange(0, BLOCK_K)
-        n_mask = offs_n < N
         w_ptrs = w_ptr + offs_n[:, None].to(tl.int64) * stride_wn + offs_k[None, :]
         x_row = x_ptr + row * stride_xm
         w = _w_tile(w_ptrs, n_mask[:, None], offs_k[None, :], 0, K, EVEN_K and EVEN_N)
@@ -162,12 +189,12 @@ if triton is not None:
         rstd = 1.0
         if NORM:
             rstd = _rstd(x_row, K, eps, 1024)
-        acc = w.to(tl.float32) * _x_block(x_row, g_ptr, offs_k, 0, K, rstd, EVEN_K, NORM, SILU)[None, :]
+        acc = _f32(w, MAGIC) * _x_block(x_row, g_ptr, offs_k, 0, K, rstd, EVEN_K, NORM)[None, :]
         for k0 in range(BLOCK_K, K, BLOCK_K):
             w = _w_tile(w_ptrs, n_mask[:, None], offs_k[None, :], k0, K, EVEN_K and EVEN_N)
-            acc += w.to(tl.float32) * _x_block(x_row, g_ptr, offs_k, k0, K, rstd, EVEN_K, NORM, SILU)[None, :]
+            acc += _f32(w, MAGIC) * _x_block(x_row, g_ptr, offs_k, k0, K, rstd, EVEN_K, NORM)[None, :]
         _epilogue(tl.sum(acc, axis=1), s_ptr, r_ptr + row * stride_rm, y_ptr + row * stride_ym, offs_n, n_mask,
-                  HAS_SCALE, RESID)
+                  cols, N, HAS_SCALE, RESID, GLU, BLOCK_N)
 
     def _int8_configs() -> list:
         """int8 tiles: 8..32 KB of weights a CTA per K step (twice the bf16 kernel's bytes for the
@@ -189,8 +216,8 @@ if triton is not None:
     @triton.heuristics(_EVEN)
     @triton.jit
     def _int8_gemv_kernel(x_ptr, w_ptr, s_ptr, y_ptr, g_ptr, r_ptr, N, K, eps, stride_xm, stride_wn, stride_ym,
-                          stride_rm, HAS_SCALE: tl.constexpr, NORM: tl.constexpr, SILU: tl.constexpr,
-                          RESID: tl.constexpr, PDL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                          stride_rm, HAS_SCALE: tl.constexpr, NORM: tl.constexpr, RESID: tl.constexpr,
+                          GLU: tl.constexpr, MAGIC: tl.constexpr, PDL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                           EVEN_K: tl.constexpr, EVEN_N: tl.constexpr):
         """The int8 GEMV: a [BLOCK_N, BLOCK_K / 16, 16] weight tile, each thread holding 16
         consecutive int8 weights (one 16-byte load), summed in registers at every K step into a
@@ -200,9 +227,8 @@ if triton is not None:
         _start(PDL)
         pid_n = tl.program_id(0)
         row = tl.program_id(1)
-        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        offs_n, n_mask, cols = _rows(pid_n, N, BLOCK_N, GLU)
         offs_k = tl.arange(0, G)[:, None] * R + tl.arange(0, R)[None, :]  # [G, R]
-        n_mask = offs_n < N
         w_ptrs = w_ptr + offs_n[:, None, None].to(tl.int64) * stride_wn + offs_k[None, :, :]
         x_row = x_ptr + row * stride_xm
         w = _w_tile(w_ptrs, n_mask[:, None, None], offs_k[None, :, :], 0, K, EVEN_K and EVEN_N)
@@ -210,14 +236,14 @@ if triton is not None:
         rstd = 1.0
         if NORM:
             rstd = _rstd(x_row, K, eps, 1024)
-        x = _x_block(x_row, g_ptr, offs_k, 0, K, rstd, EVEN_K, NORM, SILU)
-        acc = tl.sum(w.to(tl.float32) * x[None, :, :], axis=2)
+        x = _x_block(x_row, g_ptr, offs_k, 0, K, rstd, EVEN_K, NORM)
+        acc = tl.sum(_f32(w, MAGIC) * x[None, :, :], axis=2)
         for k0 in range(BLOCK_K, K, BLOCK_K):
             w = _w_tile(w_ptrs, n_mask[:, None, None], offs_k[None, :, :], k0, K, EVEN_K and EVEN_N)
-            x = _x_block(x_row, g_ptr, offs_k, k0, K, rstd, EVEN_K, NORM, SILU)
-            acc += tl.sum(w.to(tl.float32) * x[None, :, :], axis=2)
+            x = _x_block(x_row, g_ptr, offs_k, k0, K, rstd, EVEN_K, NORM)
+            acc += tl.sum(_f32(w, MAGIC) * x[None, :, :], axis=2)
         _epilogue(tl.sum(acc, axis=1), s_ptr, r_ptr + row * stride_rm, y_ptr + row * stride_ym, offs_n, n_mask,
-                  HAS_SCALE, RESID)
+                  cols, N, HAS_SCALE, RESID, GLU, BLOCK_N)
 
 
 def pdl_supported(device: torch.device) -> bool:
@@ -230,17 +256,19 @@ _int8_choice: dict[tuple, str] = {}  # (N, K, flags, rows) -> "tile" or "grouped
 
 
 def _launch(x: Tensor, weight: Tensor, scales: Tensor | None, norm_weight: Tensor | None = None,
-            eps: float = 0.0, resid: Tensor | None = None, silu: bool = False, pdl: bool = False) -> Tensor:
+            eps: float = 0.0, resid: Tensor | None = None, glu: bool = False, pdl: bool = False) -> Tensor:
     n, k = weight.shape
-    width = 2 * k if silu else k
-    if x.shape[-1] != width:
-        raise ValueError(f"input rows of {x.shape[-1]} for a [{n}, {k}] weight{' (silu: gate and up)' if silu else ''}")
-    x2 = x.reshape(-1, width).contiguous()
+    if x.shape[-1] != k:
+        raise ValueError(f"input rows of {x.shape[-1]} for a [{n}, {k}] weight")
+    if glu and (n % 2 or resid is not None):
+        raise ValueError(f"glu takes a [gate, up] weight (an even row count, not {n}) and no residual")
+    x2 = x.reshape(-1, k).contiguous()
     rows = x2.shape[0]
-    y = torch.empty(rows, n, dtype=x.dtype, device=x.device)
+    width = n // 2 if glu else n
+    y = torch.empty(rows, width, dtype=x.dtype, device=x.device)
     r2 = resid.reshape(rows, n).contiguous() if resid is not None else y
-    flags = {"HAS_SCALE": scales is not None, "NORM": norm_weight is not None, "SILU": silu,
-             "RESID": resid is not None}
+    flags = {"HAS_SCALE": scales is not None, "NORM": norm_weight is not None, "RESID": resid is not None,
+             "GLU": glu, "MAGIC": scales is not None and INT8_CONVERT == "magic"}
     pdl = pdl and pdl_supported(x.device)
     args = (x2, weight, weight if scales is None else scales, y, weight if norm_weight is None else norm_weight,
             r2, n, k, eps, x2.stride(0), weight.stride(0), y.stride(0), r2.stride(0))
@@ -252,7 +280,7 @@ def _launch(x: Tensor, weight: Tensor, scales: Tensor | None, norm_weight: Tenso
 
     if scales is None:
         run(_gemv_kernel)
-        return y.reshape(*x.shape[:-1], n)
+        return y.reshape(*x.shape[:-1], width)
     choice = INT8_KERNEL
     if choice == "auto":
         key = (n, k, rows, pdl, *flags.values())
@@ -264,7 +292,7 @@ def _launch(x: Tensor, weight: Tensor, scales: Tensor | None, norm_weight: Tenso
             _int8_choice[key] = min(times, key=times.get)
         choice = _int8_choice[key]
     run(_int8_gemv_kernel if choice == "grouped" else _gemv_kernel)
-    return y.reshape(*x.shape[:-1], n)
+    return y.reshape(*x.shape[:-1], width)
 
 
 @torch.library.custom_op("gpucost::int8_gemv", mutates_args=())
@@ -289,14 +317,15 @@ def _(x: Tensor, weight: Tensor) -> Tensor:
 
 @torch.library.custom_op("gpucost::gemv_fused", mutates_args=())
 def gemv_fused(x: Tensor, weight: Tensor, scales: Tensor | None, norm_weight: Tensor | None, eps: float,
-               resid: Tensor | None, silu: bool, pdl: bool) -> Tensor:
-    """[resid +] ([RMSNorm(x) | SiLU(gate) * up | x] @ W^T) [* scales], one kernel (bf16 or int8 W)."""
-    return _launch(x, weight, scales, norm_weight, eps, resid, silu, pdl)
+               resid: Tensor | None, glu: bool, pdl: bool) -> Tensor:
+    """[resid +] ([RMSNorm(x) | x] @ W^T) [* scales], one kernel (bf16 or int8 W); with `glu`,
+    W is [gate, up] and the output SiLU(gate) * up (half as wide)."""
+    return _launch(x, weight, scales, norm_weight, eps, resid, glu, pdl)
 
 
 @gemv_fused.register_fake
-def _(x, weight, scales, norm_weight, eps, resid, silu, pdl):
-    return x.new_empty(*x.shape[:-1], weight.shape[0])
+def _(x, weight, scales, norm_weight, eps, resid, glu, pdl):
+    return x.new_empty(*x.shape[:-1], weight.shape[0] // 2 if glu else weight.shape[0])
 
 
 def gemv_applies(x: Tensor, weight: Tensor) -> bool:

@@ -153,24 +153,19 @@ class TransformerBlock(nn.Module):
         h = x + self.attention(self.attention_norm(x), rope, mask, cache, slots, rows)
         return h + self.feed_forward(self.ffn_norm(h))
 
-    def forward_fused(self, x: Tensor, rope: Tensor, cache: KVCache, slots: Tensor, input_pos: Tensor,
-                      slot_pos: Tensor, slot_real: Tensor, window: int | None) -> Tensor:
-        """The same decode step (one token a row) in five Triton kernels and the RoPE / cache
-        write (fused_decode.py): the norms inside the GEMVs, the residual adds in their
-        epilogues, attention reading the slot bookkeeping instead of a mask."""
+    def forward_fused(self, x: Tensor, rope: Tensor, cache: KVCache, input_pos: Tensor, slot_pos: Tensor,
+                      slot_real: Tensor, window: int | None, counts: Tensor) -> Tensor:
+        """The same decode step (one token a row) in five Triton kernels (fused_decode.py): the
+        norms inside the GEMVs, the residual adds in their epilogues, SiLU(gate) * up in the w13
+        GEMV's epilogue, and RoPE, the KV write and attention in one kernel that reads the slot
+        bookkeeping instead of a mask."""
         attn, ff = self.attention, self.feed_forward
-        bsz = x.shape[0]
-        n_head, n_kv, hd = attn.n_head, attn.n_kv_head, attn.head_dim
         qkv = fused_decode.linear(attn.wqkv, x, norm=self.attention_norm)
-        q, k, v = qkv.split([n_head * hd, n_kv * hd, n_kv * hd], dim=-1)
-        q = apply_rope(q.view(bsz, 1, n_head, hd), rope)
-        k = apply_rope(k.view(bsz, 1, n_kv, hd), rope)
-        cache.update(slots, k.transpose(1, 2), v.view(bsz, 1, n_kv, hd).transpose(1, 2))
-        y = torch.ops.gpucost.decode_attention(q, cache.k_cache, cache.v_cache, slot_pos, slot_real, input_pos,
-                                               window or 0, fused_decode.PDL)
+        y = torch.ops.gpucost.decode_attention(qkv, rope, cache.k_cache, cache.v_cache, slot_pos, slot_real,
+                                               input_pos, counts, attn.n_head, window or 0, fused_decode.PDL)
         h = fused_decode.linear(attn.wo, y, resid=x)
-        gate_up = fused_decode.linear(ff.w13, h, norm=self.ffn_norm)
-        return fused_decode.linear(ff.w2, gate_up, silu=True, resid=h)
+        act = fused_decode.linear(ff.w13, h, norm=self.ffn_norm, glu=True)
+        return fused_decode.linear(ff.w2, act, resid=h)
 
 
 class Transformer(nn.Module):
@@ -229,6 +224,10 @@ class Transformer(nn.Module):
                                                      device=device), persistent=False)
         self.register_buffer("slot_real", torch.zeros(max_batch_size, n_slots, dtype=torch.bool,
                                                       device=device), persistent=False)
+        # The fused decode step's attention splits a head's slots across CTAs; the last to finish
+        # (counted here, one counter a row and head, back to zero after) combines them.
+        self.register_buffer("split_counts", torch.zeros(max_batch_size * self.args.n_head, dtype=torch.int32,
+                                                         device=device), persistent=False)
 
     def clear_caches(self) -> None:
         self.caches = None
@@ -297,8 +296,8 @@ class Transformer(nn.Module):
         x = self.tok_embeddings(idx)
         if fused_decode.applies(self, idx, input_pos, pad_mask, rows):  # (the mask goes unused)
             for i, layer in enumerate(self.layers):
-                x = layer.forward_fused(x, rope, self.caches[i], slots, input_pos, self.slot_pos[:bsz],
-                                        self.slot_real[:bsz], self.window)
+                x = layer.forward_fused(x, rope, self.caches[i], input_pos, self.slot_pos[:bsz],
+                                        self.slot_real[:bsz], self.window, self.split_counts)
             return fused_decode.linear(self.output, x, norm=self.norm)
         for i, layer in enumerate(self.layers):
             x = layer(x, rope, mask, None if self.caches is None else self.caches[i], slots, rows)

@@ -28,14 +28,17 @@ CHECK = textwrap.dedent("""
     for n, k in ((64, 128), (70, 200)):
         w = torch.randn(n, k)
         q, s = quantize_per_channel(w)
-        for kernel in ("grouped", "tile"):  # both int8 kernels
-            int8_gemv.INT8_KERNEL = kernel
-            for rows in (1, 3):
-                x = torch.randn(rows, k)
-                y = torch.ops.gpucost.int8_gemv(x, q, s)
-                ref = (x.double() @ q.double().t()) * s.double()
-                assert y.shape == (rows, n), y.shape
-                assert torch.allclose(y.double(), ref, rtol=1e-5, atol=1e-4), (kernel, (y.double() - ref).abs().max())
+        for kernel in ("grouped", "tile"):  # both int8 kernels, both ways of making int8 fp32
+            for convert in ("cvt", "magic"):
+                int8_gemv.INT8_KERNEL, int8_gemv.INT8_CONVERT = kernel, convert
+                for rows in (1, 3):
+                    x = torch.randn(rows, k)
+                    y = torch.ops.gpucost.int8_gemv(x, q, s)
+                    ref = (x.double() @ q.double().t()) * s.double()
+                    assert y.shape == (rows, n), y.shape
+                    assert torch.allclose(y.double(), ref, rtol=1e-5, atol=1e-4), \
+                        (kernel, convert, (y.double() - ref).abs().max())
+        int8_gemv.INT8_CONVERT = "cvt"
         int8_gemv.INT8_KERNEL = "auto"  # the default: the faster kernel per shape, chosen once
         x = torch.randn(1, k)
         y = torch.ops.gpucost.int8_gemv(x, q, s)
@@ -117,41 +120,65 @@ FUSED = textwrap.dedent("""
         w = torch.randn(n, k)
         q, s = quantize_per_channel(w)
         g, r = torch.randn(k), torch.randn(2, n)
-        x, gu = torch.randn(2, k) * 3, torch.randn(2, 2 * k)
+        x = torch.randn(2, k) * 3
         normed = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5) * g
-        act = F.silu(gu[:, :k]) * gu[:, k:]
+        def glu(z):  # the weight's rows are [gate, up]
+            return F.silu(z[:, :n // 2]) * z[:, n // 2:]
         for kernel in ("tile", "grouped"):
             int8_gemv.INT8_KERNEL = kernel
             for weight, scales, dense in ((w, None, w), (q, s, q.float() * s[:, None])):
                 cases = [(op(x, weight, scales, g, 1e-5, None, False, False), normed @ dense.t()),
-                         (op(gu, weight, scales, None, 0.0, r, True, False), r + act @ dense.t()),
+                         (op(x, weight, scales, g, 1e-5, None, True, False), glu(normed @ dense.t())),
+                         (op(x, weight, scales, None, 0.0, None, True, False), glu(x @ dense.t())),
                          (op(x, weight, scales, g, 1e-5, r, False, False), r + normed @ dense.t())]
                 for got, want in cases:
-                    assert got.shape == want.shape and torch.allclose(got, want, rtol=1e-4, atol=1e-3), \\
+                    assert got.shape == want.shape and torch.allclose(got, want, rtol=1e-4, atol=1e-3), \
                         (kernel, scales is None, (got - want).abs().max())
         int8_gemv.INT8_KERNEL = "auto"
-    try:
-        op(torch.randn(1, 10), torch.randn(4, 8), None, None, 0.0, None, False, False)
-        raise SystemExit("a row of the wrong width was accepted")
-    except ValueError:
-        pass
+    for bad in ((torch.randn(1, 10), torch.randn(4, 8), None, False), (torch.randn(1, 8), torch.randn(5, 8), None, True),
+                (torch.randn(1, 8), torch.randn(4, 8), torch.randn(1, 4), True)):
+        try:
+            op(bad[0], bad[1], None, None, 0.0, bad[2], bad[3], False)
+            raise SystemExit(f"accepted: {bad}")
+        except ValueError:
+            pass
 
-    # Decode attention against SDPA with the model's slot mask: ragged slots (masked tail), pad
-    # and unreal slots, a shared and a per-row query position, full and windowed
-    b, h, hkv, d, s = 2, 4, 2, 16, 37
-    qv = torch.randn(b, 1, h, d)
-    kc, vc = torch.randn(b + 1, hkv, s, d), torch.randn(b + 1, hkv, s, d)
-    pos = torch.randint(-1, 30, (b + 1, s))
-    real = torch.rand(b + 1, s) > 0.2
-    for q_pos in (torch.tensor([25]), torch.tensor([[20], [29]])):
-        pos[0, 3], pos[1, 4] = 25, 29  # each query's own slot
-        for window in (0, 6):
-            got = torch.ops.gpucost.decode_attention(qv, kc, vc, pos[:b], real[:b], q_pos, window, False)
-            mask = slot_mask(q_pos.view(-1, 1) if q_pos.numel() > 1 else q_pos.view(1, 1), pos[:b], real[:b],
-                             window or None)
-            want = F.scaled_dot_product_attention(qv.transpose(1, 2), kc[:b], vc[:b], attn_mask=mask,
-                                                  enable_gqa=True).transpose(1, 2).reshape(b, 1, h * d)
-            assert torch.allclose(got, want, atol=1e-5), (window, (got - want).abs().max())
+    # Decode attention (RoPE, the KV write, attention over split slots) against apply_rope, an
+    # indexed write and SDPA with the model's slot mask: ragged slots (masked tail), unreal and
+    # stale slots, a shared and per-row query positions, full and windowed, one split and three
+    from optimizer.model import apply_rope, precompute_rope
+    b, h, hkv, d = 2, 4, 2, 16
+    table = precompute_rope(64, d, 10000.0)
+    counts = torch.zeros(b * h, dtype=torch.int32)
+    for s in (37, 10):
+        qkv = torch.randn(b, 1, (h + 2 * hkv) * d)
+        kc, vc = torch.randn(b + 1, hkv, s, d), torch.randn(b + 1, hkv, s, d)
+        for q_pos in (torch.tensor([s - 3]), torch.tensor([[s - 7], [s - 1]])):
+            pos = torch.randint(-1, s, (b + 1, s))
+            real = torch.rand(b + 1, s) > 0.2
+            qp = q_pos.view(-1, 1).expand(b, 1)
+            slots = q_pos % s  # where the model writes
+            pos[torch.arange(b)[:, None], slots.view(-1, 1).expand(b, 1)] = qp
+            real[torch.arange(b)[:, None], slots.view(-1, 1).expand(b, 1)] = True
+            rope = table[q_pos]
+            for window in (0, 6):
+                k2, v2 = kc.clone(), vc.clone()
+                got = torch.ops.gpucost.decode_attention(qkv, rope, k2, v2, pos[:b], real[:b], q_pos, counts,
+                                                         h, window, False)
+                qq, kk, vv = qkv.split([h * d, hkv * d, hkv * d], dim=-1)
+                qq = apply_rope(qq.view(b, 1, h, d), rope)
+                kk = apply_rope(kk.view(b, 1, hkv, d), rope)
+                kw, vw = kc.clone(), vc.clone()
+                rows = torch.arange(b)
+                kw[rows[:, None], :, slots.view(-1, 1).expand(b, 1)] = kk
+                vw[rows[:, None], :, slots.view(-1, 1).expand(b, 1)] = vv.view(b, 1, hkv, d)
+                mask = slot_mask(q_pos.view(-1, 1) if q_pos.numel() > 1 else q_pos.view(1, 1), pos[:b], real[:b],
+                                 window or None)
+                want = F.scaled_dot_product_attention(qq.transpose(1, 2), kw[:b], vw[:b], attn_mask=mask,
+                                                      enable_gqa=True).transpose(1, 2).reshape(b, 1, h * d)
+                assert torch.allclose(got, want, atol=1e-5), (s, window, (got - want).abs().max())
+                assert torch.equal(k2, kw) and torch.equal(v2, vw), (s, window)  # written where the model writes
+                assert not counts.any(), counts  # the split counters are left at zero
 
     # The fused decode step gives the unfused model's tokens (gemv and int8 weights, a sliding
     # window, the in-flight batcher's per-row positions) and really runs. A small model, and the
