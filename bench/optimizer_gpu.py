@@ -131,9 +131,10 @@ def main() -> None:
     ap.add_argument("--ab-rounds", type=int, default=6)
     ap.add_argument("--ab-variants", default="bf16+compile+cudagraph,bf16+int8-weight-only+compile+cudagraph",
                     help="first is the baseline; a name ending in @nocdt compiles without coordinate-descent "
-                         "tuning (cuBLAS GEMVs instead of Inductor's tuned reductions); with @magic the int8 "
-                         "GEMVs make their weights fp32 by the bits of 2^23 + 128 + w instead of a conversion "
-                         "instruction (int8_gemv.INT8_CONVERT, chosen when the arm's CUDA graph is captured). Caveat, seen on the "
+                         "tuning (cuBLAS GEMVs instead of Inductor's tuned reductions); @cvt / @magic: the int8 "
+                         "GEMVs make their weights fp32 by a conversion instruction / by the bits of 2^23 + 128 + w "
+                         "(int8_gemv.INT8_CONVERT, chosen when the arm's CUDA graph is captured; default magic). "
+                         "Caveat, seen on the "
                          "H200: Dynamo reuses one arm's compiled step for the next arm of the same variant "
                          "and shapes, so two arms differing only in Inductor settings run the same kernels "
                          "(whichever compiled first); compare them in separate processes")
@@ -376,12 +377,13 @@ def main() -> None:
                 # Measured right after its build, as the old one-row-at-a-time sections did; the
                 # step is compiled here, under this arm's Inductor settings.
                 inductor_config.coordinate_descent_tuning = "@nocdt" not in name
-                int8_gemv.INT8_CONVERT = "magic" if "@magic" in name else "cvt"
+                convert = int8_gemv.INT8_CONVERT
+                int8_gemv.INT8_CONVERT = "cvt" if "@cvt" in name else "magic" if "@magic" in name else convert
                 try:
                     first = B.measure_decode(model, decoder, 1, 128, 256, repeats=3)
                 finally:
                     inductor_config.coordinate_descent_tuning = True
-                    int8_gemv.INT8_CONVERT = "cvt"
+                    int8_gemv.INT8_CONVERT = convert
                 step_bytes = decode_step_bytes(model, 1, 128 + 256 / 2)
                 res["arms"][name] = {
                     "gate": verdict.as_dict(), "accepted": verdict.accepted, "weight_bytes": weight_bytes(model),

@@ -45,7 +45,7 @@ ENABLED = True  # False: decode through Inductor's fused reduction instead (for 
 INT8_KERNEL = "auto"
 # int8 weights to fp32 in registers: "cvt" (an int-to-float conversion per weight) or "magic"
 # (integer add and fp32 subtract on the bits of 2^23 + 128 + w; exact, same results)
-INT8_CONVERT = os.environ.get("GPUCOST_INT8_CONVERT", "cvt")
+INT8_CONVERT = os.environ.get("GPUCOST_INT8_CONVERT", "magic")
 MAX_ROWS = 4  # beyond a few rows the weights are worth tiling: cuBLAS / Inductor take over
 
 
@@ -70,9 +70,11 @@ if triton is not None:
         return triton.testing.do_bench(kernel_call, warmup=10, rep=40, quantiles=quantiles)
 
     # -- pieces shared by both kernels -------------------------------------------------------
-    # The fused forms (fused_decode.py): RMSNorm of the input row in the prologue (NORM), a
-    # residual added in the epilogue (RESID) or SiLU(gate) * up of the w13 rows (GLU), each
-    # rounded where eager PyTorch rounds; and programmatic dependent launch (PDL, Hopper): the
+    # The fused forms (fused_decode.py): RMSNorm of the input row (NORM: the input times the
+    # norm's weight in the dot products, its sum of squares gathered in the same pass, the row's
+    # scale applied to the results; fp32 throughout, where eager PyTorch rounds the normed row to
+    # the model dtype), a residual added in the epilogue (RESID) or SiLU(gate) * up of the w13
+    # rows (GLU), rounded where eager PyTorch rounds; and programmatic dependent launch (PDL, Hopper): the
     # kernel lets the next one launch as soon as its own last CTAs have started, and loads its
     # first weight tile (weights never depend on the kernel before) before it waits for the
     # previous kernel's output.
@@ -86,9 +88,9 @@ if triton is not None:
         return w
 
     @triton.jit
-    def _x_block(x_row, g_ptr, offs_k, k0, K, rstd, EVEN_K: tl.constexpr, NORM: tl.constexpr):
-        """The input block at k0 as fp32: plain or RMSNorm'ed."""
-        dt = x_row.dtype.element_ty
+    def _x_block(x_row, g_ptr, offs_k, k0, K, EVEN_K: tl.constexpr, NORM: tl.constexpr):
+        """The input block at k0 as fp32, times the norm's weight with NORM; and its squares (the
+        RMSNorm's sum of squares, gathered in the same pass)."""
         k_mask = (k0 + offs_k) < K
         if EVEN_K:
             x = tl.load(x_row + k0 + offs_k).to(tl.float32)
@@ -99,9 +101,9 @@ if triton is not None:
                 g = tl.load(g_ptr + k0 + offs_k).to(tl.float32)
             else:
                 g = tl.load(g_ptr + k0 + offs_k, mask=k_mask, other=0.0).to(tl.float32)
-            x = (x * rstd).to(dt).to(tl.float32)
-            x = (x * g).to(dt).to(tl.float32)
-        return x
+            return x * g, x * x
+        else:
+            return x, x
 
     @triton.jit
     def _f32(w, MAGIC: tl.constexpr):
@@ -130,14 +132,11 @@ if triton is not None:
         return offs_n, n_mask, cols
 
     @triton.jit
-    def _rstd(x_row, K, eps, BLOCK: tl.constexpr):
-        """1 / sqrt(mean(x^2) + eps) of the input row, in fp32 (a pass over it, from L2)."""
-        offs = tl.arange(0, BLOCK)
-        ss = tl.zeros((BLOCK,), dtype=tl.float32)
-        for k0 in range(0, K, BLOCK):
-            v = tl.load(x_row + k0 + offs, mask=(k0 + offs) < K, other=0.0).to(tl.float32)
-            ss += v * v
-        return 1.0 / tl.sqrt(tl.sum(ss, axis=0) / K + eps)
+    def _normed(out, ss, K, eps, NORM: tl.constexpr):
+        """RMSNorm's 1 / sqrt(mean(x^2) + eps), a scalar a row, applied to the dot products."""
+        if NORM:
+            out = out / tl.sqrt(tl.sum(ss, axis=0) / K + eps)
+        return out
 
     @triton.jit
     def _epilogue(out, s_ptr, r_row, y_row, offs_n, n_mask, cols, N, HAS_SCALE: tl.constexpr,
@@ -186,14 +185,14 @@ if triton is not None:
         x_row = x_ptr + row * stride_xm
         w = _w_tile(w_ptrs, n_mask[:, None], offs_k[None, :], 0, K, EVEN_K and EVEN_N)
         _wait(PDL)
-        rstd = 1.0
-        if NORM:
-            rstd = _rstd(x_row, K, eps, 1024)
-        acc = _f32(w, MAGIC) * _x_block(x_row, g_ptr, offs_k, 0, K, rstd, EVEN_K, NORM)[None, :]
+        x, ss = _x_block(x_row, g_ptr, offs_k, 0, K, EVEN_K, NORM)
+        acc = _f32(w, MAGIC) * x[None, :]
         for k0 in range(BLOCK_K, K, BLOCK_K):
             w = _w_tile(w_ptrs, n_mask[:, None], offs_k[None, :], k0, K, EVEN_K and EVEN_N)
-            acc += _f32(w, MAGIC) * _x_block(x_row, g_ptr, offs_k, k0, K, rstd, EVEN_K, NORM)[None, :]
-        _epilogue(tl.sum(acc, axis=1), s_ptr, r_ptr + row * stride_rm, y_ptr + row * stride_ym, offs_n, n_mask,
+            x, sq = _x_block(x_row, g_ptr, offs_k, k0, K, EVEN_K, NORM)
+            acc += _f32(w, MAGIC) * x[None, :]
+            ss += sq
+        _epilogue(_normed(tl.sum(acc, axis=1), ss, K, eps, NORM), s_ptr, r_ptr + row * stride_rm, y_ptr + row * stride_ym, offs_n, n_mask,
                   cols, N, HAS_SCALE, RESID, GLU, BLOCK_N)
 
     def _int8_configs() -> list:
@@ -233,16 +232,14 @@ if triton is not None:
         x_row = x_ptr + row * stride_xm
         w = _w_tile(w_ptrs, n_mask[:, None, None], offs_k[None, :, :], 0, K, EVEN_K and EVEN_N)
         _wait(PDL)
-        rstd = 1.0
-        if NORM:
-            rstd = _rstd(x_row, K, eps, 1024)
-        x = _x_block(x_row, g_ptr, offs_k, 0, K, rstd, EVEN_K, NORM)
+        x, ss = _x_block(x_row, g_ptr, offs_k, 0, K, EVEN_K, NORM)
         acc = tl.sum(_f32(w, MAGIC) * x[None, :, :], axis=2)
         for k0 in range(BLOCK_K, K, BLOCK_K):
             w = _w_tile(w_ptrs, n_mask[:, None, None], offs_k[None, :, :], k0, K, EVEN_K and EVEN_N)
-            x = _x_block(x_row, g_ptr, offs_k, k0, K, rstd, EVEN_K, NORM)
+            x, sq = _x_block(x_row, g_ptr, offs_k, k0, K, EVEN_K, NORM)
             acc += tl.sum(_f32(w, MAGIC) * x[None, :, :], axis=2)
-        _epilogue(tl.sum(acc, axis=1), s_ptr, r_ptr + row * stride_rm, y_ptr + row * stride_ym, offs_n, n_mask,
+            ss += sq
+        _epilogue(_normed(tl.sum(acc, axis=1), tl.sum(ss, axis=1), K, eps, NORM), s_ptr, r_ptr + row * stride_rm, y_ptr + row * stride_ym, offs_n, n_mask,
                   cols, N, HAS_SCALE, RESID, GLU, BLOCK_N)
 
 

@@ -28,6 +28,7 @@ CHECK = textwrap.dedent("""
     for n, k in ((64, 128), (70, 200)):
         w = torch.randn(n, k)
         q, s = quantize_per_channel(w)
+        default = int8_gemv.INT8_CONVERT
         for kernel in ("grouped", "tile"):  # both int8 kernels, both ways of making int8 fp32
             for convert in ("cvt", "magic"):
                 int8_gemv.INT8_KERNEL, int8_gemv.INT8_CONVERT = kernel, convert
@@ -38,7 +39,7 @@ CHECK = textwrap.dedent("""
                     assert y.shape == (rows, n), y.shape
                     assert torch.allclose(y.double(), ref, rtol=1e-5, atol=1e-4), \
                         (kernel, convert, (y.double() - ref).abs().max())
-        int8_gemv.INT8_CONVERT = "cvt"
+        int8_gemv.INT8_CONVERT = default
         int8_gemv.INT8_KERNEL = "auto"  # the default: the faster kernel per shape, chosen once
         x = torch.randn(1, k)
         y = torch.ops.gpucost.int8_gemv(x, q, s)
