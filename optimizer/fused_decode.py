@@ -2,27 +2,34 @@
 
 The 1B model's compiled decode step on the H200 was 184 kernels, and 240 µs of its 0.9 ms were
 not weight reads: cuDNN's attention and the conversion of the boolean mask it needs, RMSNorm and
-residual adds, SiLU. Here a layer (`TransformerBlock.forward_fused`, model.py) is:
+residual adds, SiLU, RoPE and the KV-cache writes. Here a layer (`TransformerBlock.forward_fused`,
+model.py) is five kernels:
 
-1. `gemv_fused(x, wqkv, norm=attention_norm)`: RMSNorm computed in the GEMV's prologue;
-2. RoPE and the KV-cache write (Inductor, as before);
-3. `decode_attention`: one Triton kernel per layer that reads the cache rows and builds the mask
-   from the slot bookkeeping itself (no bias tensor, no cuDNN plan);
-4. `gemv_fused(y, wo, resid=x)`: the residual add in the epilogue;
-5. `gemv_fused(h, w13, norm=ffn_norm)`;
-6. `gemv_fused(gate_up, w2, silu=True, resid=h)`: SiLU(gate) * up in the prologue, residual after.
+1. `gemv_fused(x, wqkv, norm=attention_norm)`: RMSNorm inside the GEMV (its sum of squares
+   gathered in the same pass over the input, the row's scale applied to the dot products);
+2. `decode_attention(qkv, ...)`: one Triton kernel that applies RoPE to q and the new k, writes
+   the new k and v into the cache, and attends over the cache rows, building the mask from the
+   slot bookkeeping itself (no bias tensor, no cuDNN plan). A head's slots are split across CTAs
+   (flash-decoding); the last split to finish combines them (a counter a row and head);
+3. `gemv_fused(y, wo, resid=x)`: the residual add in the epilogue;
+4. `gemv_fused(h, w13, norm=ffn_norm, glu=True)`: each CTA takes matching gate and up rows and
+   writes SiLU(gate) * up;
+5. `gemv_fused(act, w2, resid=h)`.
 
 With GPUCOST_FUSED_PDL=1 (Hopper) these Triton kernels are launched with programmatic dependent
 launch: the next kernel starts while the last CTAs of the one before run, and fetches its first
-weight tile before it waits for the data it depends on. On the H200 that did not pay, so it is off.
+weight tile before it waits for the data it depends on. On the H200 that did not pay (run 8), so
+it is off.
 
-Measured on the H200 (run 8, docs/benchmarks.md): 184 -> 132 kernels a 1B step, 0.910 -> 0.853 ms
-in one process (1.067x); at 7B 364 -> 260 kernels, 4.213 -> 4.208 ms (1.001x). The attention kernel
-takes what cuDNN took (5.8 µs a layer at 1B); the gain is the kernels that went away.
+Measured on the H200 (docs/benchmarks.md): run 8 (the attention kernel alone, RoPE and the KV
+write left to Inductor, SiLU in the w2 GEMV's prologue) took a 1B step from 184 to 132 kernels;
+run 9 (this form) to 88, 0.789 ms against 0.890 ms unfused in one process (1.13x), and the 7B
+step to 171 kernels, 3.93 ms (76.9 % of 4.8 TB/s).
 
-Rounding follows eager PyTorch (the norm's output rounded to the model dtype before the weight,
-the linear's output before the residual). On a CPU the kernels run under Triton's interpreter in
-the tests, against the unfused model."""
+Rounding follows eager PyTorch where the kernels round at all (the linear's output before the
+residual, SiLU and its product); the normed input is not rounded to the model dtype (fp32
+throughout). On a CPU the kernels run under Triton's interpreter in the tests, against the
+unfused model."""
 
 from __future__ import annotations
 

@@ -7,15 +7,20 @@ step, as the first int8 kernel did, held the 7B int8 step to 46 % of the H200's 
 Weights are streamed with evict-first so they do not push the activations out of L2.
 
 - `_gemv_kernel` ("tile"): a [BLOCK_N, BLOCK_K] fp32 accumulator; the bf16 GEMV, and the int8
-  one when `INT8_KERNEL = "tile"`.
+  one by default (`INT8_KERNEL = "tile"`).
 - `_int8_gemv_kernel` ("grouped"): 16 consecutive int8 weights a thread (one 16-byte load) summed
   in registers at every K step, so the accumulator is 1/16 the size and a CTA streams 8 to 32 KB a
-  step. On the H200 it beat "tile" at 7B (step 3.150 vs 3.315 ms) and lost at 1B (GEMV time 577
-  vs 498 µs a step); docs/benchmarks.md, H200 section. The default, "auto", times both per shape.
+  step. On the H200 it beat "tile" at 7B with the conversion instruction (step 3.150 vs 3.315 ms,
+  run 7) and lost at 1B; docs/benchmarks.md, H200 section.
 
-Both kernels also come fused (`gpucost::gemv_fused`, used by fused_decode.py): RMSNorm in the
-prologue, SiLU(gate) * up of the input, a residual add in the epilogue, and (optionally)
-programmatic dependent launch on Hopper.
+int8 weights become fp32 in registers through the bits of 2^23 + 128 + w (an integer add and an
+fp32 subtract; `INT8_CONVERT = "magic"`, the default) rather than an int-to-float conversion per
+weight ("cvt"), which Hopper issues at a quarter of the fp32 rate: the 1B fused int8 step took
+0.656 ms against 0.764 ms with the conversion (H200, run 9, same process, "tile" kernel).
+
+Both kernels also come fused (`gpucost::gemv_fused`, used by fused_decode.py): RMSNorm of the
+input, a residual add or SiLU(gate) * up in the epilogue, and (optionally) programmatic dependent
+launch on Hopper.
 
 The ops are `torch.library` custom ops: opaque to torch.compile (which fuses everything around
 them), autotuned on their first real call per shape and dtype (outside any CUDA graph capture).
@@ -38,11 +43,12 @@ except ImportError:  # CPU-only installs: the module swaps fall back to their on
     triton = None
 
 ENABLED = True  # False: decode through Inductor's fused reduction instead (for comparison)
-# "grouped": the int8 kernel with 16-weight groups summed in registers; "tile": the bf16 kernel's
-# [BLOCK_N, BLOCK_K] accumulator on int8 weights (46-73 % of a copy on the H200, bench/gemv.py);
-# "auto": per shape, whichever of the two is faster, timed on the first call (grouped won at 7B
-# and tile at 1B on the H200, in separate runs)
-INT8_KERNEL = "auto"
+# "tile" (the default): the bf16 kernel's [BLOCK_N, BLOCK_K] accumulator on int8 weights;
+# "grouped": the int8 kernel with 16-weight groups summed in registers; "auto": per shape, whichever
+# of the two is faster, timed alone on the first call. On the H200 (run 9) "auto" kept "grouped"
+# for 48 of the 1B step's 65 GEMVs and that step took 0.719 to 0.808 ms, depending on the process;
+# "tile" took 0.656 ms (docs/benchmarks.md), so timing a kernel alone does not predict it in the step.
+INT8_KERNEL = "tile"
 # int8 weights to fp32 in registers: "cvt" (an int-to-float conversion per weight) or "magic"
 # (integer add and fp32 subtract on the bits of 2^23 + 128 + w; exact, same results)
 INT8_CONVERT = os.environ.get("GPUCOST_INT8_CONVERT", "magic")

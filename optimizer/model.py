@@ -347,11 +347,12 @@ def model_parameters(model: nn.Module) -> int:
 
 
 def model_bytes(model: nn.Module) -> int:
-    """Bytes of weights (quantized weights and their scales included), KV caches and RoPE table excluded."""
+    """Bytes of weights (quantized weights and their scales included); KV caches, the RoPE table
+    and the slot bookkeeping excluded."""
     seen: set[int] = set()
     total = 0
     for name, t in list(model.named_parameters()) + list(model.named_buffers()):
-        if (name.startswith("caches.") or name in ("rope", "slot_pos", "slot_real")
+        if (name.startswith("caches.") or name in ("rope", "slot_pos", "slot_real", "split_counts")
                 or id(t) in seen):
             continue
         seen.add(id(t))

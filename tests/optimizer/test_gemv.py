@@ -40,11 +40,12 @@ CHECK = textwrap.dedent("""
                     assert torch.allclose(y.double(), ref, rtol=1e-5, atol=1e-4), \
                         (kernel, convert, (y.double() - ref).abs().max())
         int8_gemv.INT8_CONVERT = default
-        int8_gemv.INT8_KERNEL = "auto"  # the default: the faster kernel per shape, chosen once
+        int8_gemv.INT8_KERNEL = "auto"  # the faster kernel per shape, chosen once
         x = torch.randn(1, k)
         y = torch.ops.gpucost.int8_gemv(x, q, s)
         assert torch.allclose(y.double(), (x.double() @ q.double().t()) * s.double(), rtol=1e-5, atol=1e-4)
         assert [c for key, c in int8_gemv._int8_choice.items() if key[:2] == (n, k)] in (["tile"], ["grouped"])
+        int8_gemv.INT8_KERNEL = "tile"  # the default
         xb, wb = torch.randn(1, 1, k).bfloat16(), w.bfloat16()
         y = torch.ops.gpucost.gemv(xb, wb)
         ref = (xb.double().reshape(1, k) @ wb.double().t()).reshape(1, 1, n)
@@ -135,7 +136,7 @@ FUSED = textwrap.dedent("""
                 for got, want in cases:
                     assert got.shape == want.shape and torch.allclose(got, want, rtol=1e-4, atol=1e-3), \
                         (kernel, scales is None, (got - want).abs().max())
-        int8_gemv.INT8_KERNEL = "auto"
+        int8_gemv.INT8_KERNEL = "tile"
     for bad in ((torch.randn(1, 10), torch.randn(4, 8), None, False), (torch.randn(1, 8), torch.randn(5, 8), None, True),
                 (torch.randn(1, 8), torch.randn(4, 8), torch.randn(1, 4), True)):
         try:
