@@ -133,7 +133,8 @@ def main() -> None:
                     help="first is the baseline; a name ending in @nocdt compiles without coordinate-descent "
                          "tuning (cuBLAS GEMVs instead of Inductor's tuned reductions); @cvt / @magic: the int8 "
                          "GEMVs make their weights fp32 by a conversion instruction / by the bits of 2^23 + 128 + w "
-                         "(int8_gemv.INT8_CONVERT, chosen when the arm's CUDA graph is captured; default magic). "
+                         "(int8_gemv.INT8_CONVERT, chosen when the arm's CUDA graph is captured; default magic); "
+                         "@pdl: the fused step with programmatic dependent launch (fused_decode.PDL). "
                          "Caveat, seen on the "
                          "H200: Dynamo reuses one arm's compiled step for the next arm of the same variant "
                          "and shapes, so two arms differing only in Inductor settings run the same kernels "
@@ -349,7 +350,7 @@ def main() -> None:
 
     def ab():
         """bf16 vs int8 weight-only per model, interleaved rounds, gated on the same run."""
-        from optimizer import abtest, int8_gemv
+        from optimizer import abtest, fused_decode, int8_gemv
         from optimizer.accuracy import gate
         from optimizer.measure import decode_step_bytes, weight_bytes
 
@@ -377,13 +378,14 @@ def main() -> None:
                 # Measured right after its build, as the old one-row-at-a-time sections did; the
                 # step is compiled here, under this arm's Inductor settings.
                 inductor_config.coordinate_descent_tuning = "@nocdt" not in name
-                convert = int8_gemv.INT8_CONVERT
+                convert, pdl = int8_gemv.INT8_CONVERT, fused_decode.PDL
                 int8_gemv.INT8_CONVERT = "cvt" if "@cvt" in name else "magic" if "@magic" in name else convert
+                fused_decode.PDL = pdl or "@pdl" in name
                 try:
                     first = B.measure_decode(model, decoder, 1, 128, 256, repeats=3)
                 finally:
                     inductor_config.coordinate_descent_tuning = True
-                    int8_gemv.INT8_CONVERT = convert
+                    int8_gemv.INT8_CONVERT, fused_decode.PDL = convert, pdl
                 step_bytes = decode_step_bytes(model, 1, 128 + 256 / 2)
                 res["arms"][name] = {
                     "gate": verdict.as_dict(), "accepted": verdict.accepted, "weight_bytes": weight_bytes(model),

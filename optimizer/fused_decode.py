@@ -18,8 +18,8 @@ model.py) is five kernels:
 
 With GPUCOST_FUSED_PDL=1 (Hopper) these Triton kernels are launched with programmatic dependent
 launch: the next kernel starts while the last CTAs of the one before run, and fetches its first
-weight tile before it waits for the data it depends on. On the H200 that did not pay (run 8), so
-it is off.
+weight tile before it waits for the data it depends on. On the H200 it did not pay reliably
+(runs 8 and 9), so it is off.
 
 Measured on the H200 (docs/benchmarks.md): run 8 (the attention kernel alone, RoPE and the KV
 write left to Inductor, SiLU in the w2 GEMV's prologue) took a 1B step from 184 to 132 kernels;
@@ -92,7 +92,6 @@ if triton is not None:
         sp = tl.program_id(2)
         nsplit = tl.num_programs(2)
         if PDL:
-            tl.extra.cuda.gdc_launch_dependents()
             tl.extra.cuda.gdc_wait()
         HKV: tl.constexpr = H // GROUP
         kvh = h // GROUP
@@ -137,6 +136,8 @@ if triton is not None:
             l = l * alpha + tl.sum(p, axis=0)
             acc = acc * alpha + tl.sum(p[:, None] * vt, axis=0)
             m = m_new
+        if PDL:  # the next kernel may launch (and fetch its weights) once every CTA is here
+            tl.extra.cuda.gdc_launch_dependents()
         out = y_ptr + b * stride_yb + h * D + offs_d
         if nsplit == 1:
             tl.store(out, (acc / l).to(y_ptr.dtype.element_ty))
@@ -220,9 +221,10 @@ def linear(module, x: Tensor, norm=None, resid: Tensor | None = None, glu: bool 
                                         0.0 if norm is None else norm.eps, resid, glu, PDL)
 
 
-# Programmatic dependent launch (Hopper and later) only when GPUCOST_FUSED_PDL=1: on the H200 it
-# did not pay (run 8, docs/benchmarks.md: 1B fused step 0.878 ms with it, 0.846 to 0.853 without;
-# 7B 4.215 and 4.208 ms), so it is off by default and kept for comparison.
+# Programmatic dependent launch (Hopper and later) only when GPUCOST_FUSED_PDL=1. On the H200
+# (docs/benchmarks.md) it did not pay with the trigger at each kernel's start (run 8); with the
+# trigger after the main loop (run 9) a 1B bf16 step took 0.738 against 0.791 ms in one process,
+# but 0.770 ms in another, and the int8 step with it 0.786 ms against 0.656 without: off by default.
 PDL = os.environ.get("GPUCOST_FUSED_PDL", "0") == "1"
 
 

@@ -81,9 +81,10 @@ if triton is not None:
     # scale applied to the results; fp32 throughout, where eager PyTorch rounds the normed row to
     # the model dtype), a residual added in the epilogue (RESID) or SiLU(gate) * up of the w13
     # rows (GLU), rounded where eager PyTorch rounds; and programmatic dependent launch (PDL, Hopper): the
-    # kernel lets the next one launch as soon as its own last CTAs have started, and loads its
-    # first weight tile (weights never depend on the kernel before) before it waits for the
-    # previous kernel's output.
+    # kernel lets the next one launch once each of its CTAs is past its main loop (run 8 let it
+    # launch at the start, which did not pay), and loads its first
+    # weight tile (weights never depend on the kernel before) before it waits for the previous
+    # kernel's output.
 
     @triton.jit
     def _w_tile(w_ptrs, n_mask, offs_k, k0, K, EVEN: tl.constexpr):
@@ -182,7 +183,6 @@ if triton is not None:
                      stride_rm, HAS_SCALE: tl.constexpr, NORM: tl.constexpr, RESID: tl.constexpr,
                      GLU: tl.constexpr, MAGIC: tl.constexpr, PDL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                      EVEN_K: tl.constexpr, EVEN_N: tl.constexpr):
-        _start(PDL)
         pid_n = tl.program_id(0)
         row = tl.program_id(1)
         offs_n, n_mask, cols = _rows(pid_n, N, BLOCK_N, GLU)
@@ -198,6 +198,7 @@ if triton is not None:
             x, sq = _x_block(x_row, g_ptr, offs_k, k0, K, EVEN_K, NORM)
             acc += _f32(w, MAGIC) * x[None, :]
             ss += sq
+        _start(PDL)
         _epilogue(_normed(tl.sum(acc, axis=1), ss, K, eps, NORM), s_ptr, r_ptr + row * stride_rm, y_ptr + row * stride_ym, offs_n, n_mask,
                   cols, N, HAS_SCALE, RESID, GLU, BLOCK_N)
 
@@ -229,7 +230,6 @@ if triton is not None:
         [BLOCK_N, BLOCK_K / 16] accumulator; one cross-thread reduction at the end."""
         R: tl.constexpr = 16
         G: tl.constexpr = BLOCK_K // R
-        _start(PDL)
         pid_n = tl.program_id(0)
         row = tl.program_id(1)
         offs_n, n_mask, cols = _rows(pid_n, N, BLOCK_N, GLU)
@@ -245,6 +245,7 @@ if triton is not None:
             x, sq = _x_block(x_row, g_ptr, offs_k, k0, K, EVEN_K, NORM)
             acc += tl.sum(_f32(w, MAGIC) * x[None, :, :], axis=2)
             ss += sq
+        _start(PDL)
         _epilogue(_normed(tl.sum(acc, axis=1), tl.sum(ss, axis=1), K, eps, NORM), s_ptr, r_ptr + row * stride_rm, y_ptr + row * stride_ym, offs_n, n_mask,
                   cols, N, HAS_SCALE, RESID, GLU, BLOCK_N)
 
