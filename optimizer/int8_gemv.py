@@ -15,7 +15,7 @@ Weights are streamed with evict-first so they do not push the activations out of
 
 int8 weights become fp32 in registers through the bits of 2^23 + 128 + w (an integer add and an
 fp32 subtract; `INT8_CONVERT = "magic"`, the default) rather than an int-to-float conversion per
-weight ("cvt"), which Hopper issues at a quarter of the fp32 rate: the 1B fused int8 step took
+weight ("cvt"), which Hopper issues at a fraction of the fp32 FMA rate: the 1B fused int8 step took
 0.656 ms against 0.764 ms with the conversion (H200, run 9, same process, "tile" kernel).
 
 Both kernels also come fused (`gpucost::gemv_fused`, used by fused_decode.py): RMSNorm of the
@@ -80,11 +80,10 @@ if triton is not None:
     # norm's weight in the dot products, its sum of squares gathered in the same pass, the row's
     # scale applied to the results; fp32 throughout, where eager PyTorch rounds the normed row to
     # the model dtype), a residual added in the epilogue (RESID) or SiLU(gate) * up of the w13
-    # rows (GLU), rounded where eager PyTorch rounds; and programmatic dependent launch (PDL, Hopper): the
-    # kernel lets the next one launch once each of its CTAs is past its main loop (run 8 let it
-    # launch at the start, which did not pay), and loads its first
-    # weight tile (weights never depend on the kernel before) before it waits for the previous
-    # kernel's output.
+    # rows (GLU), rounded where eager PyTorch rounds; and programmatic dependent launch (PDL,
+    # Hopper): the kernel lets the next one launch once each of its CTAs is past its main loop
+    # (run 8 let it launch at the start, which did not pay), and loads its first weight tile
+    # (weights never depend on the kernel before) before it waits for the previous kernel's output.
 
     @triton.jit
     def _w_tile(w_ptrs, n_mask, offs_k, k0, K, EVEN: tl.constexpr):
@@ -115,8 +114,8 @@ if triton is not None:
     @triton.jit
     def _f32(w, MAGIC: tl.constexpr):
         """A weight tile as fp32. int8 with MAGIC: through the bits of 2^23 + 128 + w (an integer
-        add and an fp32 subtract, exact) instead of an int-to-float conversion, which Hopper
-        issues at a quarter of the fp32 rate."""
+        add and an fp32 subtract, exact for -128..127) instead of an int-to-float conversion,
+        which Hopper issues at a fraction of the fp32 FMA rate."""
         if MAGIC:
             return (w.to(tl.int32) + 0x4B000080).to(tl.float32, bitcast=True) - 8388736.0
         else:
@@ -199,8 +198,8 @@ if triton is not None:
             acc += _f32(w, MAGIC) * x[None, :]
             ss += sq
         _start(PDL)
-        _epilogue(_normed(tl.sum(acc, axis=1), ss, K, eps, NORM), s_ptr, r_ptr + row * stride_rm, y_ptr + row * stride_ym, offs_n, n_mask,
-                  cols, N, HAS_SCALE, RESID, GLU, BLOCK_N)
+        _epilogue(_normed(tl.sum(acc, axis=1), ss, K, eps, NORM), s_ptr, r_ptr + row * stride_rm,
+                  y_ptr + row * stride_ym, offs_n, n_mask, cols, N, HAS_SCALE, RESID, GLU, BLOCK_N)
 
     def _int8_configs() -> list:
         """int8 tiles: 8..32 KB of weights a CTA per K step (twice the bf16 kernel's bytes for the
@@ -246,8 +245,8 @@ if triton is not None:
             acc += tl.sum(_f32(w, MAGIC) * x[None, :, :], axis=2)
             ss += sq
         _start(PDL)
-        _epilogue(_normed(tl.sum(acc, axis=1), tl.sum(ss, axis=1), K, eps, NORM), s_ptr, r_ptr + row * stride_rm, y_ptr + row * stride_ym, offs_n, n_mask,
-                  cols, N, HAS_SCALE, RESID, GLU, BLOCK_N)
+        _epilogue(_normed(tl.sum(acc, axis=1), tl.sum(ss, axis=1), K, eps, NORM), s_ptr, r_ptr + row * stride_rm,
+                  y_ptr + row * stride_ym, offs_n, n_mask, cols, N, HAS_SCALE, RESID, GLU, BLOCK_N)
 
 
 def pdl_supported(device: torch.device) -> bool:
