@@ -37,7 +37,7 @@ CHECK = textwrap.dedent("""
                     y = torch.ops.gpucost.int8_gemv(x, q, s)
                     ref = (x.double() @ q.double().t()) * s.double()
                     assert y.shape == (rows, n), y.shape
-                    assert torch.allclose(y.double(), ref, rtol=1e-5, atol=1e-4), \
+                    assert torch.allclose(y.double(), ref, rtol=1e-5, atol=1e-4), \\
                         (kernel, convert, (y.double() - ref).abs().max())
         int8_gemv.INT8_CONVERT = default
         int8_gemv.INT8_KERNEL = "auto"  # the faster kernel per shape, chosen once
@@ -134,7 +134,7 @@ FUSED = textwrap.dedent("""
                          (op(x, weight, scales, None, 0.0, None, True, False), glu(x @ dense.t())),
                          (op(x, weight, scales, g, 1e-5, r, False, False), r + normed @ dense.t())]
                 for got, want in cases:
-                    assert got.shape == want.shape and torch.allclose(got, want, rtol=1e-4, atol=1e-3), \
+                    assert got.shape == want.shape and torch.allclose(got, want, rtol=1e-4, atol=1e-3), \\
                         (kernel, scales is None, (got - want).abs().max())
         int8_gemv.INT8_KERNEL = "tile"
     for bad in ((torch.randn(1, 10), torch.randn(4, 8), None, False), (torch.randn(1, 8), torch.randn(5, 8), None, True),
@@ -158,10 +158,10 @@ FUSED = textwrap.dedent("""
         for q_pos in (torch.tensor([s - 3]), torch.tensor([[s - 7], [s - 1]])):
             pos = torch.randint(-1, s, (b + 1, s))
             real = torch.rand(b + 1, s) > 0.2
-            qp = q_pos.view(-1, 1).expand(b, 1)
-            slots = q_pos % s  # where the model writes
-            pos[torch.arange(b)[:, None], slots.view(-1, 1).expand(b, 1)] = qp
-            real[torch.arange(b)[:, None], slots.view(-1, 1).expand(b, 1)] = True
+            rows = torch.arange(b)[:, None]
+            slots = (q_pos % s).view(-1, 1).expand(b, 1)  # where the model writes
+            pos[rows, slots] = q_pos.view(-1, 1).expand(b, 1)
+            real[rows, slots] = True
             rope = table[q_pos]
             for window in (0, 6):
                 k2, v2 = kc.clone(), vc.clone()
@@ -171,9 +171,8 @@ FUSED = textwrap.dedent("""
                 qq = apply_rope(qq.view(b, 1, h, d), rope)
                 kk = apply_rope(kk.view(b, 1, hkv, d), rope)
                 kw, vw = kc.clone(), vc.clone()
-                rows = torch.arange(b)
-                kw[rows[:, None], :, slots.view(-1, 1).expand(b, 1)] = kk
-                vw[rows[:, None], :, slots.view(-1, 1).expand(b, 1)] = vv.view(b, 1, hkv, d)
+                kw[rows, :, slots] = kk
+                vw[rows, :, slots] = vv.view(b, 1, hkv, d)
                 mask = slot_mask(q_pos.view(-1, 1) if q_pos.numel() > 1 else q_pos.view(1, 1), pos[:b], real[:b],
                                  window or None)
                 want = F.scaled_dot_product_attention(qq.transpose(1, 2), kw[:b], vw[:b], attn_mask=mask,
