@@ -134,11 +134,16 @@ def main() -> None:
                          "tuning (cuBLAS GEMVs instead of Inductor's tuned reductions); @cvt / @magic: the int8 "
                          "GEMVs make their weights fp32 by a conversion instruction / by the bits of 2^23 + 128 + w "
                          "(int8_gemv.INT8_CONVERT, chosen when the arm's CUDA graph is captured; default magic); "
-                         "@pdl: the fused step with programmatic dependent launch (fused_decode.PDL). "
-                         "Caveat, seen on the "
+                         "@pdl: the fused step with programmatic dependent launch (fused_decode.PDL); "
+                         "@tuned: the fused step's launches chosen by the step's time (optimizer/step_tune.py, "
+                         "tuned in this process after the build, written to --tuned-out); @table: the launches "
+                         "of the device's table on disk (int8_gemv.TUNED as a fused step reads it by default); "
+                         "arms with neither capture with the autotuned launches. Caveat, seen on the "
                          "H200: Dynamo reuses one arm's compiled step for the next arm of the same variant "
                          "and shapes, so two arms differing only in Inductor settings run the same kernels "
                          "(whichever compiled first); compare them in separate processes")
+    ap.add_argument("--tuned-out", default=None,
+                    help="where @tuned arms merge their launches (default: optimizer/data/kernels/<device>_step_tuned.json)")
     ap.add_argument("--clients", type=int, default=32)
     ap.add_argument("--model", default="1b")
     ap.add_argument("--big-model", default="7b", help="second model of the bandwidth section")
@@ -381,17 +386,22 @@ def main() -> None:
                 convert, pdl = int8_gemv.INT8_CONVERT, fused_decode.PDL
                 int8_gemv.INT8_CONVERT = "cvt" if "@cvt" in name else "magic" if "@magic" in name else convert
                 fused_decode.PDL = pdl or "@pdl" in name
+                int8_gemv.USE_TUNED = "@tuned" in name or "@table" in name
                 try:
+                    tuned = step_tuned(model_name, model, decoder) if "@tuned" in name else None
                     first = B.measure_decode(model, decoder, 1, 128, 256, repeats=3)
                 finally:
                     inductor_config.coordinate_descent_tuning = True
                     int8_gemv.INT8_CONVERT, fused_decode.PDL = convert, pdl
+                    int8_gemv.USE_TUNED = True
                 step_bytes = decode_step_bytes(model, 1, 128 + 256 / 2)
                 res["arms"][name] = {
                     "gate": verdict.as_dict(), "accepted": verdict.accepted, "weight_bytes": weight_bytes(model),
                     "step_bytes": step_bytes, "first_after_build_step_ms": first["decode_step_ms"],
                     "first_after_build_clocks": abtest.gpu_clocks(device),
                     "build_gate_first_s": time.perf_counter() - t}
+                if tuned:
+                    res["arms"][name]["step_tune"] = tuned
                 log(f"{model_name} {name}: built+gated+first in {time.perf_counter() - t:.0f}s; first step "
                     f"{first['decode_step_ms']:.3f} ms; gate agree={verdict.agreement:.3f} "
                     f"{'ACCEPT' if verdict.accepted else 'REJECT'}")
@@ -425,17 +435,37 @@ def main() -> None:
             save()
             for arm in arms:  # kernels per step and where the step's time goes (1B: fixed kernel cost)
                 try:
+                    int8_gemv.USE_TUNED = "@tuned" in arm.name or "@table" in arm.name
                     res["arms"][arm.name]["profile"] = profile_step(arm)
                     pr = res["arms"][arm.name]["profile"]
                     log(f"{model_name} {arm.name}: {pr['kernels_per_step']:.0f} kernels/step, "
                         f"kernel time {pr['kernel_us_per_step']:.0f} us/step")
                 except Exception as exc:
                     res["arms"][arm.name]["profile"] = {"error": repr(exc)}
+                finally:
+                    int8_gemv.USE_TUNED = True
             save()
             del arms, model, decoder
             gc.collect()
             torch.cuda.empty_cache()
         return out
+
+    def step_tuned(model_name: str, model, decoder) -> dict:
+        """The arm's launches tuned by the graphed step's time, merged into --tuned-out."""
+        from optimizer import step_tune
+
+        t = time.perf_counter()
+        out = step_tune.tune_decoder(model, decoder, log=lambda msg: log(f"{model_name} tune: {msg}"))
+        path = Path(args.tuned_out) if args.tuned_out else step_tune.table_path(gpu)
+        step_tune.save(path, out["table"], gpu, {"model": model_name, "torch": torch.__version__,
+                                                 "triton": getattr(sys.modules.get("triton"), "__version__", None),
+                                                 "step_ms_start": out["step_s_start"] * 1e3,
+                                                 "step_ms": out["step_s"] * 1e3, "trials": out["trials"]})
+        for site, entry in out["table"].items():
+            log(f"{model_name} tuned {site}: {step_tune.describe(entry)} (was {step_tune.describe(out['start'][site])})")
+        return {"step_ms_start": out["step_s_start"] * 1e3, "step_ms": out["step_s"] * 1e3, "trials": out["trials"],
+                "tune_s": time.perf_counter() - t, "start": out["start"], "table": out["table"],
+                "history": out["history"]}
 
     def profile_step(arm, steps: int = 5) -> dict:
         """torch.profiler over `steps` compiled decode steps launched without the graph."""

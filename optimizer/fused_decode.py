@@ -47,6 +47,8 @@ from optimizer.quantize import GemvLinear, WeightOnlyInt8Linear
 if triton is not None:
     import triton.language as tl
 
+    from optimizer.int8_gemv import _trigger
+
     def _attn_configs() -> list:
         if int8_gemv._interpreting():
             return [triton.Config({"BLOCK_S": 16}, num_warps=4)]
@@ -77,7 +79,7 @@ if triton is not None:
                           count_ptr, y_ptr, S, scale, window, stride_qkv, stride_rope, stride_kb,
                           stride_kh, stride_ks, stride_pb, stride_qpb, stride_yb, H: tl.constexpr,
                           GROUP: tl.constexpr, D: tl.constexpr, WINDOW: tl.constexpr, MAX_SPLIT: tl.constexpr,
-                          PDL: tl.constexpr, BLOCK_S: tl.constexpr):
+                          PDL: tl.constexpr, TRIGGER: tl.constexpr, BLOCK_S: tl.constexpr):
         """A layer's attention for one query head of one row, from the qkv GEMV's output: RoPE on
         q and the new k, the new k and v written to the cache (by the group's first head), and
         an online softmax over this CTA's share of the cache slots (the grid's third axis splits
@@ -86,11 +88,13 @@ if triton is not None:
         real, at or before the query's position (and within the window), or at the query's own
         position: the model's `slot_mask`.
         Each split leaves (max, sum, weighted values) in `part`; the last to finish (a counter
-        per row and head, reset after) combines them."""
+        per row and head, reset after) combines them. Launched as a programmatic dependent (PDL),
+        it lets the next kernel launch at its start (TRIGGER 1) or after its scan (2)."""
         b = tl.program_id(0)
         h = tl.program_id(1)
         sp = tl.program_id(2)
         nsplit = tl.num_programs(2)
+        _trigger(TRIGGER, 1)
         if PDL:
             tl.extra.cuda.gdc_wait()
         HKV: tl.constexpr = H // GROUP
@@ -136,8 +140,7 @@ if triton is not None:
             l = l * alpha + tl.sum(p, axis=0)
             acc = acc * alpha + tl.sum(p[:, None] * vt, axis=0)
             m = m_new
-        if PDL:  # the next kernel may launch (and fetch its weights) once every CTA is here
-            tl.extra.cuda.gdc_launch_dependents()
+        _trigger(TRIGGER, 2)  # (PDL) the next kernel may launch and fetch its weights
         out = y_ptr + b * stride_yb + h * D + offs_d
         if nsplit == 1:
             tl.store(out, (acc / l).to(y_ptr.dtype.element_ty))
@@ -165,6 +168,19 @@ if triton is not None:
 MAX_SPLIT = 16  # cache-slot splits a head's attention may take (the grid's third axis)
 
 
+def attention_site(dtype: torch.dtype, n_head: int, n_kv: int, head_dim: int, n_slots: int, rows: int,
+                   window: int) -> str:
+    """The attention kernel's site key in int8_gemv.TUNED."""
+    return (f"attention {str(dtype).removeprefix('torch.')} H={n_head} Hkv={n_kv} D={head_dim} S={n_slots} "
+            f"rows={rows}" + (" window" if window else ""))
+
+
+def attention_candidates(head_dim: int) -> list[dict]:
+    """The launches step_tune.py tries at an attention site: the autotuning configs that fit."""
+    return [int8_gemv.launch_entry("attention", c, 0) for c in _attention_kernel.configs
+            if c.kwargs["BLOCK_S"] * head_dim <= 32768]
+
+
 def _splits(n_slots: int, block_s: int) -> int:
     return min(MAX_SPLIT, triton.cdiv(n_slots, block_s))
 
@@ -182,15 +198,21 @@ def _attention(qkv: Tensor, rope: Tensor, k_cache: Tensor, v_cache: Tensor, slot
     q_pos = q_pos.reshape(-1)
     y = torch.empty(bsz, 1, n_head * head_dim, dtype=qkv.dtype, device=qkv.device)
     part = torch.empty(bsz, n_head, MAX_SPLIT, head_dim + 2, dtype=torch.float32, device=qkv.device)
-    pdl = pdl and int8_gemv.pdl_supported(qkv.device)
-    extra = {"launch_pdl": True} if pdl else {}
     shared = lambda t: 0 if t.shape[0] == 1 else t.stride(0)  # noqa: E731  one for all rows
     grid = lambda meta: (bsz, n_head, _splits(n_slots, meta["BLOCK_S"]))  # noqa: E731
-    _attention_kernel[grid](
-        qkv, rope, k_cache, v_cache, slot_pos, slot_real.view(torch.uint8), q_pos, part, counts, y,
-        n_slots, 1.0 / math.sqrt(head_dim), window, qkv.stride(0), shared(rope),
-        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), slot_pos.stride(0), shared(q_pos), y.stride(0),
-        H=n_head, GROUP=n_head // n_kv, D=head_dim, WINDOW=window > 0, MAX_SPLIT=MAX_SPLIT, PDL=pdl, **extra)
+    args = (qkv, rope, k_cache, v_cache, slot_pos, slot_real.view(torch.uint8), q_pos, part, counts, y,
+            n_slots, 1.0 / math.sqrt(head_dim), window, qkv.stride(0), shared(rope),
+            k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), slot_pos.stride(0), shared(q_pos), y.stride(0))
+    consts = dict(H=n_head, GROUP=n_head // n_kv, D=head_dim, WINDOW=window > 0, MAX_SPLIT=MAX_SPLIT)
+    site = attention_site(qkv.dtype, n_head, n_kv, head_dim, n_slots, bsz, window)
+    entry = int8_gemv.tuned_entry(site, qkv.device)
+    if entry is None:  # autotuned; with the caller's PDL as the GEMVs (trigger after the scan)
+        _attention_kernel[grid](*args, **consts, **int8_gemv.pdl_launch(2 * pdl, qkv.device))
+        entry = int8_gemv.launch_entry("attention", _attention_kernel.best_config, 2 * pdl)
+    else:
+        _attention_kernel.fn[grid](*args, **consts, **int8_gemv.pdl_launch(entry["pdl"], qkv.device),
+                                   **int8_gemv.entry_config(entry).all_kwargs())
+    int8_gemv.record(site, entry)
     return y
 
 

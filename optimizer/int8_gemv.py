@@ -81,9 +81,10 @@ if triton is not None:
     # scale applied to the results; fp32 throughout, where eager PyTorch rounds the normed row to
     # the model dtype), a residual added in the epilogue (RESID) or SiLU(gate) * up of the w13
     # rows (GLU), rounded where eager PyTorch rounds; and programmatic dependent launch (PDL,
-    # Hopper): the kernel lets the next one launch once each of its CTAs is past its main loop
-    # (run 8 let it launch at the start, which did not pay), and loads its first weight tile
-    # (weights never depend on the kernel before) before it waits for the previous kernel's output.
+    # Hopper): launched as a dependent, the kernel loads its first weight tile (weights never
+    # depend on the kernel before) before it waits for the previous kernel's output; it lets the
+    # next one launch once each of its CTAs is past its main loop (TRIGGER 2, as run 9 measured)
+    # or has requested its first tile (TRIGGER 1, as run 8 did), or only at its exit (0).
 
     @triton.jit
     def _w_tile(w_ptrs, n_mask, offs_k, k0, K, EVEN: tl.constexpr):
@@ -161,8 +162,10 @@ if triton is not None:
             tl.store(y_row + offs_n, out.to(dt), mask=n_mask)
 
     @triton.jit
-    def _start(PDL: tl.constexpr):
-        if PDL:
+    def _trigger(TRIGGER: tl.constexpr, AT: tl.constexpr):
+        """Let the next kernel launch (programmatic dependent launch) here: TRIGGER 1 once the
+        first weight tile is requested, 2 once past the main loop, 0 never (at exit)."""
+        if TRIGGER == AT:
             tl.extra.cuda.gdc_launch_dependents()
 
     @triton.jit
@@ -180,7 +183,8 @@ if triton is not None:
     @triton.jit
     def _gemv_kernel(x_ptr, w_ptr, s_ptr, y_ptr, g_ptr, r_ptr, N, K, eps, stride_xm, stride_wn, stride_ym,
                      stride_rm, HAS_SCALE: tl.constexpr, NORM: tl.constexpr, RESID: tl.constexpr,
-                     GLU: tl.constexpr, MAGIC: tl.constexpr, PDL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                     GLU: tl.constexpr, MAGIC: tl.constexpr, PDL: tl.constexpr, TRIGGER: tl.constexpr,
+                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                      EVEN_K: tl.constexpr, EVEN_N: tl.constexpr):
         pid_n = tl.program_id(0)
         row = tl.program_id(1)
@@ -189,6 +193,7 @@ if triton is not None:
         w_ptrs = w_ptr + offs_n[:, None].to(tl.int64) * stride_wn + offs_k[None, :]
         x_row = x_ptr + row * stride_xm
         w = _w_tile(w_ptrs, n_mask[:, None], offs_k[None, :], 0, K, EVEN_K and EVEN_N)
+        _trigger(TRIGGER, 1)
         _wait(PDL)
         x, ss = _x_block(x_row, g_ptr, offs_k, 0, K, EVEN_K, NORM)
         acc = _f32(w, MAGIC) * x[None, :]
@@ -197,7 +202,7 @@ if triton is not None:
             x, sq = _x_block(x_row, g_ptr, offs_k, k0, K, EVEN_K, NORM)
             acc += _f32(w, MAGIC) * x[None, :]
             ss += sq
-        _start(PDL)
+        _trigger(TRIGGER, 2)
         _epilogue(_normed(tl.sum(acc, axis=1), ss, K, eps, NORM), s_ptr, r_ptr + row * stride_rm,
                   y_ptr + row * stride_ym, offs_n, n_mask, cols, N, HAS_SCALE, RESID, GLU, BLOCK_N)
 
@@ -222,7 +227,8 @@ if triton is not None:
     @triton.jit
     def _int8_gemv_kernel(x_ptr, w_ptr, s_ptr, y_ptr, g_ptr, r_ptr, N, K, eps, stride_xm, stride_wn, stride_ym,
                           stride_rm, HAS_SCALE: tl.constexpr, NORM: tl.constexpr, RESID: tl.constexpr,
-                          GLU: tl.constexpr, MAGIC: tl.constexpr, PDL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                          GLU: tl.constexpr, MAGIC: tl.constexpr, PDL: tl.constexpr, TRIGGER: tl.constexpr,
+                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                           EVEN_K: tl.constexpr, EVEN_N: tl.constexpr):
         """The int8 GEMV: a [BLOCK_N, BLOCK_K / 16, 16] weight tile, each thread holding 16
         consecutive int8 weights (one 16-byte load), summed in registers at every K step into a
@@ -236,6 +242,7 @@ if triton is not None:
         w_ptrs = w_ptr + offs_n[:, None, None].to(tl.int64) * stride_wn + offs_k[None, :, :]
         x_row = x_ptr + row * stride_xm
         w = _w_tile(w_ptrs, n_mask[:, None, None], offs_k[None, :, :], 0, K, EVEN_K and EVEN_N)
+        _trigger(TRIGGER, 1)
         _wait(PDL)
         x, ss = _x_block(x_row, g_ptr, offs_k, 0, K, EVEN_K, NORM)
         acc = tl.sum(_f32(w, MAGIC) * x[None, :, :], axis=2)
@@ -244,7 +251,7 @@ if triton is not None:
             x, sq = _x_block(x_row, g_ptr, offs_k, k0, K, EVEN_K, NORM)
             acc += tl.sum(_f32(w, MAGIC) * x[None, :, :], axis=2)
             ss += sq
-        _start(PDL)
+        _trigger(TRIGGER, 2)
         _epilogue(_normed(tl.sum(acc, axis=1), tl.sum(ss, axis=1), K, eps, NORM), s_ptr, r_ptr + row * stride_rm,
                   y_ptr + row * stride_ym, offs_n, n_mask, cols, N, HAS_SCALE, RESID, GLU, BLOCK_N)
 
@@ -256,6 +263,99 @@ def pdl_supported(device: torch.device) -> bool:
 
 
 _int8_choice: dict[tuple, str] = {}  # (N, K, flags, rows) -> "tile" or "grouped", INT8_KERNEL "auto"
+
+# -- launches chosen by the decode step's time ---------------------------------------------------
+# Each call site of the step ("site": kernel, shape, dtypes, rows, fused flags) may have a fixed
+# launch in TUNED: {"kernel": "tile" | "grouped", "BLOCK_N", "BLOCK_K", "num_warps", "num_stages",
+# "pdl": 0 | 1 | 2} (pdl 1 or 2: launched as a programmatic dependent of the kernel before, and
+# lets the next kernel launch once its first weight tile is requested (1) or once past its main
+# loop (2, what GPUCOST_FUSED_PDL=1 does at the sites not tuned)). step_tune.py fills it by timing the whole
+# CUDA-graphed step for each candidate, since a kernel timed alone does not predict it in the step
+# (run 9). A tuned site ignores the caller's `pdl` (its entry was measured with its neighbours);
+# the others are autotuned as before. The table is read when a launch is made, so a CUDA graph
+# keeps the launches it was captured with.
+# On a GPU the table starts as the one tuned for that device and shipped in
+# optimizer/data/kernels/<device>_step_tuned.json (GPUCOST_STEP_TUNED: "1", the default; "0": none;
+# or the path of another table), read at the first launch.
+TUNED: dict[str, dict] = {}
+USE_TUNED = True  # False: ignore TUNED (the autotuned launches, for side-by-side runs)
+_census: dict[str, dict] | None = None  # while a dict: each site launched -> its launch (census())
+_tuned_read = False
+
+
+def tuned_entry(site: str, device: torch.device) -> dict | None:
+    """The site's fixed launch, if any (the device's shipped table read on the first call)."""
+    global _tuned_read
+    if not USE_TUNED:
+        return None
+    if not _tuned_read:
+        _tuned_read = True
+        setting = os.environ.get("GPUCOST_STEP_TUNED", "1")
+        if setting != "0" and device.type == "cuda":
+            from pathlib import Path
+
+            from optimizer import step_tune
+            from optimizer.measure import gpu_model_name
+
+            gpu = gpu_model_name(device)
+            path = step_tune.table_path(gpu) if setting == "1" else Path(setting)
+            for key, entry in step_tune.load(path, gpu).items():
+                TUNED.setdefault(key, entry)
+    return TUNED.get(site)
+
+
+class census:
+    """`with census() as sites:` records every site launched inside (its key -> the launch used:
+    the tuned entry or the autotuner's choice), for step_tune.py."""
+
+    def __enter__(self) -> dict[str, dict]:
+        global _census
+        _census = {}
+        return _census
+
+    def __exit__(self, *exc) -> None:
+        global _census
+        _census = None
+
+
+def record(site: str, entry: dict) -> None:
+    if _census is not None:
+        _census[site] = entry
+
+
+def pdl_launch(mode: int, device: torch.device) -> dict:
+    """A kernel's keywords for a launch's PDL mode (0: off; 1 or 2: launched as a dependent,
+    TRIGGER at 1 or 2); off where PDL is not supported."""
+    on = mode > 0 and pdl_supported(device)
+    return {"PDL": on, "TRIGGER": mode if on else 0, **({"launch_pdl": True} if on else {})}
+
+
+def launch_entry(kernel_name: str, config, pdl: int) -> dict:
+    """A TUNED entry from a triton.Config."""
+    return {"kernel": kernel_name, **config.kwargs, "num_warps": config.num_warps,
+            "num_stages": config.num_stages, "pdl": pdl}
+
+
+def entry_config(entry: dict):
+    """The triton.Config of a TUNED entry."""
+    meta = {k: v for k, v in entry.items() if k not in ("kernel", "num_warps", "num_stages", "pdl")}
+    return triton.Config(meta, num_warps=entry["num_warps"], num_stages=entry["num_stages"])
+
+
+def gemv_site(n: int, k: int, rows: int, weight_dtype: torch.dtype, x_dtype: torch.dtype, flags: dict) -> str:
+    w = str(weight_dtype).removeprefix("torch.")
+    on = "".join(f" {name.lower()}" for name in ("NORM", "RESID", "GLU", "MAGIC") if flags[name])
+    return f"gemv {w}/{str(x_dtype).removeprefix('torch.')} {n}x{k} rows={rows}{on}"
+
+
+def gemv_candidates(site: str, k: int, int8: bool) -> list[dict]:
+    """The launches step_tune.py tries at a GEMV site: every autotuning config of the tile kernel,
+    and for int8 weights those of the grouped kernel too (K blocks no longer than K)."""
+    out = [launch_entry("tile", c, 0) for c in _gemv_kernel.configs]
+    if int8:
+        out += [launch_entry("grouped", c, 0) for c in _int8_gemv_kernel.configs
+                if c.kwargs["BLOCK_K"] <= max(k, 64)]
+    return out
 
 
 def _launch(x: Tensor, weight: Tensor, scales: Tensor | None, norm_weight: Tensor | None = None,
@@ -272,29 +372,35 @@ def _launch(x: Tensor, weight: Tensor, scales: Tensor | None, norm_weight: Tenso
     r2 = resid.reshape(rows, n).contiguous() if resid is not None else y
     flags = {"HAS_SCALE": scales is not None, "NORM": norm_weight is not None, "RESID": resid is not None,
              "GLU": glu, "MAGIC": scales is not None and INT8_CONVERT == "magic"}
-    pdl = pdl and pdl_supported(x.device)
     args = (x2, weight, weight if scales is None else scales, y, weight if norm_weight is None else norm_weight,
             r2, n, k, eps, x2.stride(0), weight.stride(0), y.stride(0), r2.stride(0))
     grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), rows)  # noqa: E731
-    extra = {"launch_pdl": True} if pdl else {}
+    kernels = {"tile": _gemv_kernel, "grouped": _int8_gemv_kernel}
+    site = gemv_site(n, k, rows, weight.dtype, x.dtype, flags)
+    entry = tuned_entry(site, x.device)
 
-    def run(kernel):
-        kernel[grid](*args, **flags, PDL=pdl, **extra)
+    def run(kernel, mode: int, config=None):
+        if config is None:  # autotuned
+            kernel[grid](*args, **flags, **pdl_launch(mode, x.device))
+        else:
+            kernel.fn[grid](*args, **flags, **pdl_launch(mode, x.device), **config.all_kwargs())
 
-    if scales is None:
-        run(_gemv_kernel)
-        return y.reshape(*x.shape[:-1], width)
-    choice = INT8_KERNEL
-    if choice == "auto":
-        key = (n, k, rows, pdl, *flags.values())
-        if key not in _int8_choice:  # the first call per shape (outside any graph capture)
-            times = {}
-            for name, kernel in (("tile", _gemv_kernel), ("grouped", _int8_gemv_kernel)):
-                run(kernel)  # autotunes it
-                times[name] = _bench(lambda kernel=kernel: run(kernel), None) if x.is_cuda else 0.0
-            _int8_choice[key] = min(times, key=times.get)
-        choice = _int8_choice[key]
-    run(_int8_gemv_kernel if choice == "grouped" else _gemv_kernel)
+    if entry is not None:
+        run(kernels[entry["kernel"]], entry["pdl"], entry_config(entry))
+    else:
+        choice = "tile" if scales is None else INT8_KERNEL
+        if choice == "auto":
+            key = (n, k, rows, pdl, *flags.values())
+            if key not in _int8_choice:  # the first call per shape (outside any graph capture)
+                times = {}
+                for name, kernel in kernels.items():
+                    run(kernel, 2 * pdl)  # autotunes it
+                    times[name] = _bench(lambda kernel=kernel: run(kernel, 2 * pdl), None) if x.is_cuda else 0.0
+                _int8_choice[key] = min(times, key=times.get)
+            choice = _int8_choice[key]
+        run(kernels[choice], 2 * pdl)
+        entry = launch_entry(choice, kernels[choice].best_config, 2 * pdl)
+    record(site, entry)
     return y.reshape(*x.shape[:-1], width)
 
 

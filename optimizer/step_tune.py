@@ -1,0 +1,192 @@
+"""Choose the fused decode step's kernel launches by the step's own time.
+
+Triton's autotuner times a kernel alone, in a loop of itself. Inside the CUDA-graphed decode step
+the same kernel follows a different one, with the L2 cache and the SMs in another state, and on
+the H200 the choice made alone did not carry over: the per-shape int8 kernel choice ("auto")
+kept the slower kernel for 48 of the 1B step's 65 GEMVs, and the step moved from 0.719 to
+0.808 ms between processes and between the order of the arms (run 9, docs/benchmarks.md).
+
+This tuner times the step instead. It lists the sites the step launches (`int8_gemv.census`: a
+site is a kernel at a shape, dtype and fused form, so one entry covers that projection in every
+layer), starts from the autotuner's choices, and goes over the sites in turn:
+
+1. every candidate launch of the site (`site_candidates`: the autotuning configs; for int8
+   weights the grouped kernel's too), keeping one only when the graphed step gets faster by
+   more than `min_gain`;
+2. programmatic dependent launch at the site: off, trigger at the kernel's start, trigger after
+   its main loop (int8_gemv.TUNED);
+3. the configs again, the best few of step 1, under the PDL choices of step 2.
+
+A step time is the best of `reps` runs of `steps` graph replays, the graph captured anew for each
+candidate (the launches are read when the graph is captured). The result is int8_gemv.TUNED's
+form, written per device (`save`) and read back where the device is the same (`load`)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from optimizer import fused_decode, int8_gemv
+
+PDL_MODES = (0, 1, 2)  # off, trigger at the start, trigger after the main loop (int8_gemv.TUNED)
+
+
+def site_candidates(site: str) -> list[dict]:
+    """The launches to try at a site (its key from int8_gemv.gemv_site or fused_decode.attention_site)."""
+    words = site.split()
+    if words[0] == "attention":
+        head_dim = int(next(w for w in words if w.startswith("D="))[2:])
+        return fused_decode.attention_candidates(head_dim)
+    k = int(words[2].split("x")[1])
+    return int8_gemv.gemv_candidates(site, k, words[1].startswith("int8/"))
+
+
+def _same_launch(a: dict, b: dict) -> bool:
+    return {k: v for k, v in a.items() if k != "pdl"} == {k: v for k, v in b.items() if k != "pdl"}
+
+
+def tune(measure: Callable[[], float], start: dict[str, dict], candidates: Callable[[str], list[dict]],
+         log: Callable[[str], None] = lambda msg: None, min_gain: float = 1e-3, pdl: bool = True,
+         refine: int = 4, progress: Callable[[int], None] | None = None) -> dict:
+    """Coordinate descent over the sites' launches (steps 1 to 3 of the module's docstring).
+
+    `measure()` returns the step time with int8_gemv.TUNED as it is now; `start` maps each site
+    to its launch to begin with. Returns {"table", "step_s_start", "step_s", "trials", "history"}."""
+    table = {site: dict(entry) for site, entry in start.items()}
+    int8_gemv.TUNED.update(table)
+    best = measure()
+    first = best
+    trials = 0
+    history: list[dict] = []
+    scores: dict[str, list[tuple[float, dict]]] = {}
+
+    def trial(site: str, entry: dict) -> float:
+        nonlocal trials
+        int8_gemv.TUNED[site] = entry
+        t = measure()
+        int8_gemv.TUNED[site] = table[site]
+        trials += 1
+        history.append({"site": site, "launch": entry, "step_s": t})
+        if progress:
+            progress(trials)
+        return t
+
+    def consider(site: str, entries: list[dict]) -> None:
+        nonlocal best
+        for entry in entries:
+            t = trial(site, entry)
+            scores.setdefault(site, []).append((t, entry))
+            if t < best * (1 - min_gain):
+                log(f"{site}: {describe(entry)} {best * 1e3:.4f} -> {t * 1e3:.4f} ms")
+                best, table[site] = t, entry
+                int8_gemv.TUNED[site] = entry
+
+    for site in table:  # 1. configs (and kernels)
+        consider(site, [{**c, "pdl": table[site]["pdl"]} for c in candidates(site)
+                        if not _same_launch(c, table[site])])
+    if pdl:  # 2. programmatic dependent launch, site by site
+        for site in table:
+            consider(site, [{**table[site], "pdl": m} for m in PDL_MODES if m != table[site]["pdl"]])
+        for site in table:  # 3. the best few configs of step 1 again, under step 2's choices
+            ranked = sorted(scores.get(site, []), key=lambda s: s[0])
+            again, seen = [], []
+            for _, entry in ranked:
+                if len(again) == refine:
+                    break
+                if not _same_launch(entry, table[site]) and not any(_same_launch(entry, e) for e in seen):
+                    seen.append(entry)
+                    again.append({**entry, "pdl": table[site]["pdl"]})
+            consider(site, again)
+    return {"table": table, "step_s_start": first, "step_s": best, "trials": trials, "history": history}
+
+
+def describe(entry: dict) -> str:
+    meta = " ".join(f"{k}={v}" for k, v in entry.items() if k not in ("kernel", "pdl"))
+    return f"{entry['kernel']} {meta} pdl={entry['pdl']}"
+
+
+@torch.no_grad()
+def graphed_step_s(decoder, steps: int = 48, reps: int = 3, pos: int = 128) -> float:
+    """The decode step's time (s): its CUDA graph captured anew (so the current launches are the
+    ones captured), then the best of `reps` runs of `steps` replays from position `pos`."""
+    device = decoder.model.rope.device
+    tokens = torch.zeros(1, 1, dtype=torch.long, device=device)
+    start = torch.tensor([pos], device=device)
+    decoder._graphs.clear()
+    decoder.start(tokens, start)
+    for _ in range(4):
+        decoder.advance()
+    best = math.inf
+    for _ in range(reps):
+        decoder.start(tokens, start)
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        for _ in range(steps):
+            decoder.advance()
+        e.record()
+        torch.cuda.synchronize(device)
+        best = min(best, s.elapsed_time(e) / 1e3 / steps)
+    return best
+
+
+@torch.no_grad()
+def step_sites(decoder, pos: int = 128) -> dict[str, dict]:
+    """The sites one decode step launches, with the launch each gets now (int8_gemv.census)."""
+    device = decoder.model.rope.device
+    tokens = torch.zeros(1, 1, dtype=torch.long, device=device)
+    decoder.step(tokens, torch.tensor([pos], device=device))  # compiled and autotuned off the census
+    with int8_gemv.census() as sites:
+        decoder.step(tokens, torch.tensor([pos], device=device))
+    return dict(sites)
+
+
+def tune_decoder(model, decoder, log: Callable[[str], None] = lambda msg: None, steps: int = 48,
+                 reps: int = 3, seq_len: int = 384, **kwargs) -> dict:
+    """Tune the launches of `decoder`'s graphed batch-1 step (a fused model on a GPU); leaves the
+    result in int8_gemv.TUNED and the decoder's graphs dropped (the next use captures the tuned
+    launches). Returns `tune`'s result with the sites' starting launches."""
+    from optimizer.generate import ensure_caches
+
+    ensure_caches(model, 1, seq_len)
+    for site in step_sites(decoder):  # a site tuned before starts from the autotuner again
+        int8_gemv.TUNED.pop(site, None)
+    start = step_sites(decoder)
+    log(f"{len(start)} sites; {sum(len(site_candidates(s)) for s in start)} candidate launches")
+    out = tune(lambda: graphed_step_s(decoder, steps, reps), start, site_candidates, log, **kwargs)
+    decoder._graphs.clear()
+    log(f"step {out['step_s_start'] * 1e3:.4f} -> {out['step_s'] * 1e3:.4f} ms in {out['trials']} trials")
+    return {**out, "start": start}
+
+
+# -- tables on disk, per device ----------------------------------------------------------------
+
+def table_path(gpu_model: str, data_dir: Path = Path(__file__).parent / "data" / "kernels") -> Path:
+    from optimizer.measure import device_slug
+
+    return data_dir / f"{device_slug(gpu_model)}_step_tuned.json"
+
+
+def save(path: Path, table: dict[str, dict], gpu_model: str, meta: dict | None = None) -> None:
+    """Merge `table` into the file at `path` (sites of other models kept); refuses another device's."""
+    doc = {"gpu_model": gpu_model, "sites": {}}
+    if path.exists():
+        doc = json.loads(path.read_text())
+        if doc.get("gpu_model") != gpu_model:
+            raise ValueError(f"{path} holds launches tuned on {doc.get('gpu_model')}, not {gpu_model}")
+    doc["sites"].update(table)
+    if meta:
+        doc.setdefault("runs", []).append(meta)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
+
+
+def load(path: Path, gpu_model: str) -> dict[str, dict]:
+    """The sites of a table tuned on `gpu_model` ({} when the file is missing or of another device)."""
+    if not path.exists():
+        return {}
+    doc = json.loads(path.read_text())
+    return doc["sites"] if doc.get("gpu_model") == gpu_model else {}

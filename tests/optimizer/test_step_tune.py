@@ -1,0 +1,79 @@
+"""The step tuner (optimizer/step_tune.py): its search against a known step-time function, and
+its per-device tables on disk. The launches it fixes are checked on real kernels, under Triton's
+interpreter, in test_gemv.py."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("triton")
+
+from optimizer import int8_gemv, step_tune  # noqa: E402
+
+
+def entry(block_n: int, pdl: int = 0, kernel: str = "tile") -> dict:
+    return {"kernel": kernel, "BLOCK_N": block_n, "BLOCK_K": 512, "num_warps": 4, "num_stages": 1, "pdl": pdl}
+
+
+@pytest.fixture(autouse=True)
+def empty_table():
+    saved = dict(int8_gemv.TUNED)
+    int8_gemv.TUNED.clear()
+    yield
+    int8_gemv.TUNED.clear()
+    int8_gemv.TUNED.update(saved)
+
+
+def test_tune_finds_the_fastest_launch_of_each_site_by_the_step_time():
+    # A step of two sites. Site "a" is fastest at BLOCK_N 8 and with PDL mode 1, but only with
+    # BLOCK_N 4 when PDL is on (an interaction the refine pass must find); site "b" at BLOCK_N 2
+    # without PDL; a 1e-5 gain is noise (under min_gain) and must not be taken.
+    def cost(site: str, e: dict) -> float:
+        if site == "a":
+            base = {1: 10.0, 2: 9.0, 4: 8.0, 8: 7.0}[e["BLOCK_N"]]
+            if e["pdl"] == 1:
+                base -= 3.0 if e["BLOCK_N"] == 4 else 0.5
+            return base
+        return {1: 5.0, 2: 3.0, 4: 4.0, 8: 3.0 - 1e-5}[e["BLOCK_N"]] + (0.7 if e["pdl"] else 0.0)
+
+    calls = []
+
+    def measure() -> float:
+        calls.append(dict(int8_gemv.TUNED))
+        return sum(cost(site, int8_gemv.TUNED[site]) for site in ("a", "b"))
+
+    cands = lambda site: [entry(n) for n in (1, 2, 4, 8)]  # noqa: E731
+    out = step_tune.tune(measure, {"a": entry(1), "b": entry(1)}, cands)
+    assert out["table"] == {"a": entry(4, pdl=1), "b": entry(2)}
+    assert out["step_s_start"] == 15.0 and out["step_s"] == 5.0 + 3.0
+    assert out["trials"] == len(out["history"]) == len(calls) - 1  # the first measure is the start
+    assert int8_gemv.TUNED == out["table"]  # left in place for the next capture
+    # without the PDL passes, only configs: a at 8, b at 2
+    int8_gemv.TUNED.clear()
+    out = step_tune.tune(measure, {"a": entry(1), "b": entry(1)}, cands, pdl=False)
+    assert out["table"] == {"a": entry(8), "b": entry(2)} and out["step_s"] == 10.0
+
+
+def test_tables_are_kept_per_device(tmp_path):
+    path = tmp_path / "h200_step_tuned.json"
+    step_tune.save(path, {"gemv x": entry(4)}, "H200-141GB", {"model": "1b"})
+    step_tune.save(path, {"gemv y": entry(8, pdl=2)}, "H200-141GB")  # merged, the first site kept
+    assert step_tune.load(path, "H200-141GB") == {"gemv x": entry(4), "gemv y": entry(8, pdl=2)}
+    assert json.loads(path.read_text())["runs"] == [{"model": "1b"}]
+    assert step_tune.load(path, "H100-80GB") == {}  # another device's launches are not used
+    assert step_tune.load(tmp_path / "missing.json", "H200-141GB") == {}
+    with pytest.raises(ValueError, match="H200-141GB"):
+        step_tune.save(path, {"gemv z": entry(2)}, "H100-80GB")
+    assert step_tune.table_path("H200-141GB").name == "h200_step_tuned.json"
+
+
+def test_site_candidates_cover_both_int8_kernels_and_the_attention_configs():
+    bf16 = step_tune.site_candidates("gemv bfloat16/bfloat16 2048x2048 rows=1 resid")
+    int8 = step_tune.site_candidates("gemv int8/bfloat16 2048x8192 rows=1 resid magic")
+    attn = step_tune.site_candidates("attention bfloat16 H=32 Hkv=8 D=64 S=384 rows=1")
+    assert {e["kernel"] for e in bf16} == {"tile"} and {e["kernel"] for e in int8} == {"tile", "grouped"}
+    assert len(bf16) == len(int8_gemv._gemv_kernel.configs)
+    assert attn and all(e["kernel"] == "attention" and e["BLOCK_S"] * 64 <= 32768 for e in attn)
+    assert all(e["pdl"] == 0 for e in bf16 + int8 + attn)
