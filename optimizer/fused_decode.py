@@ -88,8 +88,9 @@ if triton is not None:
         real, at or before the query's position (and within the window), or at the query's own
         position: the model's `slot_mask`.
         Each split leaves (max, sum, weighted values) in `part`; the last to finish (a counter
-        per row and head, reset after) combines them. Launched as a programmatic dependent (PDL),
-        it lets the next kernel launch at its start (TRIGGER 1) or after its scan (2)."""
+        per row and head, reset after) combines them. With PDL it was launched as a dependent and
+        waits for the kernel before; TRIGGER lets the next kernel launch at its start (1) or after
+        its scan (2)."""
         b = tl.program_id(0)
         h = tl.program_id(1)
         sp = tl.program_id(2)
@@ -177,7 +178,7 @@ def attention_site(dtype: torch.dtype, n_head: int, n_kv: int, head_dim: int, n_
 
 def attention_candidates(head_dim: int) -> list[dict]:
     """The launches step_tune.py tries at an attention site: the autotuning configs that fit."""
-    return [int8_gemv.launch_entry("attention", c, 0) for c in _attention_kernel.configs
+    return [int8_gemv.launch_entry("attention", c, False) for c in _attention_kernel.configs
             if c.kwargs["BLOCK_S"] * head_dim <= 32768]
 
 
@@ -207,10 +208,10 @@ def _attention(qkv: Tensor, rope: Tensor, k_cache: Tensor, v_cache: Tensor, slot
     site = attention_site(qkv.dtype, n_head, n_kv, head_dim, n_slots, bsz, window)
     entry = int8_gemv.tuned_entry(site, qkv.device)
     if entry is None:  # autotuned; with the caller's PDL as the GEMVs (trigger after the scan)
-        _attention_kernel[grid](*args, **consts, **int8_gemv.pdl_launch(2 * pdl, qkv.device))
-        entry = int8_gemv.launch_entry("attention", _attention_kernel.best_config, 2 * pdl)
+        _attention_kernel[grid](*args, **consts, **int8_gemv.pdl_launch(pdl, 2 * pdl, qkv.device))
+        entry = int8_gemv.launch_entry("attention", _attention_kernel.best_config, pdl)
     else:
-        _attention_kernel.fn[grid](*args, **consts, **int8_gemv.pdl_launch(entry["pdl"], qkv.device),
+        _attention_kernel.fn[grid](*args, **consts, **int8_gemv.pdl_launch(entry["pdl"], entry["trigger"], qkv.device),
                                    **int8_gemv.entry_config(entry).all_kwargs())
     int8_gemv.record(site, entry)
     return y

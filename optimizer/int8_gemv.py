@@ -267,9 +267,10 @@ _int8_choice: dict[tuple, str] = {}  # (N, K, flags, rows) -> "tile" or "grouped
 # -- launches chosen by the decode step's time ---------------------------------------------------
 # Each call site of the step ("site": kernel, shape, dtypes, rows, fused flags) may have a fixed
 # launch in TUNED: {"kernel": "tile" | "grouped", "BLOCK_N", "BLOCK_K", "num_warps", "num_stages",
-# "pdl": 0 | 1 | 2} (pdl 1 or 2: launched as a programmatic dependent of the kernel before, and
-# lets the next kernel launch once its first weight tile is requested (1) or once past its main
-# loop (2, what GPUCOST_FUSED_PDL=1 does at the sites not tuned)). step_tune.py fills it by timing the whole
+# "pdl": 0 | 1, "trigger": 1 | 2} (pdl 1: launched as a programmatic dependent of the kernel
+# before; on Hopper every tuned kernel lets a dependent launch once its first weight tile is
+# requested (trigger 1) or once past its main loop (2, what GPUCOST_FUSED_PDL=1 does at the sites
+# not tuned), so that PDL at one site overlaps it with the kernel before whatever that one is). step_tune.py fills it by timing the whole
 # CUDA-graphed step for each candidate, since a kernel timed alone does not predict it in the step
 # (run 9). A tuned site ignores the caller's `pdl` (its entry was measured with its neighbours);
 # the others are autotuned as before. The table is read when a launch is made, so a CUDA graph
@@ -323,22 +324,23 @@ def record(site: str, entry: dict) -> None:
         _census[site] = entry
 
 
-def pdl_launch(mode: int, device: torch.device) -> dict:
-    """A kernel's keywords for a launch's PDL mode (0: off; 1 or 2: launched as a dependent,
-    TRIGGER at 1 or 2); off where PDL is not supported."""
-    on = mode > 0 and pdl_supported(device)
-    return {"PDL": on, "TRIGGER": mode if on else 0, **({"launch_pdl": True} if on else {})}
+def pdl_launch(wait: bool, trigger: int, device: torch.device) -> dict:
+    """A kernel's keywords for programmatic dependent launch: launched as a dependent (`wait`),
+    letting its own dependents launch at TRIGGER point `trigger` (0: at exit); none of it where
+    PDL is not supported."""
+    ok = pdl_supported(device)
+    return {"PDL": bool(wait) and ok, "TRIGGER": trigger if ok else 0, **({"launch_pdl": True} if wait and ok else {})}
 
 
-def launch_entry(kernel_name: str, config, pdl: int) -> dict:
-    """A TUNED entry from a triton.Config."""
+def launch_entry(kernel_name: str, config, pdl: bool) -> dict:
+    """A TUNED entry from a triton.Config (trigger after the main loop)."""
     return {"kernel": kernel_name, **config.kwargs, "num_warps": config.num_warps,
-            "num_stages": config.num_stages, "pdl": pdl}
+            "num_stages": config.num_stages, "pdl": int(pdl), "trigger": 2}
 
 
 def entry_config(entry: dict):
     """The triton.Config of a TUNED entry."""
-    meta = {k: v for k, v in entry.items() if k not in ("kernel", "num_warps", "num_stages", "pdl")}
+    meta = {k: v for k, v in entry.items() if k not in ("kernel", "num_warps", "num_stages", "pdl", "trigger")}
     return triton.Config(meta, num_warps=entry["num_warps"], num_stages=entry["num_stages"])
 
 
@@ -351,9 +353,9 @@ def gemv_site(n: int, k: int, rows: int, weight_dtype: torch.dtype, x_dtype: tor
 def gemv_candidates(site: str, k: int, int8: bool) -> list[dict]:
     """The launches step_tune.py tries at a GEMV site: every autotuning config of the tile kernel,
     and for int8 weights those of the grouped kernel too (K blocks no longer than K)."""
-    out = [launch_entry("tile", c, 0) for c in _gemv_kernel.configs]
+    out = [launch_entry("tile", c, False) for c in _gemv_kernel.configs]
     if int8:
-        out += [launch_entry("grouped", c, 0) for c in _int8_gemv_kernel.configs
+        out += [launch_entry("grouped", c, False) for c in _int8_gemv_kernel.configs
                 if c.kwargs["BLOCK_K"] <= max(k, 64)]
     return out
 
@@ -379,14 +381,14 @@ def _launch(x: Tensor, weight: Tensor, scales: Tensor | None, norm_weight: Tenso
     site = gemv_site(n, k, rows, weight.dtype, x.dtype, flags)
     entry = tuned_entry(site, x.device)
 
-    def run(kernel, mode: int, config=None):
+    def run(kernel, wait: bool, trigger: int, config=None):
         if config is None:  # autotuned
-            kernel[grid](*args, **flags, **pdl_launch(mode, x.device))
+            kernel[grid](*args, **flags, **pdl_launch(wait, trigger, x.device))
         else:
-            kernel.fn[grid](*args, **flags, **pdl_launch(mode, x.device), **config.all_kwargs())
+            kernel.fn[grid](*args, **flags, **pdl_launch(wait, trigger, x.device), **config.all_kwargs())
 
     if entry is not None:
-        run(kernels[entry["kernel"]], entry["pdl"], entry_config(entry))
+        run(kernels[entry["kernel"]], entry["pdl"], entry["trigger"], entry_config(entry))
     else:
         choice = "tile" if scales is None else INT8_KERNEL
         if choice == "auto":
@@ -394,12 +396,12 @@ def _launch(x: Tensor, weight: Tensor, scales: Tensor | None, norm_weight: Tenso
             if key not in _int8_choice:  # the first call per shape (outside any graph capture)
                 times = {}
                 for name, kernel in kernels.items():
-                    run(kernel, 2 * pdl)  # autotunes it
-                    times[name] = _bench(lambda kernel=kernel: run(kernel, 2 * pdl), None) if x.is_cuda else 0.0
+                    run(kernel, pdl, 2 * pdl)  # autotunes it
+                    times[name] = _bench(lambda kernel=kernel: run(kernel, pdl, 2 * pdl), None) if x.is_cuda else 0.0
                 _int8_choice[key] = min(times, key=times.get)
             choice = _int8_choice[key]
-        run(kernels[choice], 2 * pdl)
-        entry = launch_entry(choice, kernels[choice].best_config, 2 * pdl)
+        run(kernels[choice], pdl, 2 * pdl)
+        entry = launch_entry(choice, kernels[choice].best_config, pdl)
     record(site, entry)
     return y.reshape(*x.shape[:-1], width)
 

@@ -13,8 +13,9 @@ layer), starts from the autotuner's choices, and goes over the sites in turn:
 1. every candidate launch of the site (`site_candidates`: the autotuning configs; for int8
    weights the grouped kernel's too), keeping one only when the graphed step gets faster by
    more than `min_gain`;
-2. programmatic dependent launch at the site: off, trigger at the kernel's start, trigger after
-   its main loop (int8_gemv.TUNED);
+2. programmatic dependent launch (int8_gemv.TUNED): first at every site at once, then site by
+   site, on or off, with the kernel letting its dependent launch at its start or after its
+   main loop;
 3. the configs again, the best few of step 1, under the PDL choices of step 2.
 
 A step time is the best of `reps` runs of `steps` graph replays, the graph captured anew for each
@@ -32,7 +33,9 @@ import torch
 
 from optimizer import fused_decode, int8_gemv
 
-PDL_MODES = (0, 1, 2)  # off, trigger at the start, trigger after the main loop (int8_gemv.TUNED)
+# (launched as a dependent, where the kernel lets its own dependent launch: 1 its start, 2 after
+# its main loop), int8_gemv.TUNED's "pdl" and "trigger"
+PDL_CHOICES = ((0, 1), (0, 2), (1, 1), (1, 2))
 
 
 def site_candidates(site: str) -> list[dict]:
@@ -46,7 +49,14 @@ def site_candidates(site: str) -> list[dict]:
 
 
 def _same_launch(a: dict, b: dict) -> bool:
-    return {k: v for k, v in a.items() if k != "pdl"} == {k: v for k, v in b.items() if k != "pdl"}
+    """The same kernel and config, whatever the PDL choices."""
+    def config(e: dict) -> dict:
+        return {k: v for k, v in e.items() if k not in ("pdl", "trigger")}
+    return config(a) == config(b)
+
+
+def _with_pdl(entry: dict, like: dict) -> dict:
+    return {**entry, "pdl": like["pdl"], "trigger": like["trigger"]}
 
 
 def tune(measure: Callable[[], float], start: dict[str, dict], candidates: Callable[[str], list[dict]],
@@ -64,13 +74,13 @@ def tune(measure: Callable[[], float], start: dict[str, dict], candidates: Calla
     history: list[dict] = []
     scores: dict[str, list[tuple[float, dict]]] = {}
 
-    def trial(site: str, entry: dict) -> float:
+    def trial(changes: dict[str, dict]) -> float:
         nonlocal trials
-        int8_gemv.TUNED[site] = entry
+        int8_gemv.TUNED.update(changes)
         t = measure()
-        int8_gemv.TUNED[site] = table[site]
+        int8_gemv.TUNED.update({site: table[site] for site in changes})
         trials += 1
-        history.append({"site": site, "launch": entry, "step_s": t})
+        history.append({"launches": changes, "step_s": t})
         if progress:
             progress(trials)
         return t
@@ -78,7 +88,7 @@ def tune(measure: Callable[[], float], start: dict[str, dict], candidates: Calla
     def consider(site: str, entries: list[dict]) -> None:
         nonlocal best
         for entry in entries:
-            t = trial(site, entry)
+            t = trial({site: entry})
             scores.setdefault(site, []).append((t, entry))
             if t < best * (1 - min_gain):
                 log(f"{site}: {describe(entry)} {best * 1e3:.4f} -> {t * 1e3:.4f} ms")
@@ -86,11 +96,17 @@ def tune(measure: Callable[[], float], start: dict[str, dict], candidates: Calla
                 int8_gemv.TUNED[site] = entry
 
     for site in table:  # 1. configs (and kernels)
-        consider(site, [{**c, "pdl": table[site]["pdl"]} for c in candidates(site)
-                        if not _same_launch(c, table[site])])
-    if pdl:  # 2. programmatic dependent launch, site by site
+        consider(site, [_with_pdl(c, table[site]) for c in candidates(site) if not _same_launch(c, table[site])])
+    if pdl:  # 2. programmatic dependent launch: everywhere at once, then site by site
+        everywhere = {site: {**entry, "pdl": 1} for site, entry in table.items()}
+        t = trial(everywhere)
+        if t < best * (1 - min_gain):
+            log(f"PDL at every site {best * 1e3:.4f} -> {t * 1e3:.4f} ms")
+            best, table = t, everywhere
+            int8_gemv.TUNED.update(table)
         for site in table:
-            consider(site, [{**table[site], "pdl": m} for m in PDL_MODES if m != table[site]["pdl"]])
+            consider(site, [{**table[site], "pdl": p, "trigger": g} for p, g in PDL_CHOICES
+                            if (p, g) != (table[site]["pdl"], table[site]["trigger"])])
         for site in table:  # 3. the best few configs of step 1 again, under step 2's choices
             ranked = sorted(scores.get(site, []), key=lambda s: s[0])
             again, seen = [], []
@@ -99,14 +115,14 @@ def tune(measure: Callable[[], float], start: dict[str, dict], candidates: Calla
                     break
                 if not _same_launch(entry, table[site]) and not any(_same_launch(entry, e) for e in seen):
                     seen.append(entry)
-                    again.append({**entry, "pdl": table[site]["pdl"]})
+                    again.append(_with_pdl(entry, table[site]))
             consider(site, again)
     return {"table": table, "step_s_start": first, "step_s": best, "trials": trials, "history": history}
 
 
 def describe(entry: dict) -> str:
-    meta = " ".join(f"{k}={v}" for k, v in entry.items() if k not in ("kernel", "pdl"))
-    return f"{entry['kernel']} {meta} pdl={entry['pdl']}"
+    meta = " ".join(f"{k}={v}" for k, v in entry.items() if k not in ("kernel", "pdl", "trigger"))
+    return f"{entry['kernel']} {meta} pdl={entry['pdl']} trigger={entry['trigger']}"
 
 
 @torch.no_grad()

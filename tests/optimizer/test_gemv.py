@@ -231,9 +231,10 @@ FUSED = textwrap.dedent("""
     for site, launch in sites.items():
         assert any(step_tune._same_launch(c, launch) for c in step_tune.site_candidates(site)), (site, launch)
         if site.startswith("attention"):  # 11 cache slots: three splits of 4
-            fixed[site] = {"kernel": "attention", "BLOCK_S": 4, "num_warps": 2, "num_stages": 1, "pdl": 1}
+            fixed[site] = {"kernel": "attention", "BLOCK_S": 4, "num_warps": 2, "num_stages": 1, "pdl": 1, "trigger": 1}
         else:
-            fixed[site] = {"kernel": "grouped", "BLOCK_N": 8, "BLOCK_K": 32, "num_warps": 2, "num_stages": 1, "pdl": 2}
+            fixed[site] = {"kernel": "grouped", "BLOCK_N": 8, "BLOCK_K": 32, "num_warps": 2, "num_stages": 1,
+                           "pdl": 1, "trigger": 2}
     int8_gemv.TUNED.update(fixed)
     with int8_gemv.census() as used:
         assert tokens(model, p, 5, True) == want

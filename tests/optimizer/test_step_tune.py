@@ -13,8 +13,9 @@ pytest.importorskip("triton")
 from optimizer import int8_gemv, step_tune  # noqa: E402
 
 
-def entry(block_n: int, pdl: int = 0, kernel: str = "tile") -> dict:
-    return {"kernel": kernel, "BLOCK_N": block_n, "BLOCK_K": 512, "num_warps": 4, "num_stages": 1, "pdl": pdl}
+def entry(block_n: int, pdl: int = 0, trigger: int = 2, kernel: str = "tile") -> dict:
+    return {"kernel": kernel, "BLOCK_N": block_n, "BLOCK_K": 512, "num_warps": 4, "num_stages": 1,
+            "pdl": pdl, "trigger": trigger}
 
 
 @pytest.fixture(autouse=True)
@@ -27,13 +28,14 @@ def empty_table():
 
 
 def test_tune_finds_the_fastest_launch_of_each_site_by_the_step_time():
-    # A step of two sites. Site "a" is fastest at BLOCK_N 8 and with PDL mode 1, but only with
-    # BLOCK_N 4 when PDL is on (an interaction the refine pass must find); site "b" at BLOCK_N 2
-    # without PDL; a 1e-5 gain is noise (under min_gain) and must not be taken.
+    # A step of two sites. Site "a" is fastest at BLOCK_N 8, and launched as a dependent whose
+    # kernel lets the next launch at its start (trigger 1), but most so at BLOCK_N 4 (an
+    # interaction the refine pass must find); site "b" at BLOCK_N 2 without PDL; a 1e-5 gain is
+    # noise (under min_gain) and must not be taken.
     def cost(site: str, e: dict) -> float:
         if site == "a":
             base = {1: 10.0, 2: 9.0, 4: 8.0, 8: 7.0}[e["BLOCK_N"]]
-            if e["pdl"] == 1:
+            if e["pdl"] == 1 and e["trigger"] == 1:
                 base -= 3.0 if e["BLOCK_N"] == 4 else 0.5
             return base
         return {1: 5.0, 2: 3.0, 4: 4.0, 8: 3.0 - 1e-5}[e["BLOCK_N"]] + (0.7 if e["pdl"] else 0.0)
@@ -46,7 +48,7 @@ def test_tune_finds_the_fastest_launch_of_each_site_by_the_step_time():
 
     cands = lambda site: [entry(n) for n in (1, 2, 4, 8)]  # noqa: E731
     out = step_tune.tune(measure, {"a": entry(1), "b": entry(1)}, cands)
-    assert out["table"] == {"a": entry(4, pdl=1), "b": entry(2)}
+    assert out["table"] == {"a": entry(4, pdl=1, trigger=1), "b": entry(2)}
     assert out["step_s_start"] == 15.0 and out["step_s"] == 5.0 + 3.0
     assert out["trials"] == len(out["history"]) == len(calls) - 1  # the first measure is the start
     assert int8_gemv.TUNED == out["table"]  # left in place for the next capture
@@ -54,6 +56,17 @@ def test_tune_finds_the_fastest_launch_of_each_site_by_the_step_time():
     int8_gemv.TUNED.clear()
     out = step_tune.tune(measure, {"a": entry(1), "b": entry(1)}, cands, pdl=False)
     assert out["table"] == {"a": entry(8), "b": entry(2)} and out["step_s"] == 10.0
+
+
+def test_tune_takes_pdl_everywhere_when_only_all_sites_together_gain():
+    # PDL pays only when every site has it (one site alone loses 0.1): the per-site pass would
+    # never find it, the all-sites trial does
+    def measure() -> float:
+        on = sum(e["pdl"] for e in int8_gemv.TUNED.values())
+        return 10.0 - (3.0 if on == 3 else -0.1 * on)
+
+    out = step_tune.tune(measure, {s: entry(4) for s in "abc"}, lambda site: [entry(4)])
+    assert out["table"] == {s: entry(4, pdl=1) for s in "abc"} and out["step_s"] == 7.0
 
 
 def test_tables_are_kept_per_device(tmp_path):
