@@ -144,6 +144,8 @@ def main() -> None:
                          "(whichever compiled first); compare them in separate processes")
     ap.add_argument("--tuned-out", default=None,
                     help="where @tuned arms merge their launches (default: optimizer/data/kernels/<device>_step_tuned.json)")
+    ap.add_argument("--tune-steps", type=int, default=48, help="@tuned: graph replays a trial times (best of --tune-reps)")
+    ap.add_argument("--tune-reps", type=int, default=3)
     ap.add_argument("--clients", type=int, default=32)
     ap.add_argument("--model", default="1b")
     ap.add_argument("--big-model", default="7b", help="second model of the bandwidth section")
@@ -455,12 +457,14 @@ def main() -> None:
         from optimizer import step_tune
 
         t = time.perf_counter()
-        out = step_tune.tune_decoder(model, decoder, log=lambda msg: log(f"{model_name} tune: {msg}"))
+        out = step_tune.tune_decoder(model, decoder, log=lambda msg: log(f"{model_name} tune: {msg}"),
+                                     steps=args.tune_steps, reps=args.tune_reps)
         path = Path(args.tuned_out) if args.tuned_out else step_tune.table_path(gpu)
         step_tune.save(path, out["table"], gpu, {"model": model_name, "torch": torch.__version__,
                                                  "triton": getattr(sys.modules.get("triton"), "__version__", None),
                                                  "step_ms_start": out["step_s_start"] * 1e3,
-                                                 "step_ms": out["step_s"] * 1e3, "trials": out["trials"]})
+                                                 "step_ms": out["step_s"] * 1e3, "trials": out["trials"],
+                                                 "trial_steps": args.tune_steps, "trial_reps": args.tune_reps})
         for site, entry in out["table"].items():
             log(f"{model_name} tuned {site}: {step_tune.describe(entry)} (was {step_tune.describe(out['start'][site])})")
         return {"step_ms_start": out["step_s_start"] * 1e3, "step_ms": out["step_s"] * 1e3, "trials": out["trials"],
