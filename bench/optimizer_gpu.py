@@ -146,6 +146,7 @@ def main() -> None:
                     help="where @tuned arms merge their launches (default: optimizer/data/kernels/<device>_step_tuned.json)")
     ap.add_argument("--tune-steps", type=int, default=48, help="@tuned: graph replays a trial times (best of --tune-reps)")
     ap.add_argument("--tune-reps", type=int, default=3)
+    ap.add_argument("--tune-refine", type=int, default=4, help="@tuned: configs per site tried again under the PDL choices")
     ap.add_argument("--clients", type=int, default=32)
     ap.add_argument("--model", default="1b")
     ap.add_argument("--big-model", default="7b", help="second model of the bandwidth section")
@@ -458,18 +459,21 @@ def main() -> None:
 
         t = time.perf_counter()
         out = step_tune.tune_decoder(model, decoder, log=lambda msg: log(f"{model_name} tune: {msg}"),
-                                     steps=args.tune_steps, reps=args.tune_reps)
+                                     steps=args.tune_steps, reps=args.tune_reps, refine=args.tune_refine)
         path = Path(args.tuned_out) if args.tuned_out else step_tune.table_path(gpu)
         step_tune.save(path, out["table"], gpu, {"model": model_name, "torch": torch.__version__,
                                                  "triton": getattr(sys.modules.get("triton"), "__version__", None),
                                                  "step_ms_start": out["step_s_start"] * 1e3,
                                                  "step_ms": out["step_s"] * 1e3, "trials": out["trials"],
-                                                 "trial_steps": args.tune_steps, "trial_reps": args.tune_reps})
+                                                 "trial_steps": args.tune_steps, "trial_reps": args.tune_reps,
+                                                 "refine": args.tune_refine})
         for site, entry in out["table"].items():
             log(f"{model_name} tuned {site}: {step_tune.describe(entry)} (was {step_tune.describe(out['start'][site])})")
         return {"step_ms_start": out["step_s_start"] * 1e3, "step_ms": out["step_s"] * 1e3, "trials": out["trials"],
                 "tune_s": time.perf_counter() - t, "start": out["start"], "table": out["table"],
-                "history": out["history"]}
+                "accepted": [{"step_ms": h["step_s"] * 1e3,
+                              "launches": {site: step_tune.describe(e) for site, e in h["launches"].items()}}
+                             for h in out["accepted"]]}
 
     def profile_step(arm, steps: int = 5) -> dict:
         """torch.profiler over `steps` compiled decode steps launched without the graph."""

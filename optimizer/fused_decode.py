@@ -16,15 +16,17 @@ model.py) is five kernels:
    writes SiLU(gate) * up;
 5. `gemv_fused(act, w2, resid=h)`.
 
-With GPUCOST_FUSED_PDL=1 (Hopper) these Triton kernels are launched with programmatic dependent
-launch: the next kernel starts while the last CTAs of the one before run, and fetches its first
-weight tile before it waits for the data it depends on. On the H200 it did not pay reliably
-(runs 8 and 9), so it is off.
+Programmatic dependent launch (Hopper) lets a kernel start while the last CTAs of the one before
+run and fetch its first weight tile before it waits for the data it depends on. Each site's
+launch (config, kernel, PDL) comes from the step-tuned table of the device where there is one
+(int8_gemv.TUNED, optimizer/step_tune.py: on the H200 PDL at every site, with configs chosen
+under it); elsewhere the kernels are autotuned, with PDL only when GPUCOST_FUSED_PDL=1.
 
 Measured on the H200 (docs/benchmarks.md): run 8 (the attention kernel alone, RoPE and the KV
 write left to Inductor, SiLU in the w2 GEMV's prologue) took a 1B step from 184 to 132 kernels;
 run 9 (this form) to 88, 0.789 ms against 0.890 ms unfused in one process (1.13x), and the 7B
-step to 171 kernels, 3.93 ms (76.9 % of 4.8 TB/s).
+step to 171 kernels, 3.93 ms (76.9 % of 4.8 TB/s); run 10 (the tuned launches) to 0.703 ms at 1B
+(65.7 %) and 3.725 ms at 7B (81.2 %).
 
 Rounding follows eager PyTorch where the kernels round at all (the linear's output before the
 residual, SiLU and its product); the normed input is not rounded to the model dtype (fp32
@@ -244,10 +246,11 @@ def linear(module, x: Tensor, norm=None, resid: Tensor | None = None, glu: bool 
                                         0.0 if norm is None else norm.eps, resid, glu, PDL)
 
 
-# Programmatic dependent launch (Hopper and later) only when GPUCOST_FUSED_PDL=1. On the H200
-# (docs/benchmarks.md) it did not pay with the trigger at each kernel's start (run 8); with the
-# trigger after the main loop (run 9) a 1B bf16 step took 0.738 against 0.791 ms in one process,
-# but 0.770 ms in another, and the int8 step with it 0.786 ms against 0.656 without: off by default.
+# Programmatic dependent launch (Hopper and later) at the sites the device's step-tuned table does
+# not cover, only when GPUCOST_FUSED_PDL=1. With autotuned configs it did not pay reliably on the
+# H200 (docs/benchmarks.md): a 1B bf16 step took 0.738 against 0.791 ms in one process but 0.770 ms
+# in another, and the int8 step with it 0.786 ms against 0.656 without (run 9); with configs chosen
+# in the step under it (the tuned table, run 10) it took 5 to 10 % off every step.
 PDL = os.environ.get("GPUCOST_FUSED_PDL", "0") == "1"
 
 

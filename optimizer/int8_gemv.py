@@ -23,7 +23,8 @@ input, a residual add or SiLU(gate) * up in the epilogue, and (optionally) progr
 launch on Hopper.
 
 The ops are `torch.library` custom ops: opaque to torch.compile (which fuses everything around
-them), autotuned on their first real call per shape and dtype (outside any CUDA graph capture).
+them), autotuned on their first real call per shape and dtype (outside any CUDA graph capture),
+or launched as the device's step-tuned table says (TUNED below, optimizer/step_tune.py).
 The bf16 op gives a bf16 baseline whose kernels do not depend on what Inductor's coordinate-descent
 tuning picked in a given process (that moved the 7B bf16 step by 25 % between processes on the
 H200), and an int8-vs-bf16 ratio of like kernels. On a CPU the kernels run under Triton's

@@ -65,13 +65,15 @@ def tune(measure: Callable[[], float], start: dict[str, dict], candidates: Calla
     """Coordinate descent over the sites' launches (steps 1 to 3 of the module's docstring).
 
     `measure()` returns the step time with int8_gemv.TUNED as it is now; `start` maps each site
-    to its launch to begin with. Returns {"table", "step_s_start", "step_s", "trials", "history"}."""
+    to its launch to begin with. Returns {"table", "step_s_start", "step_s", "trials", "history"
+    (every trial), "accepted" (the trials kept, in order)}."""
     table = {site: dict(entry) for site, entry in start.items()}
     int8_gemv.TUNED.update(table)
     best = measure()
     first = best
     trials = 0
     history: list[dict] = []
+    accepted: list[dict] = []
     scores: dict[str, list[tuple[float, dict]]] = {}
 
     def trial(changes: dict[str, dict]) -> float:
@@ -94,6 +96,7 @@ def tune(measure: Callable[[], float], start: dict[str, dict], candidates: Calla
                 log(f"{site}: {describe(entry)} {best * 1e3:.4f} -> {t * 1e3:.4f} ms")
                 best, table[site] = t, entry
                 int8_gemv.TUNED[site] = entry
+                accepted.append(history[-1])
 
     for site in table:  # 1. configs (and kernels)
         consider(site, [_with_pdl(c, table[site]) for c in candidates(site) if not _same_launch(c, table[site])])
@@ -104,6 +107,7 @@ def tune(measure: Callable[[], float], start: dict[str, dict], candidates: Calla
             log(f"PDL at every site {best * 1e3:.4f} -> {t * 1e3:.4f} ms")
             best, table = t, everywhere
             int8_gemv.TUNED.update(table)
+            accepted.append(history[-1])
         for site in table:
             consider(site, [{**table[site], "pdl": p, "trigger": g} for p, g in PDL_CHOICES
                             if (p, g) != (table[site]["pdl"], table[site]["trigger"])])
@@ -117,7 +121,8 @@ def tune(measure: Callable[[], float], start: dict[str, dict], candidates: Calla
                     seen.append(entry)
                     again.append(_with_pdl(entry, table[site]))
             consider(site, again)
-    return {"table": table, "step_s_start": first, "step_s": best, "trials": trials, "history": history}
+    return {"table": table, "step_s_start": first, "step_s": best, "trials": trials, "history": history,
+            "accepted": accepted}
 
 
 def describe(entry: dict) -> str:

@@ -51,6 +51,8 @@ def test_tune_finds_the_fastest_launch_of_each_site_by_the_step_time():
     assert out["table"] == {"a": entry(4, pdl=1, trigger=1), "b": entry(2)}
     assert out["step_s_start"] == 15.0 and out["step_s"] == 5.0 + 3.0
     assert out["trials"] == len(out["history"]) == len(calls) - 1  # the first measure is the start
+    assert [h["step_s"] for h in out["accepted"]] == [14.0, 13.0, 12.0, 10.0, 9.5, 8.0]
+    assert out["accepted"][-1]["launches"] == {"a": entry(4, pdl=1, trigger=1)}
     assert int8_gemv.TUNED == out["table"]  # left in place for the next capture
     # without the PDL passes, only configs: a at 8, b at 2
     int8_gemv.TUNED.clear()
