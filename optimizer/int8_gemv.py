@@ -290,10 +290,10 @@ def tuned_entry(site: str, device: torch.device) -> dict | None:
     global _tuned_read
     if not USE_TUNED:
         return None
-    if not _tuned_read:
+    if not _tuned_read and device.type == "cuda":
         _tuned_read = True
         setting = os.environ.get("GPUCOST_STEP_TUNED", "1")
-        if setting != "0" and device.type == "cuda":
+        if setting != "0":
             from pathlib import Path
 
             from optimizer import step_tune

@@ -92,3 +92,26 @@ def test_site_candidates_cover_both_int8_kernels_and_the_attention_configs():
     assert len(bf16) == len(int8_gemv._gemv_kernel.configs)
     assert attn and all(e["kernel"] == "attention" and e["BLOCK_S"] * 64 <= 32768 for e in attn)
     assert all(e["pdl"] == 0 for e in bf16 + int8 + attn)
+
+
+@pytest.mark.parametrize("setting", ["1", "table", "0"])
+def test_a_fused_step_reads_its_devices_table_by_default(monkeypatch, tmp_path, setting):
+    # On a GPU the first launch reads the table shipped for that device (GPUCOST_STEP_TUNED "1",
+    # the default), or the one at a path, or none ("0"); the device name is faked here (no GPU).
+    import torch
+
+    from optimizer import measure
+
+    site = "gemv bfloat16/bfloat16 2048x2048 rows=1 resid"
+    own = tmp_path / "t.json"
+    step_tune.save(own, {site: entry(16, pdl=1)}, "H200-141GB")
+    monkeypatch.setenv("GPUCOST_STEP_TUNED", str(own) if setting == "table" else setting)
+    monkeypatch.setattr(measure, "gpu_model_name", lambda device: "H200-141GB")
+    monkeypatch.setattr(int8_gemv, "_tuned_read", False)
+    assert int8_gemv.tuned_entry(site, torch.device("cpu")) is None  # a CPU reads no table
+    got = int8_gemv.tuned_entry(site, torch.device("cuda"))
+    shipped = step_tune.load(step_tune.table_path("H200-141GB"), "H200-141GB")
+    assert shipped[site]["pdl"] == 1  # the H200 table ships this 1B site (run 10)
+    assert got == {"1": shipped[site], "table": entry(16, pdl=1), "0": None}[setting]
+    monkeypatch.setattr(int8_gemv, "USE_TUNED", False)
+    assert int8_gemv.tuned_entry(site, torch.device("cuda")) is None
