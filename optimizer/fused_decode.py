@@ -180,8 +180,8 @@ def attention_site(dtype: torch.dtype, n_head: int, n_kv: int, head_dim: int, n_
 
 def attention_candidates(head_dim: int) -> list[dict]:
     """The launches step_tune.py tries at an attention site: the autotuning configs that fit."""
-    return [int8_gemv.launch_entry("attention", c, False) for c in _attention_kernel.configs
-            if c.kwargs["BLOCK_S"] * head_dim <= 32768]
+    fits = _attn_fits(_attention_kernel.configs, {"D": head_dim})
+    return [int8_gemv.launch_entry("attention", c, False) for c in fits]
 
 
 def _splits(n_slots: int, block_s: int) -> int:
@@ -213,8 +213,8 @@ def _attention(qkv: Tensor, rope: Tensor, k_cache: Tensor, v_cache: Tensor, slot
         _attention_kernel[grid](*args, **consts, **int8_gemv.pdl_launch(pdl, 2 * pdl, qkv.device))
         entry = int8_gemv.launch_entry("attention", _attention_kernel.best_config, pdl)
     else:
-        _attention_kernel.fn[grid](*args, **consts, **int8_gemv.pdl_launch(entry["pdl"], entry["trigger"], qkv.device),
-                                   **int8_gemv.entry_config(entry).all_kwargs())
+        launch = int8_gemv.pdl_launch(entry["pdl"], entry["trigger"], qkv.device)
+        _attention_kernel.fn[grid](*args, **consts, **launch, **int8_gemv.entry_config(entry).all_kwargs())
     int8_gemv.record(site, entry)
     return y
 

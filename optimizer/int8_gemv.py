@@ -229,7 +229,7 @@ if triton is not None:
     def _int8_gemv_kernel(x_ptr, w_ptr, s_ptr, y_ptr, g_ptr, r_ptr, N, K, eps, stride_xm, stride_wn, stride_ym,
                           stride_rm, HAS_SCALE: tl.constexpr, NORM: tl.constexpr, RESID: tl.constexpr,
                           GLU: tl.constexpr, MAGIC: tl.constexpr, PDL: tl.constexpr, TRIGGER: tl.constexpr,
-                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                          BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                           EVEN_K: tl.constexpr, EVEN_N: tl.constexpr):
         """The int8 GEMV: a [BLOCK_N, BLOCK_K / 16, 16] weight tile, each thread holding 16
         consecutive int8 weights (one 16-byte load), summed in registers at every K step into a
@@ -268,17 +268,17 @@ _int8_choice: dict[tuple, str] = {}  # (N, K, flags, rows) -> "tile" or "grouped
 # -- launches chosen by the decode step's time ---------------------------------------------------
 # Each call site of the step ("site": kernel, shape, dtypes, rows, fused flags) may have a fixed
 # launch in TUNED: {"kernel": "tile" | "grouped", "BLOCK_N", "BLOCK_K", "num_warps", "num_stages",
-# "pdl": 0 | 1, "trigger": 1 | 2} (pdl 1: launched as a programmatic dependent of the kernel
-# before; on Hopper every tuned kernel lets a dependent launch once its first weight tile is
+# "pdl": 0 | 1, "trigger": 1 | 2}. pdl 1: launched as a programmatic dependent of the kernel
+# before. On Hopper every tuned kernel lets a dependent launch once its first weight tile is
 # requested (trigger 1) or once past its main loop (2, what GPUCOST_FUSED_PDL=1 does at the sites
-# not tuned), so that PDL at one site overlaps it with the kernel before whatever that one is). step_tune.py fills it by timing the whole
-# CUDA-graphed step for each candidate, since a kernel timed alone does not predict it in the step
-# (run 9). A tuned site ignores the caller's `pdl` (its entry was measured with its neighbours);
-# the others are autotuned as before. The table is read when a launch is made, so a CUDA graph
-# keeps the launches it was captured with.
+# not tuned), so PDL at one site overlaps it with the kernel before, whatever that one's own entry.
+# step_tune.py fills it by timing the whole CUDA-graphed step for each candidate, since a kernel
+# timed alone does not predict it in the step (run 9). A tuned site ignores the caller's `pdl`
+# (its entry was measured with its neighbours); the others are autotuned as before. The table is
+# read when a launch is made, so a CUDA graph keeps the launches it was captured with.
 # On a GPU the table starts as the one tuned for that device and shipped in
 # optimizer/data/kernels/<device>_step_tuned.json (GPUCOST_STEP_TUNED: "1", the default; "0": none;
-# or the path of another table), read at the first launch.
+# or the path of another table), read at the first launch on the GPU.
 TUNED: dict[str, dict] = {}
 USE_TUNED = True  # False: ignore TUNED (the autotuned launches, for side-by-side runs)
 _census: dict[str, dict] | None = None  # while a dict: each site launched -> its launch (census())
@@ -356,8 +356,7 @@ def gemv_candidates(site: str, k: int, int8: bool) -> list[dict]:
     and for int8 weights those of the grouped kernel too (K blocks no longer than K)."""
     out = [launch_entry("tile", c, False) for c in _gemv_kernel.configs]
     if int8:
-        out += [launch_entry("grouped", c, False) for c in _int8_gemv_kernel.configs
-                if c.kwargs["BLOCK_K"] <= max(k, 64)]
+        out += [launch_entry("grouped", c, False) for c in _fits(_int8_gemv_kernel.configs, {"K": k})]
     return out
 
 
