@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -206,8 +207,17 @@ def save(path: Path, table: dict[str, dict], gpu_model: str, meta: dict | None =
 
 
 def load(path: Path, gpu_model: str) -> dict[str, dict]:
-    """The sites of a table tuned on `gpu_model` ({} when the file is missing or of another device)."""
+    """The sites of a table tuned on `gpu_model` ({} when the file is missing or of another device).
+    A table tuned under another Triton version is used (its launches stay correct) with a warning
+    (they may no longer be the fastest)."""
     if not path.exists():
         return {}
     doc = json.loads(path.read_text())
-    return doc["sites"] if doc.get("gpu_model") == gpu_model else {}
+    if doc.get("gpu_model") != gpu_model:
+        return {}
+    tuned_with = {run.get("triton") for run in doc.get("runs", [])} - {None}
+    running = getattr(int8_gemv.triton, "__version__", None)
+    if tuned_with and running not in tuned_with:
+        warnings.warn(f"{path} was tuned under Triton {', '.join(sorted(tuned_with))}, this is {running}: "
+                      f"re-tune it (bench/optimizer_gpu.py, @tuned arms) or set GPUCOST_STEP_TUNED=0", stacklevel=2)
+    return doc["sites"]
