@@ -137,7 +137,7 @@ def main() -> None:
                          "@pdl: the fused step with programmatic dependent launch (fused_decode.PDL); "
                          "@tuned: the fused step's launches chosen by the step's time (optimizer/step_tune.py, "
                          "tuned in this process after the build, written to --tuned-out); @table: the launches "
-                         "of the device's table on disk (int8_gemv.TUNED as a fused step reads it by default); "
+                         "of the device's table on disk (optimizer/launch_table.py, as a fused step reads it by default); "
                          "arms with neither capture with the autotuned launches. Caveat, seen on the "
                          "H200: Dynamo reuses one arm's compiled step for the next arm of the same variant "
                          "and shapes, so two arms differing only in Inductor settings run the same kernels "
@@ -358,7 +358,7 @@ def main() -> None:
 
     def ab():
         """bf16 vs int8 weight-only per model, interleaved rounds, gated on the same run."""
-        from optimizer import abtest, fused_decode, int8_gemv
+        from optimizer import abtest, fused_decode, int8_gemv, launch_table
         from optimizer.accuracy import gate
         from optimizer.measure import decode_step_bytes, weight_bytes
 
@@ -389,14 +389,14 @@ def main() -> None:
                 convert, pdl = int8_gemv.INT8_CONVERT, fused_decode.PDL
                 int8_gemv.INT8_CONVERT = "cvt" if "@cvt" in name else "magic" if "@magic" in name else convert
                 fused_decode.PDL = pdl or "@pdl" in name
-                int8_gemv.USE_TUNED = "@tuned" in name or "@table" in name
+                launch_table.USE_TUNED = "@tuned" in name or "@table" in name
                 try:
                     tuned = step_tuned(model_name, model, decoder) if "@tuned" in name else None
                     first = B.measure_decode(model, decoder, 1, 128, 256, repeats=3)
                 finally:
                     inductor_config.coordinate_descent_tuning = True
                     int8_gemv.INT8_CONVERT, fused_decode.PDL = convert, pdl
-                    int8_gemv.USE_TUNED = True
+                    launch_table.USE_TUNED = True
                 step_bytes = decode_step_bytes(model, 1, 128 + 256 / 2)
                 res["arms"][name] = {
                     "gate": verdict.as_dict(), "accepted": verdict.accepted, "weight_bytes": weight_bytes(model),
@@ -438,7 +438,7 @@ def main() -> None:
             save()
             for arm in arms:  # kernels per step and where the step's time goes (1B: fixed kernel cost)
                 try:
-                    int8_gemv.USE_TUNED = "@tuned" in arm.name or "@table" in arm.name
+                    launch_table.USE_TUNED = "@tuned" in arm.name or "@table" in arm.name
                     res["arms"][arm.name]["profile"] = profile_step(arm)
                     pr = res["arms"][arm.name]["profile"]
                     log(f"{model_name} {arm.name}: {pr['kernels_per_step']:.0f} kernels/step, "
@@ -446,7 +446,7 @@ def main() -> None:
                 except Exception as exc:
                     res["arms"][arm.name]["profile"] = {"error": repr(exc)}
                 finally:
-                    int8_gemv.USE_TUNED = True
+                    launch_table.USE_TUNED = True
             save()
             del arms, model, decoder
             gc.collect()
@@ -455,13 +455,13 @@ def main() -> None:
 
     def step_tuned(model_name: str, model, decoder) -> dict:
         """The arm's launches tuned by the graphed step's time, merged into --tuned-out."""
-        from optimizer import step_tune
+        from optimizer import launch_table, step_tune
 
         t = time.perf_counter()
         out = step_tune.tune_decoder(model, decoder, log=lambda msg: log(f"{model_name} tune: {msg}"),
                                      steps=args.tune_steps, reps=args.tune_reps, refine=args.tune_refine)
-        path = Path(args.tuned_out) if args.tuned_out else step_tune.table_path(gpu)
-        step_tune.save(path, out["table"], gpu, {"model": model_name, "torch": torch.__version__,
+        path = Path(args.tuned_out) if args.tuned_out else launch_table.table_path(gpu)
+        launch_table.save(path, out["table"], gpu, {"model": model_name, "torch": torch.__version__,
                                                  "triton": getattr(sys.modules.get("triton"), "__version__", None),
                                                  "step_ms_start": out["step_s_start"] * 1e3,
                                                  "step_ms": out["step_s"] * 1e3, "trials": out["trials"],

@@ -19,7 +19,7 @@ model.py) is five kernels:
 Programmatic dependent launch (Hopper) lets a kernel start while the last CTAs of the one before
 run and fetch its first weight tile before it waits for the data it depends on. Each site's
 launch (config, kernel, PDL) comes from the step-tuned table of the device where there is one
-(int8_gemv.TUNED, optimizer/step_tune.py: on the H200 PDL at every site, with configs chosen
+(optimizer/launch_table.py, filled by step_tune.py: on the H200 PDL at every site, with configs chosen
 under it); elsewhere the kernels are autotuned, with PDL only when GPUCOST_FUSED_PDL=1.
 
 Measured on the H200 (docs/benchmarks.md): run 8 (the attention kernel alone, RoPE and the KV
@@ -41,7 +41,7 @@ import os
 import torch
 from torch import Tensor
 
-from optimizer import int8_gemv
+from optimizer import int8_gemv, launch_table
 from optimizer.int8_gemv import triton
 from optimizer.kvcache import KVCache
 from optimizer.quantize import GemvLinear, WeightOnlyInt8Linear
@@ -173,7 +173,7 @@ MAX_SPLIT = 16  # cache-slot splits a head's attention may take (the grid's thir
 
 def attention_site(dtype: torch.dtype, n_head: int, n_kv: int, head_dim: int, n_slots: int, rows: int,
                    window: int) -> str:
-    """The attention kernel's site key in int8_gemv.TUNED."""
+    """The attention kernel's site key in launch_table.TUNED."""
     return (f"attention {str(dtype).removeprefix('torch.')} H={n_head} Hkv={n_kv} D={head_dim} S={n_slots} "
             f"rows={rows}" + (" window" if window else ""))
 
@@ -208,14 +208,14 @@ def _attention(qkv: Tensor, rope: Tensor, k_cache: Tensor, v_cache: Tensor, slot
             k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), slot_pos.stride(0), shared(q_pos), y.stride(0))
     consts = dict(H=n_head, GROUP=n_head // n_kv, D=head_dim, WINDOW=window > 0, MAX_SPLIT=MAX_SPLIT)
     site = attention_site(qkv.dtype, n_head, n_kv, head_dim, n_slots, bsz, window)
-    entry = int8_gemv.tuned_entry(site, qkv.device)
+    entry = launch_table.tuned_entry(site, qkv.device)
     if entry is None:  # autotuned; with the caller's PDL as the GEMVs (trigger after the scan)
         _attention_kernel[grid](*args, **consts, **int8_gemv.pdl_launch(pdl, 2 * pdl, qkv.device))
         entry = int8_gemv.launch_entry("attention", _attention_kernel.best_config, pdl)
     else:
         launch = int8_gemv.pdl_launch(entry["pdl"], entry["trigger"], qkv.device)
         _attention_kernel.fn[grid](*args, **consts, **launch, **int8_gemv.entry_config(entry).all_kwargs())
-    int8_gemv.record(site, entry)
+    launch_table.record(site, entry)
     return y
 
 

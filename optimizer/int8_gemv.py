@@ -24,7 +24,7 @@ launch on Hopper.
 
 The ops are `torch.library` custom ops: opaque to torch.compile (which fuses everything around
 them), autotuned on their first real call per shape and dtype (outside any CUDA graph capture),
-or launched as the device's step-tuned table says (TUNED below, optimizer/step_tune.py).
+or launched as the device's step-tuned table says (optimizer/launch_table.py, step_tune.py).
 The bf16 op gives a bf16 baseline whose kernels do not depend on what Inductor's coordinate-descent
 tuning picked in a given process (that moved the 7B bf16 step by 25 % between processes on the
 H200), and an int8-vs-bf16 ratio of like kernels. On a CPU the kernels run under Triton's
@@ -36,6 +36,8 @@ import os
 
 import torch
 from torch import Tensor
+
+from optimizer import launch_table
 
 try:
     import triton
@@ -266,63 +268,10 @@ def pdl_supported(device: torch.device) -> bool:
 _int8_choice: dict[tuple, str] = {}  # (N, K, flags, rows) -> "tile" or "grouped", INT8_KERNEL "auto"
 
 # -- launches chosen by the decode step's time ---------------------------------------------------
-# Each call site of the step ("site": kernel, shape, dtypes, rows, fused flags) may have a fixed
-# launch in TUNED: {"kernel": "tile" | "grouped", "BLOCK_N", "BLOCK_K", "num_warps", "num_stages",
-# "pdl": 0 | 1, "trigger": 1 | 2}. pdl 1: launched as a programmatic dependent of the kernel
-# before. On Hopper every tuned kernel lets a dependent launch once its first weight tile is
-# requested (trigger 1) or once past its main loop (2, what GPUCOST_FUSED_PDL=1 does at the sites
-# not tuned), so PDL at one site overlaps it with the kernel before, whatever that one's own entry.
-# step_tune.py fills it by timing the whole CUDA-graphed step for each candidate, since a kernel
-# timed alone does not predict it in the step (run 9). A tuned site ignores the caller's `pdl`
-# (its entry was measured with its neighbours); the others are autotuned as before. The table is
-# read when a launch is made, so a CUDA graph keeps the launches it was captured with.
-# On a GPU the table starts as the one tuned for that device and shipped in
-# optimizer/data/kernels/<device>_step_tuned.json (GPUCOST_STEP_TUNED: "1", the default; "0": none;
-# or the path of another table), read at the first launch on the GPU.
-TUNED: dict[str, dict] = {}
-USE_TUNED = True  # False: ignore TUNED (the autotuned launches, for side-by-side runs)
-_census: dict[str, dict] | None = None  # while a dict: each site launched -> its launch (census())
-_tuned_read = False
-
-
-def tuned_entry(site: str, device: torch.device) -> dict | None:
-    """The site's fixed launch, if any (the device's shipped table read on the first call)."""
-    global _tuned_read
-    if not USE_TUNED:
-        return None
-    if not _tuned_read and device.type == "cuda":
-        _tuned_read = True
-        setting = os.environ.get("GPUCOST_STEP_TUNED", "1")
-        if setting != "0":
-            from pathlib import Path
-
-            from optimizer import step_tune
-            from optimizer.measure import gpu_model_name
-
-            gpu = gpu_model_name(device)
-            path = step_tune.table_path(gpu) if setting == "1" else Path(setting)
-            for key, entry in step_tune.load(path, gpu).items():
-                TUNED.setdefault(key, entry)
-    return TUNED.get(site)
-
-
-class census:
-    """`with census() as sites:` records every site launched inside (its key -> the launch used:
-    the tuned entry or the autotuner's choice), for step_tune.py."""
-
-    def __enter__(self) -> dict[str, dict]:
-        global _census
-        _census = {}
-        return _census
-
-    def __exit__(self, *exc) -> None:
-        global _census
-        _census = None
-
-
-def record(site: str, entry: dict) -> None:
-    if _census is not None:
-        _census[site] = entry
+# A site of the step (kernel, shape, dtypes, rows, fused flags; `gemv_site`) may have a fixed launch
+# in launch_table.TUNED (filled by step_tune.py, read from the device's shipped table): it is
+# launched with that config, kernel and programmatic-dependent-launch choice, ignoring the caller's
+# `pdl`; other sites are autotuned as before.
 
 
 def pdl_launch(wait: bool, trigger: int, device: torch.device) -> dict:
@@ -334,13 +283,13 @@ def pdl_launch(wait: bool, trigger: int, device: torch.device) -> dict:
 
 
 def launch_entry(kernel_name: str, config, pdl: bool) -> dict:
-    """A TUNED entry from a triton.Config (trigger after the main loop)."""
+    """A launch_table entry from a triton.Config (trigger after the main loop)."""
     return {"kernel": kernel_name, **config.kwargs, "num_warps": config.num_warps,
             "num_stages": config.num_stages, "pdl": int(pdl), "trigger": 2}
 
 
 def entry_config(entry: dict):
-    """The triton.Config of a TUNED entry."""
+    """The triton.Config of a launch_table entry."""
     meta = {k: v for k, v in entry.items() if k not in ("kernel", "num_warps", "num_stages", "pdl", "trigger")}
     return triton.Config(meta, num_warps=entry["num_warps"], num_stages=entry["num_stages"])
 
@@ -379,7 +328,7 @@ def _launch(x: Tensor, weight: Tensor, scales: Tensor | None, norm_weight: Tenso
     grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), rows)  # noqa: E731
     kernels = {"tile": _gemv_kernel, "grouped": _int8_gemv_kernel}
     site = gemv_site(n, k, rows, weight.dtype, x.dtype, flags)
-    entry = tuned_entry(site, x.device)
+    entry = launch_table.tuned_entry(site, x.device)
 
     def run(kernel, wait: bool, trigger: int, config=None):
         if config is None:  # autotuned
@@ -402,7 +351,7 @@ def _launch(x: Tensor, weight: Tensor, scales: Tensor | None, norm_weight: Tenso
             choice = _int8_choice[key]
         run(kernels[choice], pdl, 2 * pdl)
         entry = launch_entry(choice, kernels[choice].best_config, pdl)
-    record(site, entry)
+    launch_table.record(site, entry)
     return y.reshape(*x.shape[:-1], width)
 
 

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn as nn
 
+from optimizer.devices import device_slug, gpu_model_name  # noqa: F401  (re-exported: callers import them here)
 from optimizer.model import Transformer, model_bytes
 
 
@@ -113,17 +114,6 @@ def decode_step_bytes(model: Transformer, batch_size: int, context_len: float) -
 
 # -- device facts and prices from the catalog ---------------------------------------------
 
-def gpu_model_name(device: torch.device | str) -> str:
-    """The catalog's name for the GPU ("H100-80GB"), or "cpu"."""
-    device = torch.device(device)
-    if device.type != "cuda":
-        return "cpu"
-    from core.pricing import canonical_gpu_model
-
-    name = torch.cuda.get_device_name(device).lower().replace("nvidia", "").strip()
-    return canonical_gpu_model(name.replace(" ", "-"))
-
-
 def device_description(device: torch.device | str) -> str:
     device = torch.device(device)
     if device.type == "cuda":
@@ -185,16 +175,6 @@ def parse_instance(text: str, default: Instance | None = None) -> Instance:
     if len(parts) == 3:
         return Instance(*parts)
     raise ValueError(f"instance {text!r}: expected TYPE or CLOUD/REGION/TYPE")
-
-
-def device_slug(gpu_model: str) -> str:
-    """The short name results files carry: "H200-141GB" -> "h200", "A100-80GB" -> "a100_80gb"."""
-    if gpu_model == "cpu":
-        return "cpu"
-    base = gpu_model.lower()
-    head = base.split("-")[0]
-    keep_size = head in ("a100",)  # two memory sizes of one part
-    return re.sub(r"[^a-z0-9]+", "_", base if keep_size else head).strip("_")
 
 
 def usd_per_gpu_hour(instance: Instance, gpu_model: str) -> tuple[float | None, bool]:

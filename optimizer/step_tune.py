@@ -6,21 +6,22 @@ the H200 the choice made alone did not carry over: the per-shape int8 kernel cho
 kept the slower kernel for 48 of the 1B step's 65 GEMVs, and the step moved from 0.719 to
 0.808 ms between processes and between the order of the arms (run 9, docs/benchmarks.md).
 
-This tuner times the step instead. It lists the sites the step launches (`int8_gemv.census`: a
+This tuner times the step instead. It lists the sites the step launches (`launch_table.census`: a
 site is a kernel at a shape, dtype and fused form, so one entry covers that projection in every
 layer), starts from the autotuner's choices, and goes over the sites in turn:
 
 1. every candidate launch of the site (`site_candidates`: the autotuning configs; for int8
    weights the grouped kernel's too), keeping one only when the graphed step gets faster by
    more than `min_gain`;
-2. programmatic dependent launch (int8_gemv.TUNED): first at every site at once, then site by
+2. programmatic dependent launch (launch_table.TUNED): first at every site at once, then site by
    site, on or off, with the kernel letting its dependent launch at its start or after its
    main loop;
 3. the best few configs tried so far (`refine` a site) again, under the PDL choices of step 2.
 
 A step time is the best of `reps` runs of `steps` graph replays, the graph captured anew for each
-candidate (the launches are read when the graph is captured). The result is int8_gemv.TUNED's
-form, written per device (`save`) and read back where the device is the same (`load`).
+candidate (the launches are read when the graph is captured). The result is launch_table.TUNED's
+form (launch_table.py), written per device (`launch_table.save`) and read by the kernels where
+the device is the same.
 
 On the H200 (run 10, docs/benchmarks.md) it took the fused 1B bf16 step from 0.79 to 0.84 ms
 (autotuned; it moved with the process) to 0.703 ms in every process, and the 7B step from 4.01 to
@@ -28,18 +29,15 @@ On the H200 (run 10, docs/benchmarks.md) it took the fused 1B bf16 step from 0.7
 
 from __future__ import annotations
 
-import json
 import math
-import warnings
-from pathlib import Path
 from typing import Callable
 
 import torch
 
-from optimizer import fused_decode, int8_gemv
+from optimizer import fused_decode, int8_gemv, launch_table
 
 # (launched as a dependent, where the kernel lets its own dependent launch: 1 its start, 2 after
-# its main loop), int8_gemv.TUNED's "pdl" and "trigger"
+# its main loop), launch_table.TUNED's "pdl" and "trigger"
 PDL_CHOICES = ((0, 1), (0, 2), (1, 1), (1, 2))
 
 
@@ -69,11 +67,11 @@ def tune(measure: Callable[[], float], start: dict[str, dict], candidates: Calla
          refine: int = 4, progress: Callable[[int], None] | None = None) -> dict:
     """Coordinate descent over the sites' launches (steps 1 to 3 of the module's docstring).
 
-    `measure()` returns the step time with int8_gemv.TUNED as it is now; `start` maps each site
+    `measure()` returns the step time with launch_table.TUNED as it is now; `start` maps each site
     to its launch to begin with. Returns {"table", "step_s_start", "step_s", "trials", "history"
     (every trial), "accepted" (the trials kept, in order)}."""
     table = {site: dict(entry) for site, entry in start.items()}
-    int8_gemv.TUNED.update(table)
+    launch_table.TUNED.update(table)
     best = measure()
     first = best
     trials = 0
@@ -83,9 +81,9 @@ def tune(measure: Callable[[], float], start: dict[str, dict], candidates: Calla
 
     def trial(changes: dict[str, dict]) -> float:
         nonlocal trials
-        int8_gemv.TUNED.update(changes)
+        launch_table.TUNED.update(changes)
         t = measure()
-        int8_gemv.TUNED.update({site: table[site] for site in changes})
+        launch_table.TUNED.update({site: table[site] for site in changes})
         trials += 1
         history.append({"launches": changes, "step_s": t})
         if progress:
@@ -100,7 +98,7 @@ def tune(measure: Callable[[], float], start: dict[str, dict], candidates: Calla
             if t < best * (1 - min_gain):
                 log(f"{site}: {describe(entry)} {best * 1e3:.4f} -> {t * 1e3:.4f} ms")
                 best, table[site] = t, entry
-                int8_gemv.TUNED[site] = entry
+                launch_table.TUNED[site] = entry
                 accepted.append(history[-1])
 
     for site in table:  # 1. configs (and kernels)
@@ -111,7 +109,7 @@ def tune(measure: Callable[[], float], start: dict[str, dict], candidates: Calla
         if t < best * (1 - min_gain):
             log(f"PDL at every site {best * 1e3:.4f} -> {t * 1e3:.4f} ms")
             best, table = t, everywhere
-            int8_gemv.TUNED.update(table)
+            launch_table.TUNED.update(table)
             accepted.append(history[-1])
         for site in table:
             consider(site, [{**table[site], "pdl": p, "trigger": g} for p, g in PDL_CHOICES
@@ -161,11 +159,11 @@ def graphed_step_s(decoder, steps: int = 48, reps: int = 3, pos: int = 128) -> f
 
 @torch.no_grad()
 def step_sites(decoder, pos: int = 128) -> dict[str, dict]:
-    """The sites one decode step launches, with the launch each gets now (int8_gemv.census)."""
+    """The sites one decode step launches, with the launch each gets now (launch_table.census)."""
     device = decoder.model.rope.device
     tokens = torch.zeros(1, 1, dtype=torch.long, device=device)
     decoder.step(tokens, torch.tensor([pos], device=device))  # compiled and autotuned off the census
-    with int8_gemv.census() as sites:
+    with launch_table.census() as sites:
         decoder.step(tokens, torch.tensor([pos], device=device))
     return dict(sites)
 
@@ -173,55 +171,16 @@ def step_sites(decoder, pos: int = 128) -> dict[str, dict]:
 def tune_decoder(model, decoder, log: Callable[[str], None] = lambda msg: None, steps: int = 48,
                  reps: int = 3, seq_len: int = 384, **kwargs) -> dict:
     """Tune the launches of `decoder`'s graphed batch-1 step (a fused model on a GPU); leaves the
-    result in int8_gemv.TUNED and the decoder's graphs dropped (the next use captures the tuned
+    result in launch_table.TUNED and the decoder's graphs dropped (the next use captures the tuned
     launches). Returns `tune`'s result with the sites' starting launches."""
     from optimizer.generate import ensure_caches
 
     ensure_caches(model, 1, seq_len)
     for site in step_sites(decoder):  # a site tuned before starts from the autotuner again
-        int8_gemv.TUNED.pop(site, None)
+        launch_table.TUNED.pop(site, None)
     start = step_sites(decoder)
     log(f"{len(start)} sites; {sum(len(site_candidates(s)) for s in start)} candidate launches")
     out = tune(lambda: graphed_step_s(decoder, steps, reps), start, site_candidates, log, **kwargs)
     decoder._graphs.clear()
     log(f"step {out['step_s_start'] * 1e3:.4f} -> {out['step_s'] * 1e3:.4f} ms in {out['trials']} trials")
     return {**out, "start": start}
-
-
-# -- tables on disk, per device ----------------------------------------------------------------
-
-def table_path(gpu_model: str, data_dir: Path = Path(__file__).parent / "data" / "kernels") -> Path:
-    from optimizer.measure import device_slug
-
-    return data_dir / f"{device_slug(gpu_model)}_step_tuned.json"
-
-
-def save(path: Path, table: dict[str, dict], gpu_model: str, meta: dict | None = None) -> None:
-    """Merge `table` into the file at `path` (sites of other models kept); refuses another device's."""
-    doc = {"gpu_model": gpu_model, "sites": {}}
-    if path.exists():
-        doc = json.loads(path.read_text())
-        if doc.get("gpu_model") != gpu_model:
-            raise ValueError(f"{path} holds launches tuned on {doc.get('gpu_model')}, not {gpu_model}")
-    doc["sites"].update(table)
-    if meta:
-        doc.setdefault("runs", []).append(meta)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
-
-
-def load(path: Path, gpu_model: str) -> dict[str, dict]:
-    """The sites of a table tuned on `gpu_model` ({} when the file is missing or of another device).
-    A table tuned under another Triton version is used (its launches stay correct) with a warning
-    (they may no longer be the fastest)."""
-    if not path.exists():
-        return {}
-    doc = json.loads(path.read_text())
-    if doc.get("gpu_model") != gpu_model:
-        return {}
-    tuned_with = {run.get("triton") for run in doc.get("runs", [])} - {None}
-    running = getattr(int8_gemv.triton, "__version__", None)
-    if tuned_with and running not in tuned_with:
-        warnings.warn(f"{path} was tuned under Triton {', '.join(sorted(tuned_with))}, this is {running}: "
-                      f"re-tune it (bench/optimizer_gpu.py, @tuned arms) or set GPUCOST_STEP_TUNED=0", stacklevel=2)
-    return doc["sites"]

@@ -211,14 +211,14 @@ FUSED = textwrap.dedent("""
         before = calls["n"]
         assert tokens(model, p, 5, True) == want, (scheme, window)
         assert calls["n"] - before == 4 * 2, calls  # 4 decode steps x 2 layers
-    # Launches fixed per site (int8_gemv.TUNED, what step_tune.py fills): the census lists the
+    # Launches fixed per site (launch_table.TUNED, what step_tune.py fills): the census lists the
     # step's sites and the launches they got; other configs and the grouped int8 kernel fixed
     # there are the launches made, and give the same tokens (PDL asked for, off on a CPU).
-    from optimizer import step_tune
+    from optimizer import launch_table, step_tune
     model = quantize_model(build_model(args, seed=2), "int8-weight-only")
     p = [[5, 9, 17, 3, 100, 11]]
     want = tokens(model, p, 5, False)
-    with int8_gemv.census() as sites:
+    with launch_table.census() as sites:
         assert tokens(model, p, 5, True) == want
     # a site is a kernel at a shape and form: the qkv projection and the head (vocabulary 128)
     # are one site here, each in every layer
@@ -235,11 +235,11 @@ FUSED = textwrap.dedent("""
         else:
             fixed[site] = {"kernel": "grouped", "BLOCK_N": 8, "BLOCK_K": 32, "num_warps": 2, "num_stages": 1,
                            "pdl": 1, "trigger": 2}
-    int8_gemv.TUNED.update(fixed)
-    with int8_gemv.census() as used:
+    launch_table.TUNED.update(fixed)
+    with launch_table.census() as used:
         assert tokens(model, p, 5, True) == want
     assert used == fixed, used
-    int8_gemv.TUNED.clear()
+    launch_table.TUNED.clear()
     model = quantize_model(build_model(args, seed=3), "gemv")
     prompts = [[5, 9, 17, 3], [7, 8, 9] * 5, [1, 2], [4] * 12, [9, 9]]
     want = [tokens(model, [p], 4, False)[0] for p in prompts]

@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("triton")
 
-from optimizer import int8_gemv, step_tune  # noqa: E402
+from optimizer import int8_gemv, launch_table, step_tune  # noqa: E402
 
 
 def entry(block_n: int, pdl: int = 0, trigger: int = 2, kernel: str = "tile") -> dict:
@@ -20,11 +20,11 @@ def entry(block_n: int, pdl: int = 0, trigger: int = 2, kernel: str = "tile") ->
 
 @pytest.fixture(autouse=True)
 def empty_table():
-    saved = dict(int8_gemv.TUNED)
-    int8_gemv.TUNED.clear()
+    saved = dict(launch_table.TUNED)
+    launch_table.TUNED.clear()
     yield
-    int8_gemv.TUNED.clear()
-    int8_gemv.TUNED.update(saved)
+    launch_table.TUNED.clear()
+    launch_table.TUNED.update(saved)
 
 
 def test_tune_finds_the_fastest_launch_of_each_site_by_the_step_time():
@@ -43,8 +43,8 @@ def test_tune_finds_the_fastest_launch_of_each_site_by_the_step_time():
     calls = []
 
     def measure() -> float:
-        calls.append(dict(int8_gemv.TUNED))
-        return sum(cost(site, int8_gemv.TUNED[site]) for site in ("a", "b"))
+        calls.append(dict(launch_table.TUNED))
+        return sum(cost(site, launch_table.TUNED[site]) for site in ("a", "b"))
 
     cands = lambda site: [entry(n) for n in (1, 2, 4, 8)]  # noqa: E731
     out = step_tune.tune(measure, {"a": entry(1), "b": entry(1)}, cands)
@@ -53,9 +53,9 @@ def test_tune_finds_the_fastest_launch_of_each_site_by_the_step_time():
     assert out["trials"] == len(out["history"]) == len(calls) - 1  # the first measure is the start
     assert [h["step_s"] for h in out["accepted"]] == [14.0, 13.0, 12.0, 10.0, 9.5, 8.0]
     assert out["accepted"][-1]["launches"] == {"a": entry(4, pdl=1, trigger=1)}
-    assert int8_gemv.TUNED == out["table"]  # left in place for the next capture
+    assert launch_table.TUNED == out["table"]  # left in place for the next capture
     # without the PDL passes, only configs: a at 8, b at 2
-    int8_gemv.TUNED.clear()
+    launch_table.TUNED.clear()
     out = step_tune.tune(measure, {"a": entry(1), "b": entry(1)}, cands, pdl=False)
     assert out["table"] == {"a": entry(8), "b": entry(2)} and out["step_s"] == 10.0
 
@@ -64,7 +64,7 @@ def test_tune_takes_pdl_everywhere_when_only_all_sites_together_gain():
     # PDL pays only when every site has it (one site alone loses 0.1): the per-site pass would
     # never find it, the all-sites trial does
     def measure() -> float:
-        on = sum(e["pdl"] for e in int8_gemv.TUNED.values())
+        on = sum(e["pdl"] for e in launch_table.TUNED.values())
         return 10.0 - (3.0 if on == 3 else -0.1 * on)
 
     out = step_tune.tune(measure, {s: entry(4) for s in "abc"}, lambda site: [entry(4)])
@@ -73,19 +73,19 @@ def test_tune_takes_pdl_everywhere_when_only_all_sites_together_gain():
 
 def test_tables_are_kept_per_device(tmp_path):
     path = tmp_path / "h200_step_tuned.json"
-    step_tune.save(path, {"gemv x": entry(4)}, "H200-141GB", {"model": "1b"})
-    step_tune.save(path, {"gemv y": entry(8, pdl=2)}, "H200-141GB")  # merged, the first site kept
-    assert step_tune.load(path, "H200-141GB") == {"gemv x": entry(4), "gemv y": entry(8, pdl=2)}
+    launch_table.save(path, {"gemv x": entry(4)}, "H200-141GB", {"model": "1b"})
+    launch_table.save(path, {"gemv y": entry(8, pdl=2)}, "H200-141GB")  # merged, the first site kept
+    assert launch_table.load(path, "H200-141GB") == {"gemv x": entry(4), "gemv y": entry(8, pdl=2)}
     assert json.loads(path.read_text())["runs"] == [{"model": "1b"}]
-    assert step_tune.load(path, "H100-80GB") == {}  # another device's launches are not used
-    assert step_tune.load(tmp_path / "missing.json", "H200-141GB") == {}
+    assert launch_table.load(path, "H100-80GB") == {}  # another device's launches are not used
+    assert launch_table.load(tmp_path / "missing.json", "H200-141GB") == {}
     with pytest.raises(ValueError, match="H200-141GB"):
-        step_tune.save(path, {"gemv z": entry(2)}, "H100-80GB")
-    assert step_tune.table_path("H200-141GB").name == "h200_step_tuned.json"
+        launch_table.save(path, {"gemv z": entry(2)}, "H100-80GB")
+    assert launch_table.table_path("H200-141GB").name == "h200_step_tuned.json"
     # tuned under another Triton: still used (the launches are correct), with a warning
-    step_tune.save(path, {}, "H200-141GB", {"model": "7b", "triton": "0.0.1"})
+    launch_table.save(path, {}, "H200-141GB", {"model": "7b", "triton": "0.0.1"})
     with pytest.warns(UserWarning, match="re-tune"):
-        assert step_tune.load(path, "H200-141GB") == {"gemv x": entry(4), "gemv y": entry(8, pdl=2)}
+        assert launch_table.load(path, "H200-141GB") == {"gemv x": entry(4), "gemv y": entry(8, pdl=2)}
 
 
 def test_site_candidates_cover_both_int8_kernels_and_the_attention_configs():
@@ -105,18 +105,16 @@ def test_a_fused_step_reads_its_devices_table_by_default(monkeypatch, tmp_path, 
     # the default), or the one at a path, or none ("0"); the device name is faked here (no GPU).
     import torch
 
-    from optimizer import measure
-
     site = "gemv bfloat16/bfloat16 2048x2048 rows=1 resid"
     own = tmp_path / "t.json"
-    step_tune.save(own, {site: entry(16, pdl=1)}, "H200-141GB")
+    launch_table.save(own, {site: entry(16, pdl=1)}, "H200-141GB")
     monkeypatch.setenv("GPUCOST_STEP_TUNED", str(own) if setting == "table" else setting)
-    monkeypatch.setattr(measure, "gpu_model_name", lambda device: "H200-141GB")
-    monkeypatch.setattr(int8_gemv, "_tuned_read", False)
-    assert int8_gemv.tuned_entry(site, torch.device("cpu")) is None  # a CPU reads no table
-    got = int8_gemv.tuned_entry(site, torch.device("cuda"))
-    shipped = step_tune.load(step_tune.table_path("H200-141GB"), "H200-141GB")
+    monkeypatch.setattr(launch_table, "gpu_model_name", lambda device: "H200-141GB")
+    monkeypatch.setattr(launch_table, "_tuned_read", False)
+    assert launch_table.tuned_entry(site, torch.device("cpu")) is None  # a CPU reads no table
+    got = launch_table.tuned_entry(site, torch.device("cuda"))
+    shipped = launch_table.load(launch_table.table_path("H200-141GB"), "H200-141GB")
     assert shipped[site]["pdl"] == 1  # the H200 table ships this 1B site (run 10)
     assert got == {"1": shipped[site], "table": entry(16, pdl=1), "0": None}[setting]
-    monkeypatch.setattr(int8_gemv, "USE_TUNED", False)
-    assert int8_gemv.tuned_entry(site, torch.device("cuda")) is None
+    monkeypatch.setattr(launch_table, "USE_TUNED", False)
+    assert launch_table.tuned_entry(site, torch.device("cuda")) is None
