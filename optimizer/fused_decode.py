@@ -74,6 +74,35 @@ if triton is not None:
         out = tl.join(even * c - odd * s, odd * c + even * s)
         return tl.reshape(out, (D,)).to(dt).to(tl.float32)
 
+    @triton.jit
+    def _kv_tile(k_ptr, v_ptr, kv, s0, hi, stride_ks, offs_d, BLOCK_S: tl.constexpr):
+        """The cached keys and values of slots s0 .. s0 + BLOCK_S (those below `hi`), as stored."""
+        offs_s = s0 + tl.arange(0, BLOCK_S)
+        tile = kv + offs_s[:, None] * stride_ks + offs_d[None, :]
+        s_mask = (offs_s < hi)[:, None]
+        return tl.load(k_ptr + tile, mask=s_mask, other=0.0), tl.load(v_ptr + tile, mask=s_mask, other=0.0)
+
+    @triton.jit
+    def _attend(kt, vt, s0, hi, q, qp, slot, window, pos_row, real_row, m, l, acc, WINDOW: tl.constexpr,
+                BLOCK_S: tl.constexpr):
+        """One tile of the online softmax: the slots s0 .. s0 + BLOCK_S below `hi` that the query
+        at position qp attends (the model's slot_mask; the slot being written left out)."""
+        offs_s = s0 + tl.arange(0, BLOCK_S)
+        s_mask = offs_s < hi
+        kp = tl.load(pos_row + offs_s, mask=s_mask, other=-1)
+        kr = tl.load(real_row + offs_s, mask=s_mask, other=0)
+        seen = (kr != 0) & (kp <= qp) & (kp >= 0)
+        if WINDOW:
+            seen = seen & (qp - kp < window)
+        seen = (seen | (kp == qp)) & s_mask & (offs_s != slot)
+        sc = tl.where(seen, tl.sum(kt.to(tl.float32) * q[None, :], axis=1), -1e30)
+        m_new = tl.maximum(m, tl.max(sc, axis=0))
+        alpha = tl.exp(m - m_new)
+        p = tl.where(seen, tl.exp(sc - m_new), 0.0)
+        l = l * alpha + tl.sum(p, axis=0)
+        acc = acc * alpha + tl.sum(p[:, None] * vt.to(tl.float32), axis=0)
+        return m_new, l, acc
+
     @triton.autotune(configs=_attn_configs(), key=["S", "D", "GROUP"], do_bench=int8_gemv._bench,
                      prune_configs_by={"early_config_prune": _attn_fits})
     @triton.jit
@@ -81,7 +110,7 @@ if triton is not None:
                           count_ptr, y_ptr, S, scale, window, stride_qkv, stride_rope, stride_kb,
                           stride_kh, stride_ks, stride_pb, stride_qpb, stride_yb, H: tl.constexpr,
                           GROUP: tl.constexpr, D: tl.constexpr, WINDOW: tl.constexpr, MAX_SPLIT: tl.constexpr,
-                          PDL: tl.constexpr, TRIGGER: tl.constexpr, BLOCK_S: tl.constexpr):
+                          PDL: tl.constexpr, TRIGGER: tl.constexpr, PRE: tl.constexpr, BLOCK_S: tl.constexpr):
         """A layer's attention for one query head of one row, from the qkv GEMV's output: RoPE on
         q and the new k, the new k and v written to the cache (by the group's first head), and
         an online softmax over this CTA's share of the cache slots (the grid's third axis splits
@@ -92,25 +121,31 @@ if triton is not None:
         Each split leaves (max, sum, weighted values) in `part`; the last to finish (a counter
         per row and head, reset after) combines them. With PDL it was launched as a dependent and
         waits for the kernel before; TRIGGER lets the next kernel launch at its start (1) or after
-        its scan (2)."""
+        its scan (2). PRE 1: the split's first tile of cached keys and values (earlier steps'; the
+        slot this step writes is left out of the scan anyway) is requested before that wait."""
         b = tl.program_id(0)
         h = tl.program_id(1)
         sp = tl.program_id(2)
         nsplit = tl.num_programs(2)
-        _trigger(TRIGGER, 1)
-        if PDL:
-            tl.extra.cuda.gdc_wait()
         HKV: tl.constexpr = H // GROUP
         kvh = h // GROUP
         offs_p = tl.arange(0, D // 2)
         offs_d = tl.arange(0, D)
+        kv = kvh * stride_kh + b * stride_kb
+        per = tl.cdiv(tl.cdiv(S, BLOCK_S), nsplit) * BLOCK_S  # this CTA's slots: [lo, hi)
+        lo = sp * per
+        hi = tl.minimum(S, lo + per)
+        if PRE:
+            kt0, vt0 = _kv_tile(k_ptr, v_ptr, kv, lo, hi, stride_ks, offs_d, BLOCK_S)
+        _trigger(TRIGGER, 1)
+        if PDL:
+            tl.extra.cuda.gdc_wait()
         rope = rope_ptr + b * stride_rope + 2 * offs_p
         c, s = tl.load(rope), tl.load(rope + 1)
         row = qkv_ptr + b * stride_qkv
         q = _rope(row + h * D, c, s, offs_p, D) * scale
         qp = tl.load(qpos_ptr + b * stride_qpb)
         slot = qp % S  # the model's slots: input_pos % cache_slots
-        kv = kvh * stride_kh + b * stride_kb
         m = tl.full((1,), -1e30, dtype=tl.float32)  # running max and sum; finite, so an all-unseen
         l = tl.zeros((1,), dtype=tl.float32)        # block gives exp(0) * 0, never NaN
         acc = tl.zeros((D,), dtype=tl.float32)
@@ -123,26 +158,15 @@ if triton is not None:
             m = tl.sum(q * k_new, axis=0) + tl.zeros((1,), dtype=tl.float32)
             l = tl.full((1,), 1.0, dtype=tl.float32)
             acc = v_new.to(tl.float32)
-        per = tl.cdiv(tl.cdiv(S, BLOCK_S), nsplit) * BLOCK_S
-        for s0 in range(sp * per, tl.minimum(S, (sp + 1) * per), BLOCK_S):
-            offs_s = s0 + tl.arange(0, BLOCK_S)
-            s_mask = offs_s < S
-            kp = tl.load(pos_ptr + b * stride_pb + offs_s, mask=s_mask, other=-1)
-            kr = tl.load(real_ptr + b * stride_pb + offs_s, mask=s_mask, other=0)
-            tile = kv + offs_s[:, None] * stride_ks + offs_d[None, :]
-            kt = tl.load(k_ptr + tile, mask=s_mask[:, None], other=0.0).to(tl.float32)
-            vt = tl.load(v_ptr + tile, mask=s_mask[:, None], other=0.0).to(tl.float32)
-            seen = (kr != 0) & (kp <= qp) & (kp >= 0)
-            if WINDOW:
-                seen = seen & (qp - kp < window)
-            seen = (seen | (kp == qp)) & s_mask & (offs_s != slot)
-            sc = tl.where(seen, tl.sum(kt * q[None, :], axis=1), -1e30)
-            m_new = tl.maximum(m, tl.max(sc, axis=0))
-            alpha = tl.exp(m - m_new)
-            p = tl.where(seen, tl.exp(sc - m_new), 0.0)
-            l = l * alpha + tl.sum(p, axis=0)
-            acc = acc * alpha + tl.sum(p[:, None] * vt, axis=0)
-            m = m_new
+        start = lo
+        if PRE:
+            m, l, acc = _attend(kt0, vt0, lo, hi, q, qp, slot, window, pos_ptr + b * stride_pb,
+                                real_ptr + b * stride_pb, m, l, acc, WINDOW, BLOCK_S)
+            start = lo + BLOCK_S
+        for s0 in range(start, hi, BLOCK_S):
+            kt, vt = _kv_tile(k_ptr, v_ptr, kv, s0, hi, stride_ks, offs_d, BLOCK_S)
+            m, l, acc = _attend(kt, vt, s0, hi, q, qp, slot, window, pos_ptr + b * stride_pb,
+                                real_ptr + b * stride_pb, m, l, acc, WINDOW, BLOCK_S)
         _trigger(TRIGGER, 2)  # (PDL) the next kernel may launch and fetch its weights
         out = y_ptr + b * stride_yb + h * D + offs_d
         if nsplit == 1:
@@ -210,11 +234,12 @@ def _attention(qkv: Tensor, rope: Tensor, k_cache: Tensor, v_cache: Tensor, slot
     site = attention_site(qkv.dtype, n_head, n_kv, head_dim, n_slots, bsz, window)
     entry = launch_table.tuned_entry(site, qkv.device)
     if entry is None:  # autotuned; with the caller's PDL as the GEMVs (trigger after the scan)
-        _attention_kernel[grid](*args, **consts, **int8_gemv.pdl_launch(pdl, 2 * pdl, qkv.device))
+        _attention_kernel[grid](*args, **consts, PRE=0, **int8_gemv.pdl_launch(pdl, 2 * pdl, qkv.device))
         entry = int8_gemv.launch_entry("attention", _attention_kernel.best_config, pdl)
     else:
         launch = int8_gemv.pdl_launch(entry["pdl"], entry["trigger"], qkv.device)
-        _attention_kernel.fn[grid](*args, **consts, **launch, **int8_gemv.entry_config(entry).all_kwargs())
+        _attention_kernel.fn[grid](*args, **consts, **launch, PRE=entry.get("PRE", 0),
+                                   **int8_gemv.entry_config(entry).all_kwargs())
     launch_table.record(site, entry)
     return y
 

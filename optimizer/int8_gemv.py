@@ -142,10 +142,11 @@ if triton is not None:
         return offs_n, n_mask, cols
 
     @triton.jit
-    def _normed(out, ss, K, eps, NORM: tl.constexpr):
-        """RMSNorm's 1 / sqrt(mean(x^2) + eps), a scalar a row, applied to the dot products."""
+    def _normed(out, sum_sq, K, eps, NORM: tl.constexpr):
+        """RMSNorm's 1 / sqrt(mean(x^2) + eps), a scalar a row (`sum_sq`: the input's sum of
+        squares), applied to the dot products."""
         if NORM:
-            out = out / tl.sqrt(tl.sum(ss, axis=0) / K + eps)
+            out = out / tl.sqrt(sum_sq / K + eps)
         return out
 
     @triton.jit
@@ -187,26 +188,44 @@ if triton is not None:
     def _gemv_kernel(x_ptr, w_ptr, s_ptr, y_ptr, g_ptr, r_ptr, N, K, eps, stride_xm, stride_wn, stride_ym,
                      stride_rm, HAS_SCALE: tl.constexpr, NORM: tl.constexpr, RESID: tl.constexpr,
                      GLU: tl.constexpr, MAGIC: tl.constexpr, PDL: tl.constexpr, TRIGGER: tl.constexpr,
-                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                     PREFETCH: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                      EVEN_K: tl.constexpr, EVEN_N: tl.constexpr):
+        """PREFETCH: the weight tiles (a [BLOCK_N, PREFETCH * BLOCK_K] block, PREFETCH * BLOCK_K
+        <= K, the launcher's clamp) requested before the wait for the previous kernel; their dot
+        products are summed apart and added at the end. 1 is the kernel as it was before run 11."""
         pid_n = tl.program_id(0)
         row = tl.program_id(1)
         offs_n, n_mask, cols = _rows(pid_n, N, BLOCK_N, GLU)
-        offs_k = tl.arange(0, BLOCK_K)
-        w_ptrs = w_ptr + offs_n[:, None].to(tl.int64) * stride_wn + offs_k[None, :]
+        rows_w = w_ptr + offs_n[:, None].to(tl.int64) * stride_wn
         x_row = x_ptr + row * stride_xm
-        w = _w_tile(w_ptrs, n_mask[:, None], offs_k[None, :], 0, K, EVEN_K and EVEN_N)
+        PRE_K: tl.constexpr = PREFETCH * BLOCK_K
+        offs_p = tl.arange(0, PRE_K)
+        w_pre = _w_tile(rows_w + offs_p[None, :], n_mask[:, None], offs_p[None, :], 0, K, EVEN_K and EVEN_N)
         _trigger(TRIGGER, 1)
         _wait(PDL)
-        x, ss = _x_block(x_row, g_ptr, offs_k, 0, K, EVEN_K, NORM)
-        acc = _f32(w, MAGIC) * x[None, :]
-        for k0 in range(BLOCK_K, K, BLOCK_K):
+        x_pre, ss_pre = _x_block(x_row, g_ptr, offs_p, 0, K, EVEN_K, NORM)
+        offs_k = tl.arange(0, BLOCK_K)
+        w_ptrs = rows_w + offs_k[None, :]
+        if PREFETCH == 1:
+            acc = _f32(w_pre, MAGIC) * x_pre[None, :]
+            ss = ss_pre
+        else:
+            head = tl.sum(_f32(w_pre, MAGIC) * x_pre[None, :], axis=1)
+            head_ss = tl.sum(ss_pre, axis=0)
+            acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
+            ss = tl.zeros((BLOCK_K,), dtype=tl.float32)
+        for k0 in range(PRE_K, K, BLOCK_K):
             w = _w_tile(w_ptrs, n_mask[:, None], offs_k[None, :], k0, K, EVEN_K and EVEN_N)
             x, sq = _x_block(x_row, g_ptr, offs_k, k0, K, EVEN_K, NORM)
             acc += _f32(w, MAGIC) * x[None, :]
             ss += sq
         _trigger(TRIGGER, 2)
-        _epilogue(_normed(tl.sum(acc, axis=1), ss, K, eps, NORM), s_ptr, r_ptr + row * stride_rm,
+        out = tl.sum(acc, axis=1)
+        sum_sq = tl.sum(ss, axis=0)
+        if PREFETCH > 1:
+            out += head
+            sum_sq += head_ss
+        _epilogue(_normed(out, sum_sq, K, eps, NORM), s_ptr, r_ptr + row * stride_rm,
                   y_ptr + row * stride_ym, offs_n, n_mask, cols, N, HAS_SCALE, RESID, GLU, BLOCK_N)
 
     def _int8_configs() -> list:
@@ -255,7 +274,7 @@ if triton is not None:
             acc += tl.sum(_f32(w, MAGIC) * x[None, :, :], axis=2)
             ss += sq
         _trigger(TRIGGER, 2)
-        _epilogue(_normed(tl.sum(acc, axis=1), tl.sum(ss, axis=1), K, eps, NORM), s_ptr, r_ptr + row * stride_rm,
+        _epilogue(_normed(tl.sum(acc, axis=1), tl.sum(tl.sum(ss, axis=1), axis=0), K, eps, NORM), s_ptr, r_ptr + row * stride_rm,
                   y_ptr + row * stride_ym, offs_n, n_mask, cols, N, HAS_SCALE, RESID, GLU, BLOCK_N)
 
 
@@ -288,10 +307,24 @@ def launch_entry(kernel_name: str, config, pdl: bool) -> dict:
             "num_stages": config.num_stages, "pdl": int(pdl), "trigger": 2}
 
 
+# launch_table entry keys that are not the kernel's config: how it is launched, and what it
+# fetches before waiting for the kernel before it (passed to the kernel apart from the config)
+NOT_CONFIG = ("kernel", "num_warps", "num_stages", "pdl", "trigger", "PREFETCH", "PRE")
+
+
 def entry_config(entry: dict):
     """The triton.Config of a launch_table entry."""
-    meta = {k: v for k, v in entry.items() if k not in ("kernel", "num_warps", "num_stages", "pdl", "trigger")}
+    meta = {k: v for k, v in entry.items() if k not in NOT_CONFIG}
     return triton.Config(meta, num_warps=entry["num_warps"], num_stages=entry["num_stages"])
+
+
+def prefetch_tiles(entry: dict | None, block_k: int, k: int) -> int:
+    """The weight tiles the tile kernel requests before its wait: the entry's PREFETCH (1, as
+    before run 11, where it has none), halved until they fit in K."""
+    n = 1 if entry is None else entry.get("PREFETCH", 1)
+    while n > 1 and n * block_k > k:
+        n //= 2
+    return n
 
 
 def gemv_site(n: int, k: int, rows: int, weight_dtype: torch.dtype, x_dtype: torch.dtype, flags: dict) -> str:
@@ -331,10 +364,13 @@ def _launch(x: Tensor, weight: Tensor, scales: Tensor | None, norm_weight: Tenso
     entry = launch_table.tuned_entry(site, x.device)
 
     def run(kernel, wait: bool, trigger: int, config=None):
+        pre = {}
+        if kernel is _gemv_kernel:  # one weight tile before the wait unless the entry says more
+            pre["PREFETCH"] = 1 if config is None else prefetch_tiles(entry, config.kwargs["BLOCK_K"], k)
         if config is None:  # autotuned
-            kernel[grid](*args, **flags, **pdl_launch(wait, trigger, x.device))
+            kernel[grid](*args, **flags, **pre, **pdl_launch(wait, trigger, x.device))
         else:
-            kernel.fn[grid](*args, **flags, **pdl_launch(wait, trigger, x.device), **config.all_kwargs())
+            kernel.fn[grid](*args, **flags, **pre, **pdl_launch(wait, trigger, x.device), **config.all_kwargs())
 
     if entry is not None:
         run(kernels[entry["kernel"]], entry["pdl"], entry["trigger"], entry_config(entry))

@@ -16,7 +16,10 @@ layer), starts from the autotuner's choices, and goes over the sites in turn:
 2. programmatic dependent launch (launch_table.TUNED): first at every site at once, then site by
    site, on or off, with the kernel letting its dependent launch at its start or after its
    main loop;
-3. the best few configs tried so far (`refine` a site) again, under the PDL choices of step 2.
+3. what a kernel launched early fetches before it waits for the one before (`site_prewait`: 1 to
+   8 weight tiles a GEMV CTA, the first cached key and value tile an attention split), site by
+   site (run 11);
+4. the best few configs tried so far (`refine` a site) again, under the choices of steps 2 and 3.
 
 A step time is the best of `reps` runs of `steps` graph replays, the graph captured anew for each
 candidate (the launches are read when the graph is captured). The result is launch_table.TUNED's
@@ -39,6 +42,10 @@ from optimizer import fused_decode, int8_gemv, launch_table
 # (launched as a dependent, where the kernel lets its own dependent launch: 1 its start, 2 after
 # its main loop), launch_table.TUNED's "pdl" and "trigger"
 PDL_CHOICES = ((0, 1), (0, 2), (1, 1), (1, 2))
+# an entry's keys for how a kernel is launched rather than its config: PDL, and what it fetches
+# before waiting for the kernel before it (the tile GEMV's PREFETCH, the attention kernel's PRE)
+LAUNCH_KEYS = ("pdl", "trigger", "PREFETCH", "PRE")
+PREFETCH_TILES = (1, 2, 4, 8)
 
 
 def site_candidates(site: str) -> list[dict]:
@@ -51,21 +58,37 @@ def site_candidates(site: str) -> list[dict]:
     return int8_gemv.gemv_candidates(site, k, words[1].startswith("int8/"))
 
 
+def site_prewait(site: str, entry: dict) -> list[dict]:
+    """`entry` with each other amount fetched before the wait: the tile GEMV's weight tiles (those
+    that fit in K), the attention kernel's first cached tile or not; none for the grouped GEMV."""
+    if entry["kernel"] == "attention":
+        return [{**entry, "PRE": 1 - entry.get("PRE", 0)}]
+    if entry["kernel"] != "tile":
+        return []
+    k = int(site.split()[2].split("x")[1])
+    return [{**entry, "PREFETCH": n} for n in PREFETCH_TILES
+            if n != entry.get("PREFETCH", 1) and n * entry["BLOCK_K"] <= k]
+
+
 def _same_launch(a: dict, b: dict) -> bool:
-    """The same kernel and config, whatever the PDL choices."""
+    """The same kernel and config, however launched (LAUNCH_KEYS)."""
     def config(e: dict) -> dict:
-        return {k: v for k, v in e.items() if k not in ("pdl", "trigger")}
+        return {k: v for k, v in e.items() if k not in LAUNCH_KEYS}
     return config(a) == config(b)
 
 
-def _with_pdl(entry: dict, like: dict) -> dict:
-    return {**entry, "pdl": like["pdl"], "trigger": like["trigger"]}
+def _launched_like(entry: dict, like: dict) -> dict:
+    """`entry`'s kernel and config, launched as `like` is (its LAUNCH_KEYS)."""
+    config = {k: v for k, v in entry.items() if k not in LAUNCH_KEYS}
+    return {**config, **{k: like[k] for k in LAUNCH_KEYS if k in like}}
 
 
 def tune(measure: Callable[[], float], start: dict[str, dict], candidates: Callable[[str], list[dict]],
          log: Callable[[str], None] = lambda msg: None, min_gain: float = 1e-3, pdl: bool = True,
-         refine: int = 4, progress: Callable[[int], None] | None = None) -> dict:
-    """Coordinate descent over the sites' launches (steps 1 to 3 of the module's docstring).
+         refine: int = 4, progress: Callable[[int], None] | None = None,
+         prewait: Callable[[str, dict], list[dict]] | None = None) -> dict:
+    """Coordinate descent over the sites' launches (steps 1 to 4 of the module's docstring; step 3
+    when `prewait(site, entry)` gives the variants to try).
 
     `measure()` returns the step time with launch_table.TUNED as it is now; `start` maps each site
     to its launch to begin with. Returns {"table", "step_s_start", "step_s", "trials", "history"
@@ -102,7 +125,7 @@ def tune(measure: Callable[[], float], start: dict[str, dict], candidates: Calla
                 accepted.append(history[-1])
 
     for site in table:  # 1. configs (and kernels)
-        consider(site, [_with_pdl(c, table[site]) for c in candidates(site) if not _same_launch(c, table[site])])
+        consider(site, [_launched_like(c, table[site]) for c in candidates(site) if not _same_launch(c, table[site])])
     if pdl:  # 2. programmatic dependent launch: everywhere at once, then site by site
         everywhere = {site: {**entry, "pdl": 1} for site, entry in table.items()}
         t = trial(everywhere)
@@ -114,7 +137,10 @@ def tune(measure: Callable[[], float], start: dict[str, dict], candidates: Calla
         for site in table:
             consider(site, [{**table[site], "pdl": p, "trigger": g} for p, g in PDL_CHOICES
                             if (p, g) != (table[site]["pdl"], table[site]["trigger"])])
-        for site in table:  # 3. the best few configs of step 1 again, under step 2's choices
+        if prewait:  # 3. fetches before the wait
+            for site in table:
+                consider(site, prewait(site, table[site]))
+        for site in table:  # 4. the best few configs of step 1 again, under the choices of steps 2 and 3
             ranked = sorted(scores.get(site, []), key=lambda s: s[0])
             again, seen = [], []
             for _, entry in ranked:
@@ -122,7 +148,7 @@ def tune(measure: Callable[[], float], start: dict[str, dict], candidates: Calla
                     break
                 if not _same_launch(entry, table[site]) and not any(_same_launch(entry, e) for e in seen):
                     seen.append(entry)
-                    again.append(_with_pdl(entry, table[site]))
+                    again.append(_launched_like(entry, table[site]))
             consider(site, again)
     return {"table": table, "step_s_start": first, "step_s": best, "trials": trials, "history": history,
             "accepted": accepted}
@@ -180,7 +206,8 @@ def tune_decoder(model, decoder, log: Callable[[str], None] = lambda msg: None, 
         launch_table.TUNED.pop(site, None)
     start = step_sites(decoder)
     log(f"{len(start)} sites; {sum(len(site_candidates(s)) for s in start)} candidate launches")
-    out = tune(lambda: graphed_step_s(decoder, steps, reps), start, site_candidates, log, **kwargs)
+    out = tune(lambda: graphed_step_s(decoder, steps, reps), start, site_candidates, log, prewait=site_prewait,
+               **kwargs)
     decoder._graphs.clear()
     log(f"step {out['step_s_start'] * 1e3:.4f} -> {out['step_s'] * 1e3:.4f} ms in {out['trials']} trials")
     return {**out, "start": start}

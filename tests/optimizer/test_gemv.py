@@ -108,7 +108,7 @@ FUSED = textwrap.dedent("""
     import asyncio
     import torch
     import torch.nn.functional as F
-    from optimizer import fused_decode, int8_gemv
+    from optimizer import fused_decode, int8_gemv, launch_table
     from optimizer.bench import Variant, build_variant
     from optimizer.continuous import ContinuousBatcher
     from optimizer.generate import generate
@@ -126,8 +126,7 @@ FUSED = textwrap.dedent("""
         normed = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5) * g
         def glu(z):  # the weight's rows are [gate, up]
             return F.silu(z[:, :n // 2]) * z[:, n // 2:]
-        for kernel in ("tile", "grouped"):
-            int8_gemv.INT8_KERNEL = kernel
+        def check(label):
             for weight, scales, dense in ((w, None, w), (q, s, q.float() * s[:, None])):
                 cases = [(op(x, weight, scales, g, 1e-5, None, False, False), normed @ dense.t()),
                          (op(x, weight, scales, g, 1e-5, None, True, False), glu(normed @ dense.t())),
@@ -135,8 +134,20 @@ FUSED = textwrap.dedent("""
                          (op(x, weight, scales, g, 1e-5, r, False, False), r + normed @ dense.t())]
                 for got, want in cases:
                     assert got.shape == want.shape and torch.allclose(got, want, rtol=1e-4, atol=1e-3), \\
-                        (kernel, scales is None, (got - want).abs().max())
+                        (label, n, k, scales is None, (got - want).abs().max())
+        for kernel in ("tile", "grouped"):
+            int8_gemv.INT8_KERNEL = kernel
+            with launch_table.census() as sites:
+                check(kernel)
         int8_gemv.INT8_KERNEL = "tile"
+        # weight tiles requested before the wait for the kernel before (PREFETCH, halved until they
+        # fit in K: 4 x 32 of K 128 whole, 4 x 32 of a ragged K 200 with a masked tail)
+        for prefetch in (2, 4):
+            launch_table.TUNED.update({site: {"kernel": "tile", "BLOCK_N": 16, "BLOCK_K": 32, "num_warps": 4,
+                                              "num_stages": 1, "pdl": 1, "trigger": 1, "PREFETCH": prefetch}
+                                       for site in sites})
+            check(f"PREFETCH {prefetch}")
+        launch_table.TUNED.clear()
     for bad in ((torch.randn(1, 10), torch.randn(4, 8), None, False), (torch.randn(1, 8), torch.randn(5, 8), None, True),
                 (torch.randn(1, 8), torch.randn(4, 8), torch.randn(1, 4), True)):
         try:
@@ -163,10 +174,17 @@ FUSED = textwrap.dedent("""
             pos[rows, slots] = q_pos.view(-1, 1).expand(b, 1)
             real[rows, slots] = True
             rope = table[q_pos]
-            for window in (0, 6):
+            for window, pre in ((0, None), (6, None), (0, 1), (6, 1)):
+                # pre: the split's first cached tile requested before the wait, two tiles a split
+                # (BLOCK_S 2 of S 37: 19 tiles in 16 splits, the last ones empty) or one (S 10)
+                site = fused_decode.attention_site(torch.float32, h, hkv, d, s, b, window)
+                if pre:
+                    launch_table.TUNED[site] = {"kernel": "attention", "BLOCK_S": 2 if s == 37 else 4, "num_warps": 2,
+                                                "num_stages": 1, "pdl": 1, "trigger": 1, "PRE": pre}
                 k2, v2 = kc.clone(), vc.clone()
                 got = torch.ops.gpucost.decode_attention(qkv, rope, k2, v2, pos[:b], real[:b], q_pos, counts,
                                                          h, window, False)
+                launch_table.TUNED.clear()
                 qq, kk, vv = qkv.split([h * d, hkv * d, hkv * d], dim=-1)
                 qq = apply_rope(qq.view(b, 1, h, d), rope)
                 kk = apply_rope(kk.view(b, 1, hkv, d), rope)
@@ -177,7 +195,7 @@ FUSED = textwrap.dedent("""
                                  window or None)
                 want = F.scaled_dot_product_attention(qq.transpose(1, 2), kw[:b], vw[:b], attn_mask=mask,
                                                       enable_gqa=True).transpose(1, 2).reshape(b, 1, h * d)
-                assert torch.allclose(got, want, atol=1e-5), (s, window, (got - want).abs().max())
+                assert torch.allclose(got, want, atol=1e-5), (s, window, pre, (got - want).abs().max())
                 assert torch.equal(k2, kw) and torch.equal(v2, vw), (s, window)  # written where the model writes
                 assert not counts.any(), counts  # the split counters are left at zero
 
@@ -214,7 +232,7 @@ FUSED = textwrap.dedent("""
     # Launches fixed per site (launch_table.TUNED, what step_tune.py fills): the census lists the
     # step's sites and the launches they got; other configs and the grouped int8 kernel fixed
     # there are the launches made, and give the same tokens (PDL asked for, off on a CPU).
-    from optimizer import launch_table, step_tune
+    from optimizer import step_tune
     model = quantize_model(build_model(args, seed=2), "int8-weight-only")
     p = [[5, 9, 17, 3, 100, 11]]
     want = tokens(model, p, 5, False)
@@ -235,6 +253,16 @@ FUSED = textwrap.dedent("""
         else:
             fixed[site] = {"kernel": "grouped", "BLOCK_N": 8, "BLOCK_K": 32, "num_warps": 2, "num_stages": 1,
                            "pdl": 1, "trigger": 2}
+    launch_table.TUNED.update(fixed)
+    with launch_table.census() as used:
+        assert tokens(model, p, 5, True) == want
+    assert used == fixed, used
+    # run 11's pre-wait fetches: two weight tiles a GEMV, the first cached tile a split
+    for site, launch in fixed.items():
+        if site.startswith("attention"):
+            fixed[site] = {**launch, "PRE": 1}
+        else:
+            fixed[site] = {**launch, "kernel": "tile", "PREFETCH": 2}
     launch_table.TUNED.update(fixed)
     with launch_table.census() as used:
         assert tokens(model, p, 5, True) == want

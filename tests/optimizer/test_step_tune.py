@@ -71,6 +71,50 @@ def test_tune_takes_pdl_everywhere_when_only_all_sites_together_gain():
     assert out["table"] == {s: entry(4, pdl=1) for s in "abc"} and out["step_s"] == 7.0
 
 
+def test_tune_fetches_before_the_wait_where_it_pays_and_keeps_it_through_the_refine_pass():
+    # Site "a" gains from 4 weight tiles before the wait (and loses from 8), only when launched as
+    # a dependent; BLOCK_N 8 is its best config until then, BLOCK_N 4 with 4 tiles early is best
+    # of all, which only the refine pass can find, and only if it keeps the fetch choice. Site "b"
+    # (attention) gains from its first cached tile early; "c", the grouped kernel, has nothing to
+    # fetch.
+    def cost(site: str, e: dict) -> float:
+        if site == "a":
+            early = e.get("PREFETCH", 1) * e["pdl"]
+            base = {2: 9.0, 4: 8.0, 8: 7.5}[e["BLOCK_N"]] + (0.0 if e["pdl"] else 1.0)
+            return base - {0: 0.0, 1: 0.0, 2: 0.5, 4: 1.0, 8: -1.0}[early] - (1.0 if e["BLOCK_N"] == 4 and early == 4 else 0)
+        if site == "b":
+            return 5.0 - 0.5 * e.get("PRE", 0) * e["pdl"]
+        return 2.0 - 0.1 * e["pdl"]
+
+    a_site = "gemv bfloat16/bfloat16 2048x4096 rows=1 resid"  # K 4096: up to 8 tiles of 512
+    sites = {a_site: "a", "attention bfloat16 H=32 Hkv=8 D=64 S=384 rows=1": "b",
+             "gemv int8/bfloat16 2048x2048 rows=1 resid magic": "c"}
+    attn = {"kernel": "attention", "BLOCK_S": 64, "num_warps": 4, "num_stages": 1, "pdl": 0, "trigger": 2}
+    start = {site: (attn if name == "b" else entry(2, kernel="tile" if name == "a" else "grouped"))
+             for site, name in sites.items()}
+
+    def candidates(site):
+        return [entry(n) for n in (2, 4, 8)] if sites[site] == "a" else [start[site]]
+
+    def step() -> float:
+        return sum(cost(sites[site], launch_table.TUNED[site]) for site in sites)
+
+    assert step_tune.site_prewait(a_site, entry(8)) == [{**entry(8), "PREFETCH": n} for n in (2, 4, 8)]
+    assert step_tune.site_prewait("gemv bfloat16/bfloat16 2048x2048 rows=1 resid", {**entry(8), "BLOCK_K": 1024}) \
+        == [{**entry(8), "BLOCK_K": 1024, "PREFETCH": 2}]  # 4 tiles of 1024 do not fit in K 2048
+    assert step_tune.site_prewait("x", attn) == [{**attn, "PRE": 1}]
+    assert step_tune.site_prewait("x", entry(2, kernel="grouped")) == []
+    out = step_tune.tune(step, start, candidates, prewait=step_tune.site_prewait, refine=2)
+    assert out["table"][a_site] == {**entry(4, pdl=1), "PREFETCH": 4}
+    assert out["table"]["attention bfloat16 H=32 Hkv=8 D=64 S=384 rows=1"] == {**attn, "pdl": 1, "PRE": 1}
+    assert out["step_s"] == (8.0 - 2.0) + 4.5 + 1.9
+    assert {**entry(8, pdl=1), "PREFETCH": 4} in [h["launches"].get(a_site) for h in out["accepted"]]
+    # without the pass (prewait None) nothing is fetched early
+    launch_table.TUNED.clear()
+    out = step_tune.tune(step, start, candidates)
+    assert not any("PREFETCH" in e or "PRE" in e for e in out["table"].values())
+
+
 def test_tables_are_kept_per_device(tmp_path):
     path = tmp_path / "h200_step_tuned.json"
     launch_table.save(path, {"gemv x": entry(4)}, "H200-141GB", {"model": "1b"})
