@@ -54,9 +54,11 @@ if triton is not None:
     def _attn_configs() -> list:
         if int8_gemv._interpreting():
             return [triton.Config({"BLOCK_S": 16}, num_warps=4)]
-        # small tiles: a head's slots are split across CTAs (up to MAX_SPLIT), each a tile or two
+        # small tiles: a head's slots are split across CTAs (up to MAX_SPLIT), each a tile or two;
+        # large ones (run 11): a head in one or two CTAs, with no combine of splits when one
         return [triton.Config({"BLOCK_S": bs}, num_warps=w, num_stages=st)
-                for bs, w in ((16, 2), (32, 2), (32, 4), (64, 4), (128, 4), (128, 8)) for st in (1, 2)]
+                for bs, w in ((16, 2), (32, 2), (32, 4), (64, 4), (128, 4), (128, 8), (256, 4), (256, 8), (512, 8))
+                for st in (1, 2)]
 
     def _attn_fits(configs, named_args, **kwargs):
         """Tiles of at most 32 K fp32 values (K and V each) a CTA."""

@@ -19,7 +19,8 @@ layer), starts from the autotuner's choices, and goes over the sites in turn:
 3. what a kernel launched early fetches before it waits for the one before (`site_prewait`: 1 to
    8 weight tiles a GEMV CTA, the first cached key and value tile an attention split), site by
    site (run 11);
-4. the best few configs tried so far (`refine` a site) again, under the choices of steps 2 and 3.
+4. the best few configs tried so far (`refine` a site; all of them with a large `refine`) again,
+   under the choices of steps 2 and 3, and step 3 again where one of them is kept.
 
 A step time is the best of `reps` runs of `steps` graph replays, the graph captured anew for each
 candidate (the launches are read when the graph is captured). The result is launch_table.TUNED's
@@ -131,7 +132,7 @@ def tune(measure: Callable[[], float], start: dict[str, dict], candidates: Calla
         t = trial(everywhere)
         if t < best * (1 - min_gain):
             log(f"PDL at every site {best * 1e3:.4f} -> {t * 1e3:.4f} ms")
-            best, table = t, everywhere
+            best, table = t, dict(everywhere)  # (a copy: the trial's record keeps what it tried)
             launch_table.TUNED.update(table)
             accepted.append(history[-1])
         for site in table:
@@ -149,7 +150,10 @@ def tune(measure: Callable[[], float], start: dict[str, dict], candidates: Calla
                 if not _same_launch(entry, table[site]) and not any(_same_launch(entry, e) for e in seen):
                     seen.append(entry)
                     again.append(_launched_like(entry, table[site]))
+            config = table[site]
             consider(site, again)
+            if prewait and table[site] is not config:  # a new config: its fetches before the wait again
+                consider(site, prewait(site, table[site]))
     return {"table": table, "step_s_start": first, "step_s": best, "trials": trials, "history": history,
             "accepted": accepted}
 

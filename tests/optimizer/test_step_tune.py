@@ -73,15 +73,17 @@ def test_tune_takes_pdl_everywhere_when_only_all_sites_together_gain():
 
 def test_tune_fetches_before_the_wait_where_it_pays_and_keeps_it_through_the_refine_pass():
     # Site "a" gains from 4 weight tiles before the wait (and loses from 8), only when launched as
-    # a dependent; BLOCK_N 8 is its best config until then, BLOCK_N 4 with 4 tiles early is best
-    # of all, which only the refine pass can find, and only if it keeps the fetch choice. Site "b"
+    # a dependent; BLOCK_N 8 is its best config until then. BLOCK_N 4 with 4 tiles early beats it,
+    # which only the refine pass can find, and only if it keeps the fetch choice; and BLOCK_N 4
+    # with 2 tiles is best of all, which the fetch pass after the refine finds. Site "b"
     # (attention) gains from its first cached tile early; "c", the grouped kernel, has nothing to
     # fetch.
     def cost(site: str, e: dict) -> float:
         if site == "a":
             early = e.get("PREFETCH", 1) * e["pdl"]
             base = {2: 9.0, 4: 8.0, 8: 7.5}[e["BLOCK_N"]] + (0.0 if e["pdl"] else 1.0)
-            return base - {0: 0.0, 1: 0.0, 2: 0.5, 4: 1.0, 8: -1.0}[early] - (1.0 if e["BLOCK_N"] == 4 and early == 4 else 0)
+            bonus = {4: 1.0, 2: 2.0}.get(early, 0.0) if e["BLOCK_N"] == 4 else 0.0
+            return base - {0: 0.0, 1: 0.0, 2: 0.5, 4: 1.0, 8: -1.0}[early] - bonus
         if site == "b":
             return 5.0 - 0.5 * e.get("PRE", 0) * e["pdl"]
         return 2.0 - 0.1 * e["pdl"]
@@ -105,10 +107,12 @@ def test_tune_fetches_before_the_wait_where_it_pays_and_keeps_it_through_the_ref
     assert step_tune.site_prewait("x", attn) == [{**attn, "PRE": 1}]
     assert step_tune.site_prewait("x", entry(2, kernel="grouped")) == []
     out = step_tune.tune(step, start, candidates, prewait=step_tune.site_prewait, refine=2)
-    assert out["table"][a_site] == {**entry(4, pdl=1), "PREFETCH": 4}
+    assert out["table"][a_site] == {**entry(4, pdl=1), "PREFETCH": 2}
     assert out["table"]["attention bfloat16 H=32 Hkv=8 D=64 S=384 rows=1"] == {**attn, "pdl": 1, "PRE": 1}
-    assert out["step_s"] == (8.0 - 2.0) + 4.5 + 1.9
-    assert {**entry(8, pdl=1), "PREFETCH": 4} in [h["launches"].get(a_site) for h in out["accepted"]]
+    assert out["step_s"] == (8.0 - 2.5) + 4.5 + 1.9
+    kept = [h["launches"][a_site] for h in out["accepted"] if a_site in h["launches"]]
+    assert kept[-3:] == [{**entry(8, pdl=1), "PREFETCH": 4}, {**entry(4, pdl=1), "PREFETCH": 4},
+                         {**entry(4, pdl=1), "PREFETCH": 2}], kept
     # without the pass (prewait None) nothing is fetched early
     launch_table.TUNED.clear()
     out = step_tune.tune(step, start, candidates)

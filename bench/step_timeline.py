@@ -1,0 +1,147 @@
+"""Where a graphed decode step's time goes, kernel by kernel.
+
+torch.profiler over CUDA-graph replays of the batch-1 decode step (as `generate` runs them: the
+replay, then the new token copied out), on a GPU. For each kernel: its duration and the time
+from its start to the next kernel's start (its share of the step: these shares add up to the
+step exactly, overlap with programmatic dependent launch included), summed by role. For the fused
+step the roles are the layer's five kernels (qkv, attention, wo, w13, w2), the head and what runs
+outside them; GEMV roles also get their weight bytes over their duration.
+
+    python3 bench/step_timeline.py [--model 1b] [--variants V1,V2] [--steps 24] [--out FILE.json]
+
+A variant takes the suffix @table (the device's step-tuned launches, the default for fused
+variants here) or @autotuned."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from optimizer import bench as B  # noqa: E402
+from optimizer import launch_table  # noqa: E402
+from optimizer.generate import ensure_caches, generate  # noqa: E402
+
+LAYER_GEMVS = ("qkv", "wo", "w13", "w2")
+
+
+def roles(names: list[str], n_layer: int) -> list[str]:
+    """A role per kernel of one step: the fused step's GEMVs by their order (four a layer, then
+    the head), its attention kernel, and everything else by name."""
+    out, g = [], 0
+    for name in names:
+        if "gemv_kernel" in name:
+            out.append("head" if g == 4 * n_layer else LAYER_GEMVS[g % 4])
+            g += 1
+        elif "_attention_kernel" in name:
+            out.append("attention")
+        else:
+            out.append("other: " + name[:60])
+    return out
+
+
+def role_bytes(model) -> dict[str, int]:
+    layer = model.layers[0]
+    mods = {"qkv": layer.attention.wqkv, "wo": layer.attention.wo, "w13": layer.feed_forward.w13,
+            "w2": layer.feed_forward.w2, "head": model.output}
+    return {r: m.weight.numel() * m.weight.element_size() for r, m in mods.items()}
+
+
+def kernels_of(trace: Path) -> list[dict]:
+    events = json.loads(trace.read_text())["traceEvents"]
+    ks = [e for e in events if e.get("ph") == "X" and e.get("cat") == "kernel"]
+    return sorted(({"name": e["name"], "start": float(e["ts"]), "dur": float(e["dur"])} for e in ks),
+                  key=lambda k: k["start"])
+
+
+def timeline(model, decoder, steps: int, device) -> dict:
+    from torch.profiler import ProfilerActivity, profile
+
+    prompt = B.random_prompts(model.args.vocab_size, 1, 128, 0)
+    ensure_caches(model, 1, 128 + 256)
+    generate(model, prompt, 8, decoder=decoder)  # compiled, tuned launches read, graph captured
+    token = torch.zeros(1, 1, dtype=torch.long, device=device)
+    out = torch.empty(1, steps + 8, dtype=torch.long, device=device)
+    decoder.start(token, torch.tensor([200], device=device))
+    for i in range(4):
+        out[:, i:i + 1] = decoder.advance()
+    torch.cuda.synchronize()
+    with tempfile.TemporaryDirectory() as tmp:
+        with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
+            for i in range(steps):
+                out[:, 4 + i:5 + i] = decoder.advance()
+            torch.cuda.synchronize()
+        path = Path(tmp) / "trace.json"
+        prof.export_chrome_trace(str(path))
+        ks = kernels_of(path)
+    if not ks or len(ks) % steps:
+        return {"error": f"{len(ks)} kernels traced over {steps} replays (graph kernels not traced?)"}
+    per = len(ks) // steps
+    names = [k["name"] for k in ks[:per]]
+    role = roles(names, model.args.n_layer)
+    nbytes = role_bytes(model)
+    by_role: dict[str, dict] = {}
+    walls = []
+    for s in range(steps - 1):  # the last step has no next start
+        step = ks[s * per:(s + 1) * per + 1]
+        walls.append(step[-1]["start"] - step[0]["start"])
+        for j in range(per):
+            r = by_role.setdefault(role[j], {"count": 0, "dur_us": 0.0, "share_us": 0.0, "gap_us": 0.0})
+            r["count"] += 1
+            r["dur_us"] += step[j]["dur"]
+            r["share_us"] += step[j + 1]["start"] - step[j]["start"]
+            r["gap_us"] += step[j + 1]["start"] - (step[j]["start"] + step[j]["dur"])
+    n = steps - 1
+    for name, r in by_role.items():
+        calls = r["count"] / n
+        r.update({"calls_per_step": calls, "dur_us_per_step": r["dur_us"] / n, "share_us_per_step": r["share_us"] / n,
+                  "gap_us_per_step": r["gap_us"] / n, "dur_us_per_call": r["dur_us"] / r["count"]})
+        if name in nbytes:
+            r["gb_s"] = nbytes[name] * calls / (r["dur_us"] / n) / 1e3
+        for k in ("count", "dur_us", "share_us", "gap_us"):
+            r.pop(k)
+    return {"kernels_per_step": per, "step_us": statistics.median(walls), "step_us_min": min(walls),
+            "step_us_max": max(walls), "roles": by_role, "names": names}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="1b")
+    ap.add_argument("--variants", default="bf16+gemv+fused+compile+cudagraph,bf16+int8-weight-only+fused+compile+cudagraph")
+    ap.add_argument("--steps", type=int, default=24)
+    ap.add_argument("--out")
+    args = ap.parse_args()
+    device = torch.device("cuda")
+    result = {"device": torch.cuda.get_device_name(device), "torch": torch.__version__, "model": args.model,
+              "variants": {}}
+    for name in args.variants.split(","):
+        launch_table.USE_TUNED = "@autotuned" not in name
+        model, decoder = B.build_variant(args.model, B.Variant.parse(name.split("@")[0]), device)
+        t = timeline(model, decoder, args.steps, device)
+        result["variants"][name] = t
+        if "error" in t:
+            print(f"{name}: {t['error']}", flush=True)
+            continue
+        print(f"{args.model} {name}: {t['kernels_per_step']} kernels, step {t['step_us']:.1f} us "
+              f"[{t['step_us_min']:.1f}..{t['step_us_max']:.1f}]", flush=True)
+        for role, r in sorted(t["roles"].items(), key=lambda kv: -kv[1]["share_us_per_step"]):
+            print(f"  {role:40} x{r['calls_per_step']:4.0f}  share {r['share_us_per_step']:7.1f} us  "
+                  f"dur {r['dur_us_per_step']:7.1f} us ({r['dur_us_per_call']:6.2f} a call)  "
+                  f"gap {r['gap_us_per_step']:7.1f} us" + (f"  {r['gb_s']:6.0f} GB/s" if "gb_s" in r else ""),
+                  flush=True)
+        del model, decoder
+        torch.cuda.empty_cache()
+    launch_table.USE_TUNED = True
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
