@@ -137,17 +137,21 @@ if triton is not None:
         per = tl.cdiv(tl.cdiv(S, BLOCK_S), nsplit) * BLOCK_S  # this CTA's slots: [lo, hi)
         lo = sp * per
         hi = tl.minimum(S, lo + per)
+        # before the wait: the step's inputs (the query's position, its row of the RoPE table)
+        qp = tl.load(qpos_ptr + b * stride_qpb)
+        rope = rope_ptr + qp * stride_rope + 2 * offs_p
+        c, s = tl.load(rope), tl.load(rope + 1)
         if PRE:
             kt0, vt0 = _kv_tile(k_ptr, v_ptr, kv, lo, hi, stride_ks, offs_d, BLOCK_S)
         _trigger(TRIGGER, 1)
         if PDL:
             tl.extra.cuda.gdc_wait()
-        rope = rope_ptr + b * stride_rope + 2 * offs_p
-        c, s = tl.load(rope), tl.load(rope + 1)
+        slot = qp % S  # the model's slots: input_pos % cache_slots
+        if h == 0 and sp == 0:  # this step's slot bookkeeping (the scans leave the slot out anyway)
+            tl.store(pos_ptr + b * stride_pb + slot, qp)
+            tl.store(real_ptr + b * stride_pb + slot, 1)
         row = qkv_ptr + b * stride_qkv
         q = _rope(row + h * D, c, s, offs_p, D) * scale
-        qp = tl.load(qpos_ptr + b * stride_qpb)
-        slot = qp % S  # the model's slots: input_pos % cache_slots
         m = tl.full((1,), -1e30, dtype=tl.float32)  # running max and sum; finite, so an all-unseen
         l = tl.zeros((1,), dtype=tl.float32)        # block gives exp(0) * 0, never NaN
         acc = tl.zeros((D,), dtype=tl.float32)
@@ -223,14 +227,16 @@ def _attention(qkv: Tensor, rope: Tensor, k_cache: Tensor, v_cache: Tensor, slot
     if counts.numel() < bsz * n_head:
         raise ValueError(f"{counts.numel()} split counters for {bsz} rows x {n_head} heads")
     qkv = qkv.contiguous()
-    rope = rope.reshape(-1, head_dim).contiguous()  # [1 or B, D/2 x (cos, sin)]
+    rope = rope.reshape(-1, head_dim)  # [positions, D/2 x (cos, sin)]
+    if rope.stride(1) != 1:
+        raise ValueError("the RoPE table's rows must be contiguous")
     q_pos = q_pos.reshape(-1)
     y = torch.empty(bsz, 1, n_head * head_dim, dtype=qkv.dtype, device=qkv.device)
     part = torch.empty(bsz, n_head, MAX_SPLIT, head_dim + 2, dtype=torch.float32, device=qkv.device)
     shared = lambda t: 0 if t.shape[0] == 1 else t.stride(0)  # noqa: E731  one for all rows
     grid = lambda meta: (bsz, n_head, _splits(n_slots, meta["BLOCK_S"]))  # noqa: E731
     args = (qkv, rope, k_cache, v_cache, slot_pos, slot_real.view(torch.uint8), q_pos, part, counts, y,
-            n_slots, 1.0 / math.sqrt(head_dim), window, qkv.stride(0), shared(rope),
+            n_slots, 1.0 / math.sqrt(head_dim), window, qkv.stride(0), rope.stride(0),
             k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), slot_pos.stride(0), shared(q_pos), y.stride(0))
     consts = dict(H=n_head, GROUP=n_head // n_kv, D=head_dim, WINDOW=window > 0, MAX_SPLIT=MAX_SPLIT)
     site = attention_site(qkv.dtype, n_head, n_kv, head_dim, n_slots, bsz, window)
@@ -246,16 +252,20 @@ def _attention(qkv: Tensor, rope: Tensor, k_cache: Tensor, v_cache: Tensor, slot
     return y
 
 
-@torch.library.custom_op("gpucost::decode_attention", mutates_args=("k_cache", "v_cache", "counts"))
+@torch.library.custom_op("gpucost::decode_attention",
+                         mutates_args=("k_cache", "v_cache", "slot_pos", "slot_real", "counts"))
 def decode_attention(qkv: Tensor, rope: Tensor, k_cache: Tensor, v_cache: Tensor,
                      slot_pos: Tensor, slot_real: Tensor, q_pos: Tensor, counts: Tensor, n_head: int,
                      window: int, pdl: bool) -> Tensor:
-    """A decode step's attention from the qkv GEMV's output [B, 1, (H + 2 Hkv) D]: RoPE (`rope`
-    [1 or B, ..., D/2, 2]), the new keys and values written at slot `q_pos % S` of cache rows
-    0..B-1 [*, Hkv, S, D], attention over those rows -> [B, 1, H D]. `q_pos` are the query
-    positions ([1] shared or [B, 1]), `slot_pos` / `slot_real` [B, S] the model's slot
-    bookkeeping (already holding this step's slots), `window` 0 for full attention, `counts`
-    int32 zeros (at least B x H; left zero)."""
+    """A decode step's attention from the qkv GEMV's output [B, 1, (H + 2 Hkv) D]: RoPE (from
+    `rope`, the model's table [positions, D/2, 2], at each query's position), the new keys and
+    values written at slot `q_pos % S` of cache rows 0..B-1 [*, Hkv, S, D], attention over those
+    rows -> [B, 1, H D]. `q_pos` are the query positions ([1] shared or [B, 1]); `slot_pos` /
+    `slot_real` [>= B, S] the model's slot bookkeeping, where this step's slots are written (the
+    model's `_cached_mask` / `_row_mask` update, so a fused step needs no other kernel for it);
+    `window` 0 for full attention; `counts` int32 zeros (at least B x H; left zero). `q_pos` and
+    the table are the step's inputs: with `pdl` they are read before waiting for the kernel
+    before, so nothing launched in the step before this op may write them."""
     return _attention(qkv, rope, k_cache, v_cache, slot_pos, slot_real, q_pos, counts, n_head, window, pdl)
 
 

@@ -80,8 +80,13 @@ class Decoder:
         self.compiled = compile
         self.cuda_graphs = cuda_graphs
         self._fn = self._forward
+        self._greedy_fn = self._greedy
         if compile:
             self._fn = torch.compile(self._forward, fullgraph=True, dynamic=False)
+            # the graphed step's greedy tail compiled with it: argmax, the token and position
+            # updates in one or two generated kernels instead of three eager ones (one of them
+            # a 10 us reduction over the vocabulary on the H200, run 11)
+            self._greedy_fn = torch.compile(self._greedy, fullgraph=True, dynamic=False)
         self._graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, Tensor, Tensor, Tensor]] = {}
         self._active: tuple[torch.cuda.CUDAGraph, Tensor, Tensor, Tensor] | None = None
 
@@ -96,6 +101,13 @@ class Decoder:
     def step(self, tokens: Tensor, input_pos: Tensor) -> Tensor:
         return self._fn(tokens, input_pos)
 
+    def _greedy(self, tokens: Tensor, input_pos: Tensor) -> Tensor:
+        """One greedy step in place: the next token into `tokens`, `input_pos` one on; the logits."""
+        logits = self._forward(tokens, input_pos)
+        tokens.copy_(logits.argmax(dim=-1, keepdim=True))
+        input_pos.add_(1)
+        return logits
+
     # -- graphed greedy loop ---------------------------------------------------------------
 
     def _graph_for(self, batch_size: int):
@@ -104,19 +116,20 @@ class Decoder:
             device = self.model.rope.device
             tokens = torch.zeros(batch_size, 1, dtype=torch.long, device=device)
             pos = torch.zeros(1, dtype=torch.long, device=device)
-            # Warm-up (and compilation) off the capture; it writes cache slot 0, which the
-            # next prefill overwrites, and its slot bookkeeping is reset by `generate`.
+            # Warm-up (and compilation) off the capture, from position 0 each time; it writes
+            # cache slot 0, which the next prefill overwrites, and its slot bookkeeping is reset
+            # by `generate`.
             stream = torch.cuda.Stream()
             stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream):
                 for _ in range(3):
-                    self._fn(tokens, pos)
+                    pos.zero_()
+                    self._greedy_fn(tokens, pos)
+                pos.zero_()
             torch.cuda.current_stream().wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
-                logits = self._fn(tokens, pos)
-                tokens.copy_(logits.argmax(dim=-1, keepdim=True))
-                pos.add_(1)
+                logits = self._greedy_fn(tokens, pos)
             self._graphs[key] = (graph, tokens, pos, logits)
         return self._graphs[key]
 

@@ -157,8 +157,9 @@ class TransformerBlock(nn.Module):
                       slot_real: Tensor, window: int | None, counts: Tensor) -> Tensor:
         """The same decode step (one token a row) in five Triton kernels (fused_decode.py): the
         norms inside the GEMVs, the residual adds in their epilogues, SiLU(gate) * up in the w13
-        GEMV's epilogue, and RoPE, the KV write and attention in one kernel that reads the slot
-        bookkeeping instead of a mask."""
+        GEMV's epilogue, and RoPE, the KV write and attention in one kernel that keeps the slot
+        bookkeeping itself (`rope` the whole table, `slot_pos` / `slot_real` the model's buffers)
+        instead of a mask."""
         attn, ff = self.attention, self.feed_forward
         qkv = fused_decode.linear(attn.wqkv, x, norm=self.attention_norm)
         y = torch.ops.gpucost.decode_attention(qkv, rope, cache.k_cache, cache.v_cache, slot_pos, slot_real,
@@ -280,6 +281,13 @@ class Transformer(nn.Module):
         bsz, seqlen = idx.shape
         if input_pos is None:
             input_pos = torch.arange(seqlen, device=idx.device)
+        if fused_decode.applies(self, idx, input_pos, pad_mask, rows):
+            # RoPE, the slot bookkeeping and the attention all in the attention kernel
+            x = self.tok_embeddings(idx)
+            for i, layer in enumerate(self.layers):
+                x = layer.forward_fused(x, self.rope, self.caches[i], input_pos, self.slot_pos, self.slot_real,
+                                        self.window, self.split_counts)
+            return fused_decode.linear(self.output, x, norm=self.norm)
         rope = self.rope[input_pos]
         slots = None
         if rows is not None and (self.caches is None or input_pos.dim() != 2):
@@ -294,11 +302,6 @@ class Transformer(nn.Module):
         else:
             mask = None
         x = self.tok_embeddings(idx)
-        if fused_decode.applies(self, idx, input_pos, pad_mask, rows):  # (the mask goes unused)
-            for i, layer in enumerate(self.layers):
-                x = layer.forward_fused(x, rope, self.caches[i], input_pos, self.slot_pos[:bsz],
-                                        self.slot_real[:bsz], self.window, self.split_counts)
-            return fused_decode.linear(self.output, x, norm=self.norm)
         for i, layer in enumerate(self.layers):
             x = layer(x, rope, mask, None if self.caches is None else self.caches[i], slots, rows)
         return self.output(self.norm(x))

@@ -167,10 +167,11 @@ FUSED = textwrap.dedent("""
         qkv = torch.randn(b, 1, (h + 2 * hkv) * d)
         kc, vc = torch.randn(b + 1, hkv, s, d), torch.randn(b + 1, hkv, s, d)
         for q_pos in (torch.tensor([s - 3]), torch.tensor([[s - 7], [s - 1]])):
-            pos = torch.randint(-1, s, (b + 1, s))
-            real = torch.rand(b + 1, s) > 0.2
+            before_pos = torch.randint(-1, s, (b + 1, s))  # bookkeeping before the step (row b: not ours)
+            before_real = torch.rand(b + 1, s) > 0.2
             rows = torch.arange(b)[:, None]
             slots = (q_pos % s).view(-1, 1).expand(b, 1)  # where the model writes
+            pos, real = before_pos.clone(), before_real.clone()  # and after it, as the model updates it
             pos[rows, slots] = q_pos.view(-1, 1).expand(b, 1)
             real[rows, slots] = True
             rope = table[q_pos]
@@ -182,7 +183,8 @@ FUSED = textwrap.dedent("""
                     launch_table.TUNED[site] = {"kernel": "attention", "BLOCK_S": 2 if s == 37 else 4, "num_warps": 2,
                                                 "num_stages": 1, "pdl": 1, "trigger": 1, "PRE": pre}
                 k2, v2 = kc.clone(), vc.clone()
-                got = torch.ops.gpucost.decode_attention(qkv, rope, k2, v2, pos[:b], real[:b], q_pos, counts,
+                pos2, real2 = before_pos.clone(), before_real.clone()
+                got = torch.ops.gpucost.decode_attention(qkv, table, k2, v2, pos2, real2, q_pos, counts,
                                                          h, window, False)
                 launch_table.TUNED.clear()
                 qq, kk, vv = qkv.split([h * d, hkv * d, hkv * d], dim=-1)
@@ -197,6 +199,7 @@ FUSED = textwrap.dedent("""
                                                       enable_gqa=True).transpose(1, 2).reshape(b, 1, h * d)
                 assert torch.allclose(got, want, atol=1e-5), (s, window, pre, (got - want).abs().max())
                 assert torch.equal(k2, kw) and torch.equal(v2, vw), (s, window)  # written where the model writes
+                assert torch.equal(pos2, pos) and torch.equal(real2, real), (s, window)  # the bookkeeping too
                 assert not counts.any(), counts  # the split counters are left at zero
 
     # The fused decode step gives the unfused model's tokens (gemv and int8 weights, a sliding

@@ -54,6 +54,27 @@ def test_cached_generation_equals_recomputing_the_whole_sequence():
         assert tokens == greedy_without_cache(model, prompt, 12)
 
 
+def test_the_graphed_steps_greedy_tail_continues_generation_in_place():
+    # Decoder._greedy is what the CUDA graph runs (compiled with the step under torch.compile):
+    # the next token written into the token buffer, the position moved on, the logits returned;
+    # step by step it gives generate's tokens.
+    from optimizer.generate import Decoder, prefill
+
+    model = build_model("test", seed=4)
+    prompt = [5, 6, 7, 8, 9]
+    want = generate(model, [prompt], 6).tokens[0]
+    model.reset_cache_state()
+    decoder = Decoder(model)
+    tokens = prefill(model, torch.tensor([prompt]), None).argmax(dim=-1, keepdim=True)
+    pos = torch.tensor([len(prompt)])
+    got = [int(tokens)]
+    for _ in range(5):
+        logits = decoder._greedy(tokens, pos)
+        assert logits.shape == (1, model.args.vocab_size) and int(tokens) == int(logits.argmax())
+        got.append(int(tokens))
+    assert got == want and int(pos) == len(prompt) + 5
+
+
 def test_generation_is_deterministic_and_sampling_is_seeded():
     model = build_model("test")
     prompts = [[1, 2, 3]]
