@@ -8,9 +8,11 @@ step the roles are the layer's five kernels (qkv, attention, wo, w13, w2), the h
 outside them; GEMV roles also get their weight bytes over their duration.
 
     python3 bench/step_timeline.py [--model 1b] [--variants V1,V2] [--steps 24] [--out FILE.json]
+    python3 bench/step_timeline.py --svg OUT.svg LABEL=FILE.json[:KEY] ...   # a plot, no GPU
 
 A variant takes the suffix @table (the device's step-tuned launches, the default for fused
-variants here) or @autotuned."""
+variants here) or @autotuned. The plot draws each variant's step as one bar of its roles' shares
+(FILE.json a result of this script, or KEY the result inside a file holding several)."""
 
 from __future__ import annotations
 
@@ -111,13 +113,76 @@ def timeline(model, decoder, steps: int, device) -> dict:
             "step_us_max": max(walls), "roles": by_role, "names": names}
 
 
+COLORS = {"qkv": "#4c78a8", "attention": "#f58518", "wo": "#54a24b", "w13": "#b279a2", "w2": "#9d755d",
+          "head": "#e45756", "other": "#bab0ac"}
+
+
+def svg(bars: list[tuple[str, dict]], width: int = 900) -> str:
+    """Horizontal bars, one a step, split into its roles' shares (us), with a legend. The
+    "other: ..." roles (everything outside the layers' kernels and the head) are one segment."""
+    longest = max(t["step_us"] for _, t in bars)
+    left, top, bar_h, gap = 230, 30, 26, 14
+    scale = (width - left - 70) / longest
+    height = top + len(bars) * (bar_h + gap) + 50
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
+           f'font-size="12"><rect width="100%" height="100%" fill="white"/>',
+           f'<text x="{left}" y="18">share of the graphed decode step, us (start to next start)</text>']
+    for i, (label, t) in enumerate(bars):
+        y = top + i * (bar_h + gap)
+        out.append(f'<text x="{left - 8}" y="{y + bar_h * 0.65}" text-anchor="end">{escape(label)}</text>')
+        x = float(left)
+        shares: dict[str, float] = {}
+        for role, r in t["roles"].items():
+            key = "other" if role.startswith("other") else role
+            shares[key] = shares.get(key, 0.0) + r["share_us_per_step"]
+        for role in COLORS:
+            w = shares.get(role, 0.0) * scale
+            if w <= 0:
+                continue
+            out.append(f'<rect x="{x:.1f}" y="{y}" width="{w:.1f}" height="{bar_h}" fill="{COLORS[role]}">'
+                       f'<title>{role}: {shares[role]:.1f} us</title></rect>')
+            if w > 34:
+                out.append(f'<text x="{x + w / 2:.1f}" y="{y + bar_h * 0.65}" text-anchor="middle" fill="white">'
+                           f'{shares[role]:.0f}</text>')
+            x += w
+        out.append(f'<text x="{x + 4:.1f}" y="{y + bar_h * 0.65}">{t["step_us"]:.0f} us</text>')
+    y = top + len(bars) * (bar_h + gap) + 10
+    for j, (role, color) in enumerate(COLORS.items()):
+        out.append(f'<rect x="{left + j * 90}" y="{y}" width="12" height="12" fill="{color}"/>'
+                   f'<text x="{left + j * 90 + 16}" y="{y + 11}">{role}</text>')
+    return "\n".join(out + ["</svg>"]) + "\n"
+
+
+def escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def plot(out: str, specs: list[str]) -> None:
+    bars = []
+    for spec in specs:
+        label, _, ref = spec.partition("=")
+        path, _, key = ref.partition(":")
+        doc = json.loads(Path(path).read_text())
+        for part in key.split("/") if key else []:
+            doc = doc[part]
+        for name, t in doc["variants"].items():
+            if "error" not in t:
+                bars.append((f"{label} {'int8' if 'int8' in name else 'bf16'}", t))
+    Path(out).write_text(svg(bars))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--svg", help="draw the results named after it into this SVG file (no GPU)")
+    ap.add_argument("results", nargs="*", help="with --svg: LABEL=FILE.json[:KEY]")
     ap.add_argument("--model", default="1b")
     ap.add_argument("--variants", default="bf16+gemv+fused+compile+cudagraph,bf16+int8-weight-only+fused+compile+cudagraph")
     ap.add_argument("--steps", type=int, default=24)
     ap.add_argument("--out")
     args = ap.parse_args()
+    if args.svg:
+        plot(args.svg, args.results)
+        return
     device = torch.device("cuda")
     result = {"device": torch.cuda.get_device_name(device), "torch": torch.__version__, "model": args.model,
               "variants": {}}

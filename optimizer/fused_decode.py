@@ -7,9 +7,11 @@ model.py) is five kernels:
 
 1. `gemv_fused(x, wqkv, norm=attention_norm)`: RMSNorm inside the GEMV (its sum of squares
    gathered in the same pass over the input, the row's scale applied to the dot products);
-2. `decode_attention(qkv, ...)`: one Triton kernel that applies RoPE to q and the new k, writes
-   the new k and v into the cache, and attends over the cache rows, building the mask from the
-   slot bookkeeping itself (no bias tensor, no cuDNN plan). A head's slots are split across CTAs
+2. `decode_attention(qkv, ...)`: one Triton kernel that applies RoPE to q and the new k (from
+   the model's table at the query's position), writes the new k and v into the cache and the
+   step's slot bookkeeping into the model's buffers, and attends over the cache rows, building
+   the mask from that bookkeeping itself (no bias tensor, no cuDNN plan, and since run 11 no
+   Inductor kernel for RoPE or the bookkeeping). A head's slots are split across CTAs
    (flash-decoding); the last split to finish combines them (a counter a row and head);
 3. `gemv_fused(y, wo, resid=x)`: the residual add in the epilogue;
 4. `gemv_fused(h, w13, norm=ffn_norm, glu=True)`: each CTA takes matching gate and up rows and
@@ -17,8 +19,9 @@ model.py) is five kernels:
 5. `gemv_fused(act, w2, resid=h)`.
 
 Programmatic dependent launch (Hopper) lets a kernel start while the last CTAs of the one before
-run and fetch its first weight tile before it waits for the data it depends on. Each site's
-launch (config, kernel, PDL) comes from the step-tuned table of the device where there is one
+run and fetch what does not depend on it before it waits: the GEMVs 1 to 8 weight tiles a CTA
+(PREFETCH), the attention kernel the position, its RoPE row and (PRE) its first cached tile.
+Each site's launch (config, kernel, PDL, prefetch) comes from the step-tuned table of the device where there is one
 (optimizer/launch_table.py, filled by step_tune.py: on the H200 PDL at every site, with configs chosen
 under it); elsewhere the kernels are autotuned, with PDL only when GPUCOST_FUSED_PDL=1.
 
@@ -26,7 +29,8 @@ Measured on the H200 (docs/benchmarks.md): run 8 (the attention kernel alone, Ro
 write left to Inductor, SiLU in the w2 GEMV's prologue) took a 1B step from 184 to 132 kernels;
 run 9 (this form) to 88, 0.789 ms against 0.890 ms unfused in one process (1.13x), and the 7B
 step to 171 kernels, 3.93 ms (76.9 % of 4.8 TB/s); run 10 (the tuned launches) to 0.703 ms at 1B
-(65.7 %) and 3.725 ms at 7B (81.2 %).
+(65.7 %) and 3.725 ms at 7B (81.2 %); run 11 (fetches before the wait, RoPE and the bookkeeping
+in the attention kernel) to 84 kernels and 0.665 ms at 1B (69.4 %), 3.675 ms at 7B (82.3 %).
 
 Rounding follows eager PyTorch where the kernels round at all (the linear's output before the
 residual, SiLU and its product); the normed input is not rounded to the model dtype (fp32

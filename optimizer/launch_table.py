@@ -3,10 +3,13 @@
 A site is one kernel at one shape, dtype, row count and fused form (int8_gemv.gemv_site,
 fused_decode.attention_site), so one entry covers that projection in every layer. An entry is
 {"kernel": "tile" | "grouped" | "attention", the config's block sizes, "num_warps", "num_stages",
-"pdl": 0 | 1, "trigger": 1 | 2}: pdl 1 launches the kernel as a programmatic dependent of the one
-before (Hopper); every tuned kernel lets its own dependent launch once its first weight tile is
-requested (trigger 1) or once past its main loop (2), so PDL at one site overlaps it with the
-kernel before, whatever that one's entry. step_tune.py fills the table by timing the whole
+"pdl": 0 | 1, "trigger": 1 | 2, and since run 11 optionally "PREFETCH" (the tile GEMV's weight
+tiles requested before its wait, 1 when absent) or "PRE" (1: the attention split's first cached
+tile before its wait, 0 when absent)}: pdl 1 launches the kernel as a programmatic dependent of
+the one before (Hopper); every tuned kernel lets its own dependent launch once its first weight
+tile is requested (trigger 1) or once past its main loop (2), so PDL at one site overlaps it with
+the kernel before, whatever that one's entry. Entries written before run 11 have neither key and
+launch as they did. step_tune.py fills the table by timing the whole
 CUDA-graphed step for each candidate (a kernel timed alone does not predict it in the step).
 
 The kernels read TUNED when they are launched, so a CUDA graph keeps the launches it was captured
