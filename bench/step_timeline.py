@@ -83,12 +83,17 @@ def timeline(model, decoder, steps: int, device) -> dict:
         path = Path(tmp) / "trace.json"
         prof.export_chrome_trace(str(path))
         ks = kernels_of(path)
-    if not ks or len(ks) % steps:
+    return summarize(ks, steps, model.args.n_layer, role_bytes(model))
+
+
+def summarize(ks: list[dict], steps: int, n_layer: int, nbytes: dict[str, int]) -> dict:
+    """Per-role sums over `steps` consecutive steps' kernels (sorted by start, us): a kernel's
+    share is its start to the next kernel's start, so a step's shares add up to its wall time."""
+    if not ks or len(ks) % steps or steps < 2:
         return {"error": f"{len(ks)} kernels traced over {steps} replays (graph kernels not traced?)"}
     per = len(ks) // steps
     names = [k["name"] for k in ks[:per]]
-    role = roles(names, model.args.n_layer)
-    nbytes = role_bytes(model)
+    role = roles(names, n_layer)
     by_role: dict[str, dict] = {}
     walls = []
     for s in range(steps - 1):  # the last step has no next start
