@@ -440,7 +440,8 @@ def main() -> None:
                         ratio = abtest.ratios_against({like: m["step_s"][like], name: m["step_s"][name]}, like)[name]
                         res["arms"][name]["speedup_vs_like_bf16"] = {"arm": like, **ratio}
                         res.setdefault("int8_goal_like", {})[name] = abtest.verdict(ratio["values"], 1.3)
-                        log(f"{model_name} {name} vs {like}: x{ratio['median']:.3f} [{ratio['min']:.3f}..{ratio['max']:.3f}]")
+                        log(f"{model_name} {name} vs {like}: x{ratio['median']:.3f} "
+                            f"[{ratio['min']:.3f}..{ratio['max']:.3f}]")
             save()
             for arm in arms:  # kernels per step and where the step's time goes (1B: fixed kernel cost)
                 try:

@@ -181,7 +181,8 @@ def main() -> None:
     ap.add_argument("--svg", help="draw the results named after it into this SVG file (no GPU)")
     ap.add_argument("results", nargs="*", help="with --svg: LABEL=FILE.json[:KEY]")
     ap.add_argument("--model", default="1b")
-    ap.add_argument("--variants", default="bf16+gemv+fused+compile+cudagraph,bf16+int8-weight-only+fused+compile+cudagraph")
+    ap.add_argument("--variants",
+                    default="bf16+gemv+fused+compile+cudagraph,bf16+int8-weight-only+fused+compile+cudagraph")
     ap.add_argument("--steps", type=int, default=24)
     ap.add_argument("--out")
     args = ap.parse_args()

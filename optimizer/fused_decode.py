@@ -21,9 +21,10 @@ model.py) is five kernels:
 Programmatic dependent launch (Hopper) lets a kernel start while the last CTAs of the one before
 run and fetch what does not depend on it before it waits: the GEMVs 1 to 8 weight tiles a CTA
 (PREFETCH), the attention kernel the position, its RoPE row and (PRE) its first cached tile.
-Each site's launch (config, kernel, PDL, prefetch) comes from the step-tuned table of the device where there is one
-(optimizer/launch_table.py, filled by step_tune.py: on the H200 PDL at every site, with configs chosen
-under it); elsewhere the kernels are autotuned, with PDL only when GPUCOST_FUSED_PDL=1.
+Each site's launch (config, kernel, PDL, prefetch) comes from the step-tuned table of the device
+where there is one (optimizer/launch_table.py, filled by step_tune.py: on the H200 PDL at every
+site, with configs and prefetches chosen under it); elsewhere the kernels are autotuned, with PDL
+only when GPUCOST_FUSED_PDL=1.
 
 Measured on the H200 (docs/benchmarks.md): run 8 (the attention kernel alone, RoPE and the KV
 write left to Inductor, SiLU in the w2 GEMV's prologue) took a 1B step from 184 to 132 kernels;

@@ -275,7 +275,8 @@ if triton is not None:
             acc += tl.sum(_f32(w, MAGIC) * x[None, :, :], axis=2)
             ss += sq
         _trigger(TRIGGER, 2)
-        _epilogue(_normed(tl.sum(acc, axis=1), tl.sum(tl.sum(ss, axis=1), axis=0), K, eps, NORM), s_ptr, r_ptr + row * stride_rm,
+        sum_sq = tl.sum(tl.sum(ss, axis=1), axis=0)
+        _epilogue(_normed(tl.sum(acc, axis=1), sum_sq, K, eps, NORM), s_ptr, r_ptr + row * stride_rm,
                   y_ptr + row * stride_ym, offs_n, n_mask, cols, N, HAS_SCALE, RESID, GLU, BLOCK_N)
 
 
