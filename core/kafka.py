@@ -31,6 +31,11 @@ def consumer(*topics: str, settings: Settings | None = None, **overrides) -> AIO
     options = dict(bootstrap_servers=settings.kafka_bootstrap, auto_offset_reset="earliest",
                    enable_auto_commit=False, max_partition_fetch_bytes=4 << 20)
     options.update(overrides)
+    if options.get("group_id") is not None:
+        if settings.kafka_session_timeout_s is not None:
+            options.setdefault("session_timeout_ms", int(settings.kafka_session_timeout_s * 1000))
+        if settings.kafka_heartbeat_interval_s is not None:
+            options.setdefault("heartbeat_interval_ms", int(settings.kafka_heartbeat_interval_s * 1000))
     return AIOKafkaConsumer(*topics, **options)
 
 

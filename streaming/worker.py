@@ -58,6 +58,13 @@ def create_app(settings: Settings | None = None) -> faust.App:
         logging_config=None,
     )
 
+    # Set after construction: Faust lets its own environment variables (BROKER_SESSION_TIMEOUT)
+    # win over constructor arguments, and Settings is the one configuration.
+    if settings.kafka_session_timeout_s is not None:
+        app.conf.broker_session_timeout = settings.kafka_session_timeout_s
+    if settings.kafka_heartbeat_interval_s is not None:
+        app.conf.broker_heartbeat_interval = settings.kafka_heartbeat_interval_s
+
     def raw_topic(name: str):
         return app.topic(name, key_type=bytes, value_type=bytes, value_serializer="raw")
 
