@@ -139,8 +139,14 @@ def _write_config(settings: Settings) -> Path:
     bdir.mkdir(parents=True, exist_ok=True)
     host, port = _host_port(settings.kafka_bootstrap)
     cport = settings.kafka_controller_port
-    (bdir / "server.properties").write_text(_props(1, host, port, cport, f"1@{host}:{cport}", bdir / "data",
-                                                   settings.topic_partitions, 1, 1))
+    props = _props(1, host, port, cport, f"1@{host}:{cport}", bdir / "data", settings.topic_partitions, 1, 1)
+    if settings.kafka_broker_session_timeout_s is not None:
+        # A node restarted after a SIGKILL registers again only once its old registration's
+        # session has expired (DUPLICATE_BROKER_REGISTRATION until then); it heartbeats to its
+        # own controller, in-process, three times a session.
+        session_ms = int(settings.kafka_broker_session_timeout_s * 1000)
+        props += f"broker.session.timeout.ms={session_ms}\nbroker.heartbeat.interval.ms={max(100, session_ms // 3)}\n"
+    (bdir / "server.properties").write_text(props)
     _write_log4j(bdir)
     return bdir
 
