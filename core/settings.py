@@ -37,8 +37,8 @@ class Settings(BaseSettings):
     # --brokers 3`) prints 3 and 2 (acks=all producers then survive one broker down).
     kafka_replication_factor: int = Field(1, ge=1)
     kafka_min_insync_replicas: int = Field(1, ge=1)
-    # The local single node's broker session (None: Kafka's 9 s): after a SIGKILL it answers
-    # again only once the session of its previous run has expired.
+    # The local brokers' session (None: Kafka's 9 s): how long before the controller fences a
+    # node that stopped heartbeating, and before a node restarted after a SIGKILL may register again.
     kafka_broker_session_timeout_s: float | None = Field(None, gt=0)
     kafka_cluster_port: int = 19092  # node i listens on this + i - 1, its controller 100 higher
     kafka_cluster_heap: str = "-Xms128m -Xmx384m"  # per node: three JVMs on one small machine
