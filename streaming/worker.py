@@ -35,7 +35,9 @@ log = logging.getLogger("gpucost.worker")
 #: The long-poll of Faust's own consumer (its billing agent, the alert table's changelog). Faust
 #: fixes it at 1.5 s, and each request its recovery sends after a fetch (changelog highwaters and
 #: offsets, seeks, at every start and rebalance) waits behind that fetch on the broker connection:
-#: up to 4.5 s of a worker's start on idle topics. aiokafka's default is 0.5 s.
+#: up to 4.5 s of a worker's start on idle topics. aiokafka's default is 0.5 s. The three classes
+#: below only reach that one number, through private hooks of faust-streaming 0.15.3 (pinned with
+#: aiokafka in pyproject.toml).
 FAUST_FETCH_MAX_WAIT_MS = 100
 
 
