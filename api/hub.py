@@ -232,14 +232,16 @@ class Hub:
         await c.start()
         try:
             tps = [TopicPartition(s.aggregates_topic, p) for p in sorted(await kafka.partitions_of(c, s.aggregates_topic))]
-            c.assign(tps)
             since_ms = int((time.time() - self.fan_out_lookback_s) * 1000)
             # Explicit end offsets, not seek_to_end: aiokafka resolves that lazily, at the first
             # fetch, which would skip whatever was produced in between. And the end first: a
             # record produced between the two requests is then found by the timestamp search
-            # (its timestamp is after since_ms), never skipped by seeking past it.
+            # (its timestamp is after since_ms), never skipped by seeking past it. Both before
+            # assign: an assigned partition is fetched in the background, and a request sent
+            # after that waits behind the fetch's long-poll (0.5 s on an idle topic).
             end = await c.end_offsets(tps)
             found = await c.offsets_for_times({tp: since_ms for tp in tps})
+            c.assign(tps)
             for tp in tps:
                 c.seek(tp, end[tp] if found.get(tp) is None else found[tp].offset)
             self._fan_out_positioned.set()

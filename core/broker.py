@@ -114,6 +114,17 @@ num.io.threads=4
 """
 
 
+def _session_props(settings: Settings) -> str:
+    """The broker session, when the settings give one (else Kafka's 9 s): the controller fences a
+    node that has not heartbeated for this long (its partitions' leadership moves), and a node
+    restarted after a SIGKILL registers again only once its previous run's session has expired
+    (DUPLICATE_BROKER_REGISTRATION until then). Three heartbeats a session."""
+    if settings.kafka_broker_session_timeout_s is None:
+        return ""
+    session_ms = int(settings.kafka_broker_session_timeout_s * 1000)
+    return f"broker.session.timeout.ms={session_ms}\nbroker.heartbeat.interval.ms={max(100, session_ms // 3)}\n"
+
+
 def _write_log4j(bdir: Path, raft_info: bool = False) -> None:
     # A cluster logs the quorum's leader changes (controller_leader() reads them).
     raft = "logger.raft.name = org.apache.kafka.raft\nlogger.raft.level = info\n" if raft_info else ""
@@ -140,7 +151,7 @@ def _write_config(settings: Settings) -> Path:
     host, port = _host_port(settings.kafka_bootstrap)
     cport = settings.kafka_controller_port
     (bdir / "server.properties").write_text(_props(1, host, port, cport, f"1@{host}:{cport}", bdir / "data",
-                                                   settings.topic_partitions, 1, 1))
+                                                   settings.topic_partitions, 1, 1) + _session_props(settings))
     _write_log4j(bdir)
     return bdir
 
@@ -348,7 +359,7 @@ def _prepare_node(settings: Settings, node: ClusterNode, nodes: list[ClusterNode
     voters = ",".join(f"{n.node_id}@127.0.0.1:{n.controller_port}" for n in nodes)
     (node.dir / "server.properties").write_text(_props(
         node.node_id, "127.0.0.1", node.port, node.controller_port, voters, node.dir / "data",
-        settings.topic_partitions, min(3, len(nodes)), min(2, len(nodes))))
+        settings.topic_partitions, min(3, len(nodes)), min(2, len(nodes))) + _session_props(settings))
     _write_log4j(node.dir, raft_info=True)
     if (node.dir / "data" / "meta.properties").exists():
         return

@@ -31,6 +31,11 @@ def consumer(*topics: str, settings: Settings | None = None, **overrides) -> AIO
     options = dict(bootstrap_servers=settings.kafka_bootstrap, auto_offset_reset="earliest",
                    enable_auto_commit=False, max_partition_fetch_bytes=4 << 20)
     options.update(overrides)
+    if options.get("group_id") is not None:
+        if settings.kafka_session_timeout_s is not None:
+            options.setdefault("session_timeout_ms", int(settings.kafka_session_timeout_s * 1000))
+        if settings.kafka_heartbeat_interval_s is not None:
+            options.setdefault("heartbeat_interval_ms", int(settings.kafka_heartbeat_interval_s * 1000))
     return AIOKafkaConsumer(*topics, **options)
 
 
@@ -100,9 +105,12 @@ async def read_to_end(c: AIOKafkaConsumer, topic: str, on_record, partitions: se
            if partitions is None or p in partitions]
     if not tps:
         return 0
+    # The end first, before anything is assigned: once a partition is assigned the consumer
+    # fetches it in the background, and a request sent after that waits behind the fetch's
+    # long-poll on the broker connection (fetch_max_wait_ms, 0.5 s on an idle topic).
+    end = await c.end_offsets(tps)
     c.assign(tps)
     await c.seek_to_beginning(*tps)
-    end = await c.end_offsets(tps)
     remaining = {tp for tp in tps if end[tp] > 0}
     n = 0
     while remaining:

@@ -37,8 +37,18 @@ class Settings(BaseSettings):
     # --brokers 3`) prints 3 and 2 (acks=all producers then survive one broker down).
     kafka_replication_factor: int = Field(1, ge=1)
     kafka_min_insync_replicas: int = Field(1, ge=1)
+    # The local brokers' session (None: Kafka's 9 s): how long before the controller fences a
+    # node that stopped heartbeating, and before a node restarted after a SIGKILL may register again.
+    kafka_broker_session_timeout_s: float | None = Field(None, gt=0)
     kafka_cluster_port: int = 19092  # node i listens on this + i - 1, its controller 100 higher
     kafka_cluster_heap: str = "-Xms128m -Xmx384m"  # per node: three JVMs on one small machine
+    # Consumer groups (the worker's stages and Faust's own group, the API's persistence and webhook
+    # outbox): a member that dies without leaving (SIGKILL, a lost host) keeps its partitions this
+    # long. None keeps the clients' defaults (aiokafka 10 s / 3 s, Faust 60 s / 3 s); the tests set
+    # a short one. The broker accepts 6 s and up (group.min.session.timeout.ms); the heartbeat
+    # interval should stay under a third of it.
+    kafka_session_timeout_s: float | None = Field(None, gt=0)
+    kafka_heartbeat_interval_s: float | None = Field(None, gt=0)
 
     # Database: SQLite file under data_dir unless a URL is given (postgresql+psycopg://...).
     database_url: str | None = None

@@ -18,6 +18,7 @@ import gc
 import logging
 
 import faust
+from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from core.settings import Settings, get_settings
 from streaming.alerts import AlertStage, totals_table
@@ -31,9 +32,39 @@ from streaming.windows import WindowStage
 log = logging.getLogger("gpucost.worker")
 
 
+#: The long-poll of Faust's own consumer (its billing agent, the alert table's changelog). Faust
+#: fixes it at 1.5 s, and each request its recovery sends after a fetch (changelog highwaters and
+#: offsets, seeks, at every start and rebalance) waits behind that fetch on the broker connection:
+#: up to 4.5 s of a worker's start on idle topics. aiokafka's default is 0.5 s. The three classes
+#: below only reach that one number, through private hooks of faust-streaming 0.15.3 (pinned with
+#: aiokafka in pyproject.toml).
+FAUST_FETCH_MAX_WAIT_MS = 100
+
+
+class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    def _create_worker_consumer(self, transport):
+        c = super()._create_worker_consumer(transport)
+        c._fetch_max_wait_ms = FAUST_FETCH_MAX_WAIT_MS  # read when the consumer starts its fetcher
+        return c
+
+
+class _Consumer(faust_aiokafka.Consumer):
+    def _new_consumer_thread(self):
+        return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+
+class _Transport(faust_aiokafka.Transport):
+    Consumer = _Consumer
+
+
+class _App(faust.App):
+    def _new_transport(self):
+        return _Transport(self.conf.broker_consumer, self)
+
+
 def create_app(settings: Settings | None = None) -> faust.App:
     settings = settings or get_settings()
-    app = faust.App(
+    app = _App(
         f"{settings.topic_prefix}{settings.worker_id}",
         broker=f"kafka://{settings.kafka_bootstrap}",
         store="memory://",
@@ -57,6 +88,13 @@ def create_app(settings: Settings | None = None) -> faust.App:
         web_enabled=False,
         logging_config=None,
     )
+
+    # Set after construction: Faust lets its own environment variables (BROKER_SESSION_TIMEOUT)
+    # win over constructor arguments, and Settings is the one configuration.
+    if settings.kafka_session_timeout_s is not None:
+        app.conf.broker_session_timeout = settings.kafka_session_timeout_s
+    if settings.kafka_heartbeat_interval_s is not None:
+        app.conf.broker_heartbeat_interval = settings.kafka_heartbeat_interval_s
 
     def raw_topic(name: str):
         return app.topic(name, key_type=bytes, value_type=bytes, value_serializer="raw")

@@ -11,6 +11,13 @@ import pytest
 
 from core.settings import Settings
 
+# Every process a test starts (they inherit this environment): a consumer-group member that a test
+# SIGKILLs (a worker, an API) hands its partitions over after the broker's minimum session, 6 s,
+# instead of the clients' defaults (aiokafka 10 s, Faust 60 s), and a member joining a live group
+# waits at most a 1 s heartbeat for the others to rejoin.
+os.environ.setdefault("GPUCOST_KAFKA_SESSION_TIMEOUT_S", "6")
+os.environ.setdefault("GPUCOST_KAFKA_HEARTBEAT_INTERVAL_S", "1")
+
 
 @pytest.fixture(scope="session")
 def kafka_broker():

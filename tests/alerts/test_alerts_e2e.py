@@ -9,7 +9,7 @@ import asyncio
 import json
 import signal
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 import httpx
 import pytest
@@ -52,23 +52,53 @@ def phase(start, end, plan):
             for ev in usage(ts, tenant, gpus, util)]
 
 
-async def send(settings, events, chunk_s=60, pause_s=0.6):
+async def send(settings, events, chunk_s=60, timeout_s=60.0):
     """In event-time order, one step at a time (one partition keeps the order), as agents report,
-    a minute of event time per chunk with a pause that lets the worker emit every window (during a
-    fast catch-up the worker evicts panes it has not emitted yet: see the report in issue 5)."""
+    a minute of event time per chunk; after each chunk, wait until the worker has emitted the
+    window of the chunk's last step with every event of it (so every window of the chunk, each
+    emitted at that emit or before): during a fast catch-up the worker evicts panes it has not
+    emitted yet (see the report in issue 5)."""
+    from aiokafka import TopicPartition
+
+    from core.kafka import consumer, stop_consumer
+
     by_ts = defaultdict(list)
     for ev in events:
         by_ts[ev.ts].append(ev)
-    async with EventProducer(settings) as p:
-        chunk = None
-        for ts in sorted(by_ts):
-            if chunk is not None and ts >= chunk + chunk_s:
-                await p.flush()
-                await asyncio.sleep(pause_s)
-                chunk = None
-            chunk = ts if chunk is None else chunk
-            await p.send_usage(by_ts[ts], wait=False)
-        await p.flush()
+    aggregates = consumer(settings=settings, group_id=None)
+    await aggregates.start()
+    try:
+        tp = TopicPartition(settings.aggregates_topic, 0)  # GPUCOST_TOPIC_PARTITIONS=1
+        end = (await aggregates.end_offsets([tp]))[tp]  # before assign: not queued behind a fetch
+        aggregates.assign([tp])
+        aggregates.seek(tp, end)
+
+        async def emitted(ts: float) -> None:
+            wanted = Counter(ev.tenant for ev in by_ts[ts])  # the window starting at ts holds only them
+            deadline = time.monotonic() + timeout_s
+            while wanted:
+                assert time.monotonic() < deadline, f"no window starting at {ts} emitted complete for {dict(wanted)}"
+                for records in (await aggregates.getmany(tp, timeout_ms=500)).values():
+                    for r in records:
+                        a = json.loads(r.value)
+                        if (a["window_s"] == settings.window_size_s and a["window_start"] == ts
+                                and wanted.get(a["tenant"]) == a["events"]):
+                            del wanted[a["tenant"]]
+
+        async with EventProducer(settings) as p:
+            chunk = last = None
+            for ts in sorted(by_ts):
+                if chunk is not None and ts >= chunk + chunk_s:
+                    await p.flush()
+                    await emitted(last)
+                    chunk = None
+                chunk = ts if chunk is None else chunk
+                await p.send_usage(by_ts[ts], wait=False)
+                last = ts
+            await p.flush()
+            await emitted(last)
+    finally:
+        await stop_consumer(aggregates)
 
 
 def alerts(stack: Stack) -> list[dict]:

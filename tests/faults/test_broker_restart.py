@@ -20,8 +20,10 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(300), pytest.mark.one
 @pytest.fixture(scope="module")
 def module_broker(tmp_path_factory, kafka_broker):  # kafka_broker: the jars are fetched, the JVM works
     """One second broker for this module's tests (each test runs on topics of its own)."""
+    # A 3 s broker session instead of Kafka's 9 s: after the SIGKILL the broker registers again
+    # (and answers) once its previous run's session has expired.
     settings = Settings(data_dir=tmp_path_factory.mktemp("own-broker"), kafka_bootstrap=f"127.0.0.1:{free_port()}",
-                        kafka_controller_port=free_port())
+                        kafka_controller_port=free_port(), kafka_broker_session_timeout_s=3)
     broker.start(settings)
     try:
         yield settings

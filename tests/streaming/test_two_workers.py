@@ -1,8 +1,8 @@
 """Two workers share the partitions of one topic: a key whose hosts hash to partitions owned by
 different workers still gets one exact aggregate per window (stage 2 sums every worker's panes)."""
 
-import asyncio
 import json
+import re
 import time
 
 import pytest
@@ -20,10 +20,15 @@ async def test_two_workers_emit_exact_windows_for_a_key_spread_over_their_partit
     stack.start_worker()
     stack._spawn("worker2", "worker", "--loglevel", "info")
     wait_for(lambda: stack.log("worker2").count("Worker]: Ready") >= 1, 60, what="second worker ready")
-    # Both members own usage partitions once the group has rebalanced.
-    wait_for(lambda: "meter: read" in stack.log("worker2") and "meter: read" in stack.log("worker"), 60,
-             what="both workers assigned source partitions")
-    await asyncio.sleep(2)
+    # Both members own usage partitions once the group has rebalanced: each one's latest
+    # assignment, and together they hold every partition, once.
+    def owned(name: str) -> list[int]:
+        reads = re.findall(r"meter: read \d+ pane records for source partitions \[([\d, ]*)\]", stack.log(name))
+        return [int(p) for p in reads[-1].split(",") if p.strip()] if reads else []
+
+    wait_for(lambda: owned("worker") and owned("worker2")
+             and sorted(owned("worker") + owned("worker2")) == list(range(stack.settings.topic_partitions)),
+             60, what="the source partitions split between both workers")
 
     T = (int(time.time()) // 60) * 60 - 120
     # 16 hosts of one key: their messages spread over all 4 partitions, so over both workers.
