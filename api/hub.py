@@ -17,6 +17,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+from aiokafka.errors import KafkaError
 from sqlalchemy import select
 
 from api.auth import Principal
@@ -193,7 +194,14 @@ class Hub:
                 if batches and group:
                     if after_batch is not None:
                         await after_batch()
-                    await c.commit()
+                    try:
+                        await c.commit()
+                    except KafkaError as exc:
+                        # Evicted by a rebalance (a member slower than its session, a restart):
+                        # the batch is stored, so the next owner's re-read is harmless upserts.
+                        # Raising here would end this task, and nothing would persist again.
+                        log.warning("%s: offsets not committed (%r); the batch is stored, a re-read "
+                                    "is harmless", topic, exc)
         finally:
             await kafka.stop_consumer(c)
 
