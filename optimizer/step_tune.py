@@ -73,17 +73,19 @@ def site_prewait(site: str, entry: dict) -> list[dict]:
             if n != entry.get("PREFETCH", 1) and n * entry["BLOCK_K"] <= k]
 
 
+def _config(entry: dict) -> dict:
+    """An entry's kernel and config, without how it is launched (LAUNCH_KEYS)."""
+    return {k: v for k, v in entry.items() if k not in LAUNCH_KEYS}
+
+
 def _same_launch(a: dict, b: dict) -> bool:
-    """The same kernel and config, however launched (LAUNCH_KEYS)."""
-    def config(e: dict) -> dict:
-        return {k: v for k, v in e.items() if k not in LAUNCH_KEYS}
-    return config(a) == config(b)
+    """The same kernel and config, however launched."""
+    return _config(a) == _config(b)
 
 
 def _launched_like(entry: dict, like: dict) -> dict:
     """`entry`'s kernel and config, launched as `like` is (its LAUNCH_KEYS)."""
-    config = {k: v for k, v in entry.items() if k not in LAUNCH_KEYS}
-    return {**config, **{k: like[k] for k in LAUNCH_KEYS if k in like}}
+    return {**_config(entry), **{k: like[k] for k in LAUNCH_KEYS if k in like}}
 
 
 def tune(measure: Callable[[], float], start: dict[str, dict], candidates: Callable[[str], list[dict]],
