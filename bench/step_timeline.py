@@ -22,6 +22,7 @@ import statistics
 import sys
 import tempfile
 from pathlib import Path
+from xml.sax.saxutils import escape
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -156,10 +157,6 @@ def svg(bars: list[tuple[str, dict]], width: int = 900) -> str:
         out.append(f'<rect x="{left + j * 90}" y="{y}" width="12" height="12" fill="{color}"/>'
                    f'<text x="{left + j * 90 + 16}" y="{y + 11}">{role}</text>')
     return "\n".join(out + ["</svg>"]) + "\n"
-
-
-def escape(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def plot(out: str, specs: list[str]) -> None:
