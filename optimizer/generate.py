@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from optimizer import fused_decode
 from optimizer.model import Transformer
 
 PREFILL_CHUNK = 128  # prompt tokens a windowed model takes per forward
@@ -104,8 +105,11 @@ class Decoder:
     def _greedy(self, tokens: Tensor, input_pos: Tensor) -> Tensor:
         """One greedy step in place: the next token into `tokens`, `input_pos` one on; the logits."""
         logits = self._forward(tokens, input_pos)
-        tokens.copy_(logits.argmax(dim=-1, keepdim=True))
-        input_pos.add_(1)
+        if fused_decode.greedy_applies(self.model, logits):
+            torch.ops.gpucost.greedy_next(logits, tokens, input_pos)
+        else:
+            tokens.copy_(logits.argmax(dim=-1, keepdim=True))
+            input_pos.add_(1)
         return logits
 
     # -- graphed greedy loop ---------------------------------------------------------------

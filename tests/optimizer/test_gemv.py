@@ -232,6 +232,27 @@ FUSED = textwrap.dedent("""
         before = calls["n"]
         assert tokens(model, p, 5, True) == want, (scheme, window)
         assert calls["n"] - before == 4 * 2, calls  # 4 decode steps x 2 layers
+    # The graphed step's greedy tail (Decoder._greedy): a fused model's argmax, token and position
+    # updates in one kernel (ties go to the first index, as torch.argmax), continuing generate's tokens
+    for v, rows in ((1000, 1), (40000, 3)):  # one block of logits, and three with a ragged end
+        logits = torch.randn(rows, v).bfloat16()
+        logits[0, 7] = logits[0, 900] = logits.max() + 1
+        nxt, at = torch.zeros(rows, 1, dtype=torch.long), torch.arange(rows) * 4 + 5
+        torch.ops.gpucost.greedy_next(logits, nxt, at)
+        assert torch.equal(nxt, logits.argmax(-1, keepdim=True)) and nxt[0, 0] == 7, nxt
+        assert at.tolist() == [6, 10, 14][:rows], at
+    from optimizer.generate import Decoder, prefill
+    model = quantize_model(build_model(args, seed=2), "gemv")
+    p = [5, 9, 17, 3, 100, 11]
+    want = tokens(model, [p], 5, False)[0]
+    model.reset_cache_state()
+    model.fused_decode = True
+    nxt = prefill(model, torch.tensor([p]), None).argmax(dim=-1, keepdim=True)
+    at, got, before = torch.tensor([len(p)]), [int(nxt)], calls["n"]
+    for _ in range(4):
+        Decoder(model)._greedy(nxt, at)
+        got.append(int(nxt))
+    assert got == want and int(at) == len(p) + 4 and calls["n"] - before == 4 * 2, (got, want)
     # Launches fixed per site (launch_table.TUNED, what step_tune.py fills): the census lists the
     # step's sites and the launches they got; other configs and the grouped int8 kernel fixed
     # there are the launches made, and give the same tokens (PDL asked for, off on a CPU).
