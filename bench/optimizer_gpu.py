@@ -412,6 +412,9 @@ def main() -> None:
                 save()
             prompts = B.random_prompts(arms[0].model.args.vocab_size, 1, 128, 0)
             m = abtest.interleaved_decode(arms, prompts, 256, args.ab_rounds)
+            res["same_tokens"] = m["same_tokens"]  # arms launched differently, the same weights: equal
+            for name, same in m["same_tokens"].items():
+                log(f"{model_name} {name}: the same 256 tokens as {same or 'no other arm'}")
             base = names[0]
             speedups = abtest.ratios_against(m["step_s"], base)
             for name in names:

@@ -1,7 +1,7 @@
 """Where a graphed decode step's time goes, kernel by kernel.
 
-torch.profiler over CUDA-graph replays of the batch-1 decode step (as `generate` runs them: the
-replay, then the new token copied out), on a GPU. For each kernel: its duration and the time
+torch.profiler over CUDA-graph replays of the batch-1 decode step (as `generate` runs them:
+`Decoder.graph_steps` steps a replay, each writing its token into the history), on a GPU. For each kernel: its duration and the time
 from its start to the next kernel's start (its share of the step: these shares add up to the
 step exactly, overlap with programmatic dependent launch included), summed by role. For the fused
 step the roles are the layer's five kernels (qkv, attention, wo, w13, w2), the head and what runs
@@ -71,15 +71,12 @@ def timeline(model, decoder, steps: int, device) -> dict:
     ensure_caches(model, 1, 128 + 256)
     generate(model, prompt, 8, decoder=decoder)  # compiled, tuned launches read, graph captured
     token = torch.zeros(1, 1, dtype=torch.long, device=device)
-    out = torch.empty(1, steps + 8, dtype=torch.long, device=device)
     decoder.start(token, torch.tensor([200], device=device))
-    for i in range(4):
-        out[:, i:i + 1] = decoder.advance()
+    decoder.advance(4)
     torch.cuda.synchronize()
     with tempfile.TemporaryDirectory() as tmp:
         with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
-            for i in range(steps):
-                out[:, 4 + i:5 + i] = decoder.advance()
+            decoder.advance(steps)  # as generate replays them (graph_steps a replay)
             torch.cuda.synchronize()
         path = Path(tmp) / "trace.json"
         prof.export_chrome_trace(str(path))

@@ -75,15 +75,24 @@ def interleaved_decode(arms: list[Arm], prompts: list[list[int]], new_tokens: in
         generate(arm.model, prompts, min(new_tokens, 8), decoder=arm.decoder)
     steps: dict[str, list[float]] = {a.name: [] for a in arms}
     clocks: dict[str, list] = {a.name: [] for a in arms}
+    tokens: dict[str, list] = {}
     for r in range(rounds):
         for arm in (arms if r % 2 == 0 else arms[::-1]):
             g = generate(arm.model, prompts, new_tokens, decoder=arm.decoder)
             step_s = (g.total_s - g.ttft_s) / max(g.decode_steps, 1)
             steps[arm.name].append(step_s)
+            tokens.setdefault(arm.name, g.tokens)
             clocks[arm.name].append(gpu_clocks(arm.model.rope.device))
             if on_measure:
                 on_measure(arm.name, r, step_s)
-    return {"step_s": steps, "clocks": clocks, "rounds": rounds, "order": "alternating (A B, B A)"}
+    return {"step_s": steps, "clocks": clocks, "rounds": rounds, "order": "alternating (A B, B A)",
+            "same_tokens": same_tokens(tokens)}
+
+
+def same_tokens(tokens: dict[str, list]) -> dict[str, list[str]]:
+    """For each arm, the other arms whose first round generated exactly its tokens (arms that
+    differ only in how the step is launched should all list each other)."""
+    return {a: [b for b in tokens if b != a and tokens[b] == tokens[a]] for a in tokens}
 
 
 def ratios_against(steps: dict[str, list[float]], baseline: str) -> dict[str, dict]:

@@ -47,6 +47,8 @@ class Variant:
     offload: bool = False
     decode_mode: str = "eager"
     fused: bool = False  # decode steps through fused_decode.py (GEMV schemes)
+    graph_steps: int | None = None  # greedy steps a CUDA graph replay runs (None: generate.GRAPH_STEPS)
+    greedy_kernel: bool = True  # a fused step's greedy tail as one kernel ("tail-torch": torch ops)
 
     @property
     def name(self) -> str:
@@ -63,6 +65,10 @@ class Variant:
             parts.append("offload")
         if self.decode_mode != "eager":
             parts.append(self.decode_mode)
+        if self.graph_steps is not None:
+            parts.append(f"graph-steps-{self.graph_steps}")
+        if not self.greedy_kernel:
+            parts.append("tail-torch")
         return "+".join(parts)
 
     @classmethod
@@ -85,6 +91,10 @@ class Variant:
                 fields["fused"] = True
             elif part in ("compile", "cudagraph"):
                 modes.append(part)
+            elif part.startswith("graph-steps-"):
+                fields["graph_steps"] = int(part[12:])
+            elif part == "tail-torch":
+                fields["greedy_kernel"] = False
             else:
                 raise ValueError(f"unknown variant part {part!r} in {text!r}")
         if modes:
@@ -98,6 +108,8 @@ class Variant:
             raise ValueError("CUDA graphs need a CUDA device")
         if self.quantization == "int8-dynamic" and (device.type != "cpu" or self.precision != "fp32"):
             raise ValueError("int8-dynamic is fp32 on the CPU only")
+        if self.graph_steps is not None and (self.graph_steps < 1 or "cudagraph" not in self.decode_mode):
+            raise ValueError("graph-steps-N takes N >= 1 and CUDA graphs")
         if self.offload and "cudagraph" in self.decode_mode:
             raise ValueError("offload streams weights between steps: no CUDA graphs")
         if self.fused and (self.quantization not in ("gemv", "int8-weight-only") or self.kv_cache != "full"
@@ -156,8 +168,9 @@ def build_variant(name: str, variant: Variant, device: torch.device | str, seed:
     model.fused_decode = variant.fused
     if variant.offload:
         model = offload_layers(model, device)
+    steps = {} if variant.graph_steps is None else {"graph_steps": variant.graph_steps}
     decoder = Decoder(model, compile="compile" in variant.decode_mode,
-                      cuda_graphs="cudagraph" in variant.decode_mode)
+                      cuda_graphs="cudagraph" in variant.decode_mode, greedy_kernel=variant.greedy_kernel, **steps)
     return model, decoder
 
 

@@ -279,15 +279,20 @@ def _(qkv, rope, k_cache, v_cache, slot_pos, slot_real, q_pos, counts, n_head, w
     return qkv.new_empty(qkv.shape[0], 1, n_head * k_cache.shape[3])
 
 
-# -- the greedy tail of a graphed fused step (generate.Decoder._greedy) ------------------------
+# -- the greedy tail of a graphed step (generate.Decoder._greedy) ------------------------------
+
+GREEDY_BLOCK = 16384  # logits a CTA compares at once: 32,000 in two passes of 32 a thread
 
 if triton is not None:
     @triton.jit
-    def _greedy_kernel(logits_ptr, tok_ptr, pos_ptr, V, N_POS, stride_lb, stride_tb, PDL: tl.constexpr,
-                       BLOCK: tl.constexpr):
+    def _greedy_kernel(logits_ptr, tok_ptr, pos_ptr, hist_ptr, ticket_ptr, emb_ptr, x_ptr, V, B, HIST, DIM,
+                       stride_lb, stride_tb, stride_hb, stride_eb, stride_xb, SHARED_POS: tl.constexpr,
+                       PDL: tl.constexpr, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr):
         """Row b's next token: the first index of its largest logit (torch.argmax's answer), into
-        tokens[b]; and the positions one on (row b moves position b when there is one a row; row 0
-        moves the shared one). Launched as a dependent of the head GEMV, it waits for it."""
+        tokens[b] and history[b, p + 1], p the row's position, and its embedding into the next
+        step's input x[b]; then the positions one on. A shared position (SHARED_POS) is moved by
+        the last CTA to take a ticket (every CTA read it before taking one), so no CTA reads a
+        moved position. Launched as a dependent of the head GEMV, it waits for it."""
         b = tl.program_id(0)
         if PDL:
             tl.extra.cuda.gdc_wait()
@@ -302,35 +307,64 @@ if triton is not None:
             if m > best:  # strictly: an equal maximum further on is not the first
                 best = m
                 best_i = v0 + i
-        tl.store(tok_ptr + b * stride_tb, best_i.to(tl.int64))
-        if b < N_POS:
-            tl.store(pos_ptr + b, tl.load(pos_ptr + b) + 1)
+        tok = best_i.to(tl.int64)
+        tl.store(tok_ptr + b * stride_tb, tok)
+        offs_d = tl.arange(0, BLOCK_D)
+        for d0 in range(0, DIM, BLOCK_D):  # the next step's input: the token's embedding row
+            e = tl.load(emb_ptr + tok * stride_eb + d0 + offs_d, mask=d0 + offs_d < DIM)
+            tl.store(x_ptr + b * stride_xb + d0 + offs_d, e, mask=d0 + offs_d < DIM)
+        if SHARED_POS:
+            p = tl.load(pos_ptr)
+        else:
+            p = tl.load(pos_ptr + b)
+        if p + 1 < HIST:
+            tl.store(hist_ptr + b * stride_hb + p + 1, tok)
+        if SHARED_POS:
+            if B == 1:
+                tl.store(pos_ptr, p + 1)
+            else:
+                if tl.atomic_add(ticket_ptr, 1, sem="acq_rel") == B - 1:
+                    tl.store(pos_ptr, p + 1)
+                    tl.store(ticket_ptr, 0)
+        else:
+            tl.store(pos_ptr + b, p + 1)
 
 
-@torch.library.custom_op("gpucost::greedy_next", mutates_args=("tokens", "input_pos"))
-def greedy_next(logits: Tensor, tokens: Tensor, input_pos: Tensor) -> None:
+@torch.library.custom_op("gpucost::greedy_next", mutates_args=("tokens", "input_pos", "history", "ticket", "embedded"))
+def greedy_next(logits: Tensor, tokens: Tensor, input_pos: Tensor, history: Tensor, ticket: Tensor,
+                embedding: Tensor, embedded: Tensor) -> None:
     """tokens [B, 1] <- argmax(logits [B, V]) (the first index of the maximum, as torch.argmax),
-    input_pos (contiguous, [1] shared or [B, ...] one a row) += 1: one small kernel, launched as a
-    programmatic dependent of the head GEMV where the GPU has it, in place of Inductor's argmax
-    (6.8 us for 32,000 logits on the H200, run 11), its copy and the position add."""
+    history[b, p + 1] <- that token (p: the row's position, shared [1] or one a row [B]; none
+    past history's width), embedded [B, 1, dim] <- its row of `embedding` (the next step's
+    input), then the positions one on: one small kernel, launched as a programmatic dependent of
+    the head GEMV where the GPU has it. It replaces Inductor's argmax (6.8 us for 32,000 logits
+    on the H200, run 11), the position add, the next step's embedding kernel, and the copy of
+    each new token out of the graph's input between replays. `ticket`: an int32 [1] zero, left zero."""
     bsz, vocab = logits.shape
-    if tokens.shape != (bsz, 1) or not input_pos.is_contiguous() or input_pos.numel() not in (1, bsz):
-        raise ValueError(f"tokens {tuple(tokens.shape)} and positions {tuple(input_pos.shape)} for {bsz} rows")
-    block = min(triton.next_power_of_2(vocab), 32768)
+    dim = embedding.shape[1]
+    if (tokens.shape != (bsz, 1) or not input_pos.is_contiguous() or input_pos.numel() not in (1, bsz)
+            or history.shape[0] != bsz or history.stride(1) != 1 or ticket.dtype != torch.int32
+            or embedded.shape != (bsz, 1, dim) or embedded.stride(2) != 1 or embedding.stride(1) != 1):
+        raise ValueError(f"tokens {tuple(tokens.shape)}, positions {tuple(input_pos.shape)}, history "
+                         f"{tuple(history.shape)} and next inputs {tuple(embedded.shape)} for {bsz} rows of "
+                         f"{dim} (and an int32 ticket)")
+    block = min(triton.next_power_of_2(vocab), GREEDY_BLOCK)
     pdl = int8_gemv.pdl_supported(logits.device)
-    _greedy_kernel[(bsz,)](logits, tokens, input_pos, vocab, input_pos.numel(), logits.stride(0), tokens.stride(0),
-                           PDL=pdl, BLOCK=block, num_warps=16, **({"launch_pdl": True} if pdl else {}))
+    _greedy_kernel[(bsz,)](logits, tokens, input_pos, history, ticket, embedding, embedded, vocab, bsz,
+                           history.shape[1], dim, logits.stride(0), tokens.stride(0), history.stride(0),
+                           embedding.stride(0), embedded.stride(0), SHARED_POS=input_pos.numel() == 1, PDL=pdl,
+                           BLOCK=block, BLOCK_D=min(triton.next_power_of_2(dim), 1024),
+                           num_warps=16 if block >= 8192 else 4, **({"launch_pdl": True} if pdl else {}))
 
 
 @greedy_next.register_fake
-def _(logits, tokens, input_pos):
+def _(logits, tokens, input_pos, history, ticket, embedding, embedded):
     return None
 
 
-def greedy_applies(model, logits: Tensor) -> bool:
-    """The greedy tail runs as one kernel for a fused model's step, where Triton runs."""
-    return (getattr(model, "fused_decode", False) and triton is not None and logits.dim() == 2
-            and (logits.is_cuda or int8_gemv._interpreting()))
+def greedy_applies(model, tokens: Tensor, input_pos: Tensor) -> bool:
+    """The greedy tail runs as one kernel where the step is the fused one (model.forward_embedded)."""
+    return applies(model, tokens, input_pos, None, None)
 
 
 # -- what the model's fused step (TransformerBlock.forward_fused) calls ------------------------

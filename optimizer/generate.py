@@ -69,27 +69,55 @@ def ensure_caches(model: Transformer, batch_size: int, seq_len: int, kind: str |
         model.setup_caches(batch_size, seq_len, kind, prefill_chunk=chunk)
 
 
+GRAPH_STEPS = 8  # greedy steps a CUDA graph replay runs (the rest of a generation: one-step replays)
+
+
+@dataclass
+class _GreedyGraphs:
+    """A batch size's graphed greedy loop: the static inputs it advances (tokens, the shared
+    position, the history of tokens by position, the greedy kernel's ticket and, when that kernel
+    runs, the embedded tokens the fused step starts from) and its graphs, one step and `steps`
+    steps a replay."""
+    tokens: Tensor
+    pos: Tensor
+    history: Tensor
+    ticket: Tensor
+    embedded: Tensor | None
+    one: torch.cuda.CUDAGraph
+    many: torch.cuda.CUDAGraph | None
+    steps: int
+
+
 class Decoder:
     """One decode step: `step(tokens [B, 1], input_pos [1]) -> logits [B, V]`.
 
-    With `cuda_graphs`, `start(tokens, pos)` loads the static inputs and each `advance()` replays
-    a graph that runs the model, takes the greedy token into the static input and adds one to
-    the position, so consecutive steps need no host work beyond the replay."""
+    With `cuda_graphs`, `start(tokens, pos)` loads the static inputs and `advance(n)` replays n
+    greedy steps, each running the model, writing the greedy token into the static input and
+    into the history at its position, and adding one to the position: `graph_steps` steps a
+    replay, so a generation needs no host work but a replay every `graph_steps` tokens and one
+    read of the history at the end. A fused model's greedy tail (argmax, token, history,
+    position) is one Triton kernel behind the head GEMV (`greedy_kernel`), else torch ops
+    (compiled with the step under `compile`)."""
 
-    def __init__(self, model: Transformer, compile: bool = False, cuda_graphs: bool = False):
+    def __init__(self, model: Transformer, compile: bool = False, cuda_graphs: bool = False,
+                 graph_steps: int = GRAPH_STEPS, greedy_kernel: bool = True):
+        if graph_steps < 1:
+            raise ValueError(f"graph_steps must be at least 1, not {graph_steps}")
         self.model = model
         self.compiled = compile
         self.cuda_graphs = cuda_graphs
+        self.graph_steps = graph_steps
+        self.greedy_kernel = greedy_kernel
         self._fn = self._forward
         self._greedy_fn = self._greedy
         if compile:
             self._fn = torch.compile(self._forward, fullgraph=True, dynamic=False)
-            # the graphed step's greedy tail compiled with it: argmax, the token and position
-            # updates in one or two generated kernels instead of three eager ones (one of them
+            # the graphed step's greedy tail compiled with it: argmax, the token, history and
+            # position updates in one or two generated kernels instead of eager ones (one of them
             # a 10 us reduction over the vocabulary on the H200, run 11)
             self._greedy_fn = torch.compile(self._greedy, fullgraph=True, dynamic=False)
-        self._graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, Tensor, Tensor, Tensor]] = {}
-        self._active: tuple[torch.cuda.CUDAGraph, Tensor, Tensor, Tensor] | None = None
+        self._graphs: dict[tuple[int, int], _GreedyGraphs] = {}
+        self._active: _GreedyGraphs | None = None
 
     @property
     def name(self) -> str:
@@ -102,24 +130,41 @@ class Decoder:
     def step(self, tokens: Tensor, input_pos: Tensor) -> Tensor:
         return self._fn(tokens, input_pos)
 
-    def _greedy(self, tokens: Tensor, input_pos: Tensor) -> Tensor:
-        """One greedy step in place: the next token into `tokens`, `input_pos` one on; the logits."""
-        logits = self._forward(tokens, input_pos)
-        if fused_decode.greedy_applies(self.model, logits):
-            torch.ops.gpucost.greedy_next(logits, tokens, input_pos)
+    def _greedy(self, tokens: Tensor, input_pos: Tensor, history: Tensor, ticket: Tensor,
+                embedded: Tensor | None = None) -> Tensor:
+        """One greedy step in place: the next token into `tokens` and into `history` at its
+        position (input_pos [1] + 1), `input_pos` one on; the logits. With `embedded` (the
+        tokens' embeddings [B, 1, dim]; a fused step, `_tail_kernel`), the fused step starts
+        from it and the greedy kernel writes the next one."""
+        if embedded is not None:
+            logits = self.model.forward_embedded(embedded, input_pos)[:, -1]
+            torch.ops.gpucost.greedy_next(logits, tokens, input_pos, history, ticket,
+                                          self.model.tok_embeddings.weight, embedded)
         else:
+            logits = self._forward(tokens, input_pos)
             tokens.copy_(logits.argmax(dim=-1, keepdim=True))
+            history.index_copy_(1, input_pos + 1, tokens)
             input_pos.add_(1)
         return logits
 
+    def _tail_kernel(self, tokens: Tensor, input_pos: Tensor) -> bool:
+        return self.greedy_kernel and fused_decode.greedy_applies(self.model, tokens, input_pos)
+
     # -- graphed greedy loop ---------------------------------------------------------------
 
-    def _graph_for(self, batch_size: int):
+    def _graph_for(self, batch_size: int) -> _GreedyGraphs:
         key = (batch_size, id(self.model.caches))
         if key not in self._graphs:
             device = self.model.rope.device
             tokens = torch.zeros(batch_size, 1, dtype=torch.long, device=device)
             pos = torch.zeros(1, dtype=torch.long, device=device)
+            # a token for every position the model has (the last one's successor included)
+            history = torch.zeros(batch_size, self.model.args.max_seq_len + 1, dtype=torch.long, device=device)
+            ticket = torch.zeros(1, dtype=torch.int32, device=device)
+            embedded = None
+            if self._tail_kernel(tokens, pos):
+                embedded = self.model.tok_embeddings(tokens).detach()
+            state = (tokens, pos, history, ticket, embedded)
             # Warm-up (and compilation) off the capture, from position 0 each time; it writes
             # cache slot 0, which the next prefill overwrites, and its slot bookkeeping is reset
             # by `generate`.
@@ -128,13 +173,19 @@ class Decoder:
             with torch.cuda.stream(stream):
                 for _ in range(3):
                     pos.zero_()
-                    self._greedy_fn(tokens, pos)
+                    self._greedy_fn(*state)
                 pos.zero_()
             torch.cuda.current_stream().wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                logits = self._greedy_fn(tokens, pos)
-            self._graphs[key] = (graph, tokens, pos, logits)
+            one = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(one):
+                self._greedy_fn(*state)
+            many = None
+            if self.graph_steps > 1:  # the same step captured `graph_steps` times, in one pool
+                many = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(many, pool=one.pool()):
+                    for _ in range(self.graph_steps):
+                        self._greedy_fn(*state)
+            self._graphs[key] = _GreedyGraphs(*state, one, many, self.graph_steps)
         return self._graphs[key]
 
     def prepare(self, batch_size: int) -> None:
@@ -143,16 +194,30 @@ class Decoder:
             self._graph_for(batch_size)
 
     def start(self, tokens: Tensor, input_pos: Tensor) -> None:
-        self._active = self._graph_for(tokens.shape[0])
-        _, static_tokens, static_pos, _ = self._active
-        static_tokens.copy_(tokens)
-        static_pos.copy_(input_pos)
+        """Load the graphs' inputs: the tokens [B, 1] at position `input_pos` [1] (also written
+        into the history there)."""
+        self._active = g = self._graph_for(tokens.shape[0])
+        with torch.no_grad():
+            g.tokens.copy_(tokens)
+            g.pos.copy_(input_pos)
+            g.history.index_copy_(1, g.pos, g.tokens)
+            if g.embedded is not None:
+                g.embedded.copy_(self.model.tok_embeddings(g.tokens))
 
-    def advance(self) -> Tensor:
-        """Replay one greedy step; returns the static tensor holding the new tokens [B, 1]."""
-        graph, tokens, _, _ = self._active
-        graph.replay()
-        return tokens
+    def advance(self, steps: int = 1) -> Tensor:
+        """Replay `steps` greedy steps; returns the static tensor holding the last new tokens [B, 1]."""
+        g = self._active
+        many, rest = divmod(steps, g.steps) if g.many is not None else (0, steps)
+        for _ in range(many):
+            g.many.replay()
+        for _ in range(rest):
+            g.one.replay()
+        return g.tokens
+
+    def history(self, first: int, n: int) -> Tensor:
+        """The tokens at positions first .. first + n - 1 since `start` (the one it was given
+        included), [B, n]; a view of the static history, valid until the next `start`."""
+        return self._active.history[:, first:first + n]
 
 
 def _sync(device: torch.device) -> None:
@@ -203,8 +268,8 @@ def generate(model: Transformer, prompts: list[list[int]], max_new_tokens: int, 
     pos = torch.tensor([prompt_len], device=device)
     if greedy_graph and max_new_tokens > 1:
         decoder.start(token, pos)
-        for i in range(1, max_new_tokens):
-            out[:, i:i + 1] = decoder.advance()
+        decoder.advance(max_new_tokens - 1)
+        out = decoder.history(prompt_len, max_new_tokens)
     else:
         for i in range(1, max_new_tokens):
             logits = decoder.step(token, pos)

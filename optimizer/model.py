@@ -276,18 +276,21 @@ class Transformer(nn.Module):
         pos, real = self.slot_pos[rows_of], self.slot_real[rows_of]
         return slots, slot_mask(input_pos, pos, real, self.window)
 
+    def forward_embedded(self, x: Tensor, input_pos: Tensor) -> Tensor:
+        """The fused decode step (fused_decode.applies) from its embedded input x [B, 1, dim]:
+        RoPE, the slot bookkeeping and the attention all in the attention kernel; the logits."""
+        for i, layer in enumerate(self.layers):
+            x = layer.forward_fused(x, self.rope, self.caches[i], input_pos, self.slot_pos, self.slot_real,
+                                    self.window, self.split_counts)
+        return fused_decode.linear(self.output, x, norm=self.norm)
+
     def forward(self, idx: Tensor, input_pos: Tensor | None = None,
                 pad_mask: Tensor | None = None, rows: Tensor | None = None) -> Tensor:
         bsz, seqlen = idx.shape
         if input_pos is None:
             input_pos = torch.arange(seqlen, device=idx.device)
         if fused_decode.applies(self, idx, input_pos, pad_mask, rows):
-            # RoPE, the slot bookkeeping and the attention all in the attention kernel
-            x = self.tok_embeddings(idx)
-            for i, layer in enumerate(self.layers):
-                x = layer.forward_fused(x, self.rope, self.caches[i], input_pos, self.slot_pos, self.slot_real,
-                                        self.window, self.split_counts)
-            return fused_decode.linear(self.output, x, norm=self.norm)
+            return self.forward_embedded(self.tok_embeddings(idx), input_pos)
         rope = self.rope[input_pos]
         slots = None
         if rows is not None and (self.caches is None or input_pos.dim() != 2):

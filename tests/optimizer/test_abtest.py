@@ -1,7 +1,7 @@
 """Interleaved side-by-side measurement: every arm timed in every round, ratios per round, and a
 goal met only when the whole spread clears it."""
 
-from optimizer.abtest import Arm, interleaved_decode, ratios_against, spread, verdict
+from optimizer.abtest import Arm, interleaved_decode, ratios_against, same_tokens, spread, verdict
 from optimizer.bench import Variant, build_variant, random_prompts
 
 
@@ -27,4 +27,9 @@ def test_every_arm_is_timed_in_every_round_alternating():
     assert seen == [(0, "fp32"), (0, "fp32+int8-weight-only"), (1, "fp32+int8-weight-only"), (1, "fp32"),
                     (2, "fp32"), (2, "fp32+int8-weight-only")]
     assert all(len(v) == 3 and all(s > 0 for s in v) for v in m["step_s"].values())
+    assert set(m["same_tokens"]) == {"fp32", "fp32+int8-weight-only"}
     assert m["clocks"]["fp32"] == [None, None, None]  # no GPU here: no clocks, said so
+
+
+def test_arms_with_the_same_tokens_list_each_other():
+    assert same_tokens({"a": [[1, 2]], "b": [[1, 2]], "c": [[1, 3]]}) == {"a": ["b"], "b": ["a"], "c": []}

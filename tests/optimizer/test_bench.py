@@ -13,8 +13,11 @@ from optimizer.measure import Instance
 
 def test_variant_names_round_trip():
     for text in ("fp32", "bf16+int8-weight-only+kv-int8+window-256+compile+cudagraph",
-                 "fp16+fp8+kv-int4+offload", "fp32+int8-dynamic"):
+                 "fp16+fp8+kv-int4+offload", "fp32+int8-dynamic",
+                 "bf16+gemv+fused+compile+cudagraph+graph-steps-1+tail-torch"):
         assert Variant.parse(text).name == text
+    v = Variant.parse("bf16+gemv+fused+compile+cudagraph+graph-steps-1+tail-torch")
+    assert (v.graph_steps, v.greedy_kernel) == (1, False)
     assert Variant.parse("bf16+cudagraph+compile").decode_mode == "compile+cudagraph"
     with pytest.raises(ValueError):
         Variant.parse("bf16+int3")
@@ -27,6 +30,8 @@ def test_cpu_only_combinations_are_refused_on_the_wrong_device():
         Variant.parse("bf16+cudagraph").check(torch.device("cpu"))
     with pytest.raises(ValueError):
         Variant.parse("bf16+int8-dynamic").check(torch.device("cpu"))
+    with pytest.raises(ValueError, match="graph-steps"):  # a graph's steps without graphs
+        Variant.parse("bf16+graph-steps-4").check(torch.device("cpu"))
 
 
 @pytest.fixture(scope="module")

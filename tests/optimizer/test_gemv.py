@@ -232,27 +232,39 @@ FUSED = textwrap.dedent("""
         before = calls["n"]
         assert tokens(model, p, 5, True) == want, (scheme, window)
         assert calls["n"] - before == 4 * 2, calls  # 4 decode steps x 2 layers
-    # The graphed step's greedy tail (Decoder._greedy): a fused model's argmax, token and position
-    # updates in one kernel (ties go to the first index, as torch.argmax), continuing generate's tokens
-    for v, rows in ((1000, 1), (40000, 3)):  # one block of logits, and three with a ragged end
+    # The graphed step's greedy tail (Decoder._greedy): a fused model's argmax, token, history and
+    # position updates in one kernel (ties go to the first index, as torch.argmax), continuing
+    # generate's tokens; positions one a row, or shared by the rows (moved once, after every row
+    # has read it: the ticket), and no history written past its width
+    for v, rows, shared in ((1000, 1, True), (40000, 3, False), (40000, 3, True)):
         logits = torch.randn(rows, v).bfloat16()
         logits[0, 7] = logits[0, 900] = logits.max() + 1
-        nxt, at = torch.zeros(rows, 1, dtype=torch.long), torch.arange(rows) * 4 + 5
-        torch.ops.gpucost.greedy_next(logits, nxt, at)
+        nxt, hist, ticket = torch.zeros(rows, 1, dtype=torch.long), torch.zeros(rows, 16, dtype=torch.long), torch.zeros(1, dtype=torch.int32)
+        at = torch.tensor([7]) if shared else torch.arange(rows) * 4 + 3  # rows at 3, 7 and 11 -> 15 is the last
+        emb, x = torch.randn(v, 1500).bfloat16(), torch.zeros(rows, 1, 1500).bfloat16()  # rows of two blocks, ragged
+        torch.ops.gpucost.greedy_next(logits, nxt, at, hist, ticket, emb, x)
         assert torch.equal(nxt, logits.argmax(-1, keepdim=True)) and nxt[0, 0] == 7, nxt
-        assert at.tolist() == [6, 10, 14][:rows], at
+        assert torch.equal(x[:, 0], emb[nxt[:, 0]]), "the next step's input: the tokens' embeddings"
+        assert at.tolist() == ([8] if shared else [4, 8, 12][:rows]) and int(ticket) == 0, (at, ticket)
+        cols = [8] * rows if shared else [4, 8, 12][:rows]
+        assert [int(hist[b, c]) for b, c in enumerate(cols)] == nxt[:, 0].tolist() and int(hist.ne(0).sum()) == rows
+        torch.ops.gpucost.greedy_next(logits, nxt, torch.tensor([15]), hist, ticket, emb, x)  # 16 is past the width
+        assert int(hist.ne(0).sum()) == rows, hist
     from optimizer.generate import Decoder, prefill
     model = quantize_model(build_model(args, seed=2), "gemv")
-    p = [5, 9, 17, 3, 100, 11]
-    want = tokens(model, [p], 5, False)[0]
+    p = [[5, 9, 17, 3, 100, 11], [8, 8, 1, 2, 3, 4]]
+    want = tokens(model, p, 5, False)
     model.reset_cache_state()
     model.fused_decode = True
-    nxt = prefill(model, torch.tensor([p]), None).argmax(dim=-1, keepdim=True)
-    at, got, before = torch.tensor([len(p)]), [int(nxt)], calls["n"]
+    nxt = prefill(model, torch.tensor(p), None).argmax(dim=-1, keepdim=True)
+    at, before = torch.tensor([6]), calls["n"]
+    hist, ticket = torch.zeros(2, model.args.max_seq_len + 1, dtype=torch.long), torch.zeros(1, dtype=torch.int32)
+    hist[:, 6] = nxt[:, 0]
+    x = model.tok_embeddings(nxt)  # the kernel's tail: the fused step starts from the embedded tokens
     for _ in range(4):
-        Decoder(model)._greedy(nxt, at)
-        got.append(int(nxt))
-    assert got == want and int(at) == len(p) + 4 and calls["n"] - before == 4 * 2, (got, want)
+        Decoder(model)._greedy(nxt, at, hist, ticket, x)
+        assert torch.equal(x, model.tok_embeddings(nxt)), "the next step's input"
+    assert hist[:, 6:11].tolist() == want and int(at) == 10 and calls["n"] - before == 4 * 2, (hist[:, 6:11], want)
     # Launches fixed per site (launch_table.TUNED, what step_tune.py fills): the census lists the
     # step's sites and the launches they got; other configs and the grouped int8 kernel fixed
     # there are the launches made, and give the same tokens (PDL asked for, off on a CPU).

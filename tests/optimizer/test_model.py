@@ -56,23 +56,27 @@ def test_cached_generation_equals_recomputing_the_whole_sequence():
 
 def test_the_graphed_steps_greedy_tail_continues_generation_in_place():
     # Decoder._greedy is what the CUDA graph runs (compiled with the step under torch.compile):
-    # the next token written into the token buffer, the position moved on, the logits returned;
-    # step by step it gives generate's tokens.
+    # the next tokens written into the token buffer and into the history at their position, the
+    # position moved on, the logits returned; step by step it gives generate's tokens, every row.
     from optimizer.generate import Decoder, prefill
 
     model = build_model("test", seed=4)
-    prompt = [5, 6, 7, 8, 9]
-    want = generate(model, [prompt], 6).tokens[0]
+    prompts = [[5, 6, 7, 8, 9], [11, 12, 13, 14, 15]]
+    want = generate(model, prompts, 6).tokens
     model.reset_cache_state()
     decoder = Decoder(model)
-    tokens = prefill(model, torch.tensor([prompt]), None).argmax(dim=-1, keepdim=True)
-    pos = torch.tensor([len(prompt)])
-    got = [int(tokens)]
-    for _ in range(5):
-        logits = decoder._greedy(tokens, pos)
-        assert logits.shape == (1, model.args.vocab_size) and int(tokens) == int(logits.argmax())
-        got.append(int(tokens))
-    assert got == want and int(pos) == len(prompt) + 5
+    tokens = prefill(model, torch.tensor(prompts), None).argmax(dim=-1, keepdim=True)
+    pos = torch.tensor([5])
+    history = torch.zeros(2, model.args.max_seq_len + 1, dtype=torch.long)
+    ticket = torch.zeros(1, dtype=torch.int32)
+    history[:, 5] = tokens[:, 0]
+    for step in range(5):
+        logits = decoder._greedy(tokens, pos, history, ticket)
+        assert logits.shape == (2, model.args.vocab_size)
+        assert torch.equal(tokens, logits.argmax(dim=-1, keepdim=True))
+        assert torch.equal(history[:, 6 + step], tokens[:, 0])
+    assert history[:, 5:11].tolist() == want and int(pos) == 10
+    assert history[:, :5].eq(0).all() and history[:, 11:].eq(0).all()
 
 
 def test_generation_is_deterministic_and_sampling_is_seeded():
