@@ -282,6 +282,7 @@ def _(qkv, rope, k_cache, v_cache, slot_pos, slot_real, q_pos, counts, n_head, w
 # -- the greedy tail of a graphed step (generate.Decoder._greedy) ------------------------------
 
 GREEDY_BLOCK = 16384  # logits a CTA compares at once: 32,000 in two passes of 32 a thread
+GREEDY_PDL = os.environ.get("GPUCOST_GREEDY_PDL", "1") == "1"  # launched as a dependent of the head GEMV
 
 if triton is not None:
     @triton.jit
@@ -349,7 +350,7 @@ def greedy_next(logits: Tensor, tokens: Tensor, input_pos: Tensor, history: Tens
                          f"{tuple(history.shape)} and next inputs {tuple(embedded.shape)} for {bsz} rows of "
                          f"{dim} (and an int32 ticket)")
     block = min(triton.next_power_of_2(vocab), GREEDY_BLOCK)
-    pdl = int8_gemv.pdl_supported(logits.device)
+    pdl = GREEDY_PDL and int8_gemv.pdl_supported(logits.device)
     _greedy_kernel[(bsz,)](logits, tokens, input_pos, history, ticket, embedding, embedded, vocab, bsz,
                            history.shape[1], dim, logits.stride(0), tokens.stride(0), history.stride(0),
                            embedding.stride(0), embedded.stride(0), SHARED_POS=input_pos.numel() == 1, PDL=pdl,
