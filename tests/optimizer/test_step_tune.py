@@ -142,6 +142,11 @@ def test_site_candidates_cover_both_int8_kernels_and_the_attention_configs():
     attn = step_tune.site_candidates("attention bfloat16 H=32 Hkv=8 D=64 S=384 rows=1")
     assert {e["kernel"] for e in bf16} == {"tile"} and {e["kernel"] for e in int8} == {"tile", "grouped"}
     assert len(bf16) == len(int8_gemv._gemv_kernel.configs)
+    # int8 rows are half the bytes: tile shapes of twice the K block too, none longer than K
+    tiles = {(e["BLOCK_N"], e["BLOCK_K"], e["num_warps"]) for e in int8 if e["kernel"] == "tile"}
+    assert (2, 4096, 4) in tiles and (2, 4096, 4) not in {(e["BLOCK_N"], e["BLOCK_K"], e["num_warps"]) for e in bf16}
+    small = step_tune.site_candidates("gemv int8/bfloat16 3072x2048 rows=1 norm magic")
+    assert max(e["BLOCK_K"] for e in small if e["kernel"] == "tile") == 2048
     assert attn and all(e["kernel"] == "attention" and e["BLOCK_S"] * 64 <= 32768 for e in attn)
     assert all(e["pdl"] == 0 for e in bf16 + int8 + attn)
 
