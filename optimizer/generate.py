@@ -69,7 +69,9 @@ def ensure_caches(model: Transformer, batch_size: int, seq_len: int, kind: str |
         model.setup_caches(batch_size, seq_len, kind, prefill_chunk=chunk)
 
 
-GRAPH_STEPS = 8  # greedy steps a CUDA graph replay runs (the rest of a generation: one-step replays)
+# greedy steps a CUDA graph replay runs (the rest of a generation: one-step replays). 8 measured
+# slower than 1 on the H200 (1B: 0.668 against 0.662 ms, run 12), so one a replay by default.
+GRAPH_STEPS = 1
 
 
 @dataclass
@@ -110,8 +112,13 @@ class Decoder:
         self.greedy_kernel = greedy_kernel
         self._fn = self._forward
         self._greedy_fn = self._greedy
+        self._embedded_fn = model.forward_embedded
         if compile:
             self._fn = torch.compile(self._forward, fullgraph=True, dynamic=False)
+            # The greedy kernel's step: the fused step compiled from its embedded input, the
+            # kernel launched after it outside the compiled function (torch 2.11's compile of the
+            # two together never returned on the H200 machine, run 12)
+            self._embedded_fn = torch.compile(model.forward_embedded, fullgraph=True, dynamic=False)
             # the graphed step's greedy tail compiled with it: argmax, the token, history and
             # position updates in one or two generated kernels instead of eager ones (one of them
             # a 10 us reduction over the vocabulary on the H200, run 11)
@@ -137,7 +144,7 @@ class Decoder:
         tokens' embeddings [B, 1, dim]; a fused step, `_tail_kernel`), the fused step starts
         from it and the greedy kernel writes the next one."""
         if embedded is not None:
-            logits = self.model.forward_embedded(embedded, input_pos)[:, -1]
+            logits = self._embedded_fn(embedded, input_pos)[:, -1]
             torch.ops.gpucost.greedy_next(logits, tokens, input_pos, history, ticket,
                                           self.model.tok_embeddings.weight, embedded)
         else:
@@ -165,6 +172,7 @@ class Decoder:
             if self._tail_kernel(tokens, pos):
                 embedded = self.model.tok_embeddings(tokens).detach()
             state = (tokens, pos, history, ticket, embedded)
+            step = self._greedy if embedded is not None else self._greedy_fn  # see __init__
             # Warm-up (and compilation) off the capture, from position 0 each time; it writes
             # cache slot 0, which the next prefill overwrites, and its slot bookkeeping is reset
             # by `generate`.
@@ -173,18 +181,18 @@ class Decoder:
             with torch.cuda.stream(stream):
                 for _ in range(3):
                     pos.zero_()
-                    self._greedy_fn(*state)
+                    step(*state)
                 pos.zero_()
             torch.cuda.current_stream().wait_stream(stream)
             one = torch.cuda.CUDAGraph()
             with torch.cuda.graph(one):
-                self._greedy_fn(*state)
+                step(*state)
             many = None
             if self.graph_steps > 1:  # the same step captured `graph_steps` times, in one pool
                 many = torch.cuda.CUDAGraph()
                 with torch.cuda.graph(many, pool=one.pool()):
                     for _ in range(self.graph_steps):
-                        self._greedy_fn(*state)
+                        step(*state)
             self._graphs[key] = _GreedyGraphs(*state, one, many, self.graph_steps)
         return self._graphs[key]
 
