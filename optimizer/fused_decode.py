@@ -31,7 +31,9 @@ write left to Inductor, SiLU in the w2 GEMV's prologue) took a 1B step from 184 
 run 9 (this form) to 88, 0.789 ms against 0.890 ms unfused in one process (1.13x), and the 7B
 step to 171 kernels, 3.93 ms (76.9 % of 4.8 TB/s); run 10 (the tuned launches) to 0.703 ms at 1B
 (65.7 %) and 3.725 ms at 7B (81.2 %); run 11 (fetches before the wait, RoPE and the bookkeeping
-in the attention kernel) to 84 kernels and 0.665 ms at 1B (69.4 %), 3.675 ms at 7B (82.3 %).
+in the attention kernel) to 84 kernels and 0.665 ms at 1B (69.4 %), 3.675 ms at 7B (82.3 %); run
+12 (the graphed greedy tail as one kernel, `greedy_next`, which also writes the next step's
+embedded input) to 0.658 ms at 1B (70.1 %).
 
 Rounding follows eager PyTorch where the kernels round at all (the linear's output before the
 residual, SiLU and its product); the normed input is not rounded to the model dtype (fp32
