@@ -1,11 +1,12 @@
 """Where a graphed decode step's time goes, kernel by kernel.
 
 torch.profiler over CUDA-graph replays of the batch-1 decode step (as `generate` runs them:
-`Decoder.graph_steps` steps a replay, each writing its token into the history), on a GPU. For each kernel: its duration and the time
-from its start to the next kernel's start (its share of the step: these shares add up to the
-step exactly, overlap with programmatic dependent launch included), summed by role. For the fused
-step the roles are the layer's five kernels (qkv, attention, wo, w13, w2), the head and what runs
-outside them; GEMV roles also get their weight bytes over their duration.
+`Decoder.graph_steps` steps a replay, each writing its token into the history), on a GPU. For
+each kernel: its duration and the time from its start to the next kernel's start (its share of
+the step: these shares add up to the step exactly, overlap with programmatic dependent launch
+included), summed by role. For the fused step the roles are the layer's five kernels (qkv,
+attention, wo, w13, w2), the head and what runs outside them; GEMV roles also get their weight
+bytes over their duration.
 
     python3 bench/step_timeline.py [--model 1b] [--variants V1,V2] [--steps 24] [--out FILE.json]
     python3 bench/step_timeline.py --svg OUT.svg LABEL=FILE.json[:KEY] ...   # a plot, no GPU

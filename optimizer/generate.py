@@ -78,16 +78,15 @@ GRAPH_STEPS = 1
 class _GreedyGraphs:
     """A batch size's graphed greedy loop: the static inputs it advances (tokens, the shared
     position, the history of tokens by position, the greedy kernel's ticket and, when that kernel
-    runs, the embedded tokens the fused step starts from) and its graphs, one step and `steps`
-    steps a replay."""
+    runs, the embedded tokens the fused step starts from) and its graphs, one step and the
+    decoder's `graph_steps` a replay (the same graph when that is 1)."""
     tokens: Tensor
     pos: Tensor
     history: Tensor
     ticket: Tensor
     embedded: Tensor | None
     one: torch.cuda.CUDAGraph
-    many: torch.cuda.CUDAGraph | None
-    steps: int
+    many: torch.cuda.CUDAGraph
 
 
 class Decoder:
@@ -187,13 +186,13 @@ class Decoder:
             one = torch.cuda.CUDAGraph()
             with torch.cuda.graph(one):
                 step(*state)
-            many = None
+            many = one
             if self.graph_steps > 1:  # the same step captured `graph_steps` times, in one pool
                 many = torch.cuda.CUDAGraph()
                 with torch.cuda.graph(many, pool=one.pool()):
                     for _ in range(self.graph_steps):
                         step(*state)
-            self._graphs[key] = _GreedyGraphs(*state, one, many, self.graph_steps)
+            self._graphs[key] = _GreedyGraphs(*state, one, many)
         return self._graphs[key]
 
     def prepare(self, batch_size: int) -> None:
@@ -215,7 +214,7 @@ class Decoder:
     def advance(self, steps: int = 1) -> Tensor:
         """Replay `steps` greedy steps; returns the static tensor holding the last new tokens [B, 1]."""
         g = self._active
-        many, rest = divmod(steps, g.steps) if g.many is not None else (0, steps)
+        many, rest = divmod(steps, self.graph_steps)
         for _ in range(many):
             g.many.replay()
         for _ in range(rest):
