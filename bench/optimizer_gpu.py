@@ -147,6 +147,8 @@ def main() -> None:
     ap.add_argument("--tune-steps", type=int, default=48, help="@tuned: graph replays a trial times (best of --tune-reps)")
     ap.add_argument("--tune-reps", type=int, default=3)
     ap.add_argument("--tune-refine", type=int, default=4, help="@tuned: configs per site tried again under the PDL choices")
+    ap.add_argument("--tune-from", choices=("autotune", "table"), default="autotune",
+                    help="@tuned: each site starts from the autotuner's launch, or from the shipped table's entry")
     ap.add_argument("--clients", type=int, default=32)
     ap.add_argument("--model", default="1b")
     ap.add_argument("--big-model", default="7b", help="second model of the bandwidth section")
@@ -469,14 +471,15 @@ def main() -> None:
 
         t = time.perf_counter()
         out = step_tune.tune_decoder(model, decoder, log=lambda msg: log(f"{model_name} tune: {msg}"),
-                                     steps=args.tune_steps, reps=args.tune_reps, refine=args.tune_refine)
+                                     steps=args.tune_steps, reps=args.tune_reps, refine=args.tune_refine,
+                                     from_table=args.tune_from == "table")
         path = Path(args.tuned_out) if args.tuned_out else launch_table.table_path(gpu)
         launch_table.save(path, out["table"], gpu, {"model": model_name, "torch": torch.__version__,
                                                  "triton": getattr(sys.modules.get("triton"), "__version__", None),
                                                  "step_ms_start": out["step_s_start"] * 1e3,
                                                  "step_ms": out["step_s"] * 1e3, "trials": out["trials"],
                                                  "trial_steps": args.tune_steps, "trial_reps": args.tune_reps,
-                                                 "refine": args.tune_refine})
+                                                 "refine": args.tune_refine, "from": args.tune_from})
         for site, entry in out["table"].items():
             log(f"{model_name} tuned {site}: {step_tune.describe(entry)} (was {step_tune.describe(out['start'][site])})")
         return {"step_ms_start": out["step_s_start"] * 1e3, "step_ms": out["step_s"] * 1e3, "trials": out["trials"],

@@ -201,15 +201,18 @@ def step_sites(decoder, pos: int = 128) -> dict[str, dict]:
 
 
 def tune_decoder(model, decoder, log: Callable[[str], None] = lambda msg: None, steps: int = 48,
-                 reps: int = 3, seq_len: int = 384, **kwargs) -> dict:
+                 reps: int = 3, seq_len: int = 384, from_table: bool = False, **kwargs) -> dict:
     """Tune the launches of `decoder`'s graphed batch-1 step (a fused model on a GPU); leaves the
     result in launch_table.TUNED and the decoder's graphs dropped (the next use captures the tuned
-    launches). Returns `tune`'s result with the sites' starting launches."""
+    launches). A site starts from the autotuner's launch, or with `from_table` from its entry in
+    launch_table.TUNED where it has one (the shipped table: the descent goes on from there, each
+    candidate launched as that entry is). Returns `tune`'s result with the sites' starting launches."""
     from optimizer.generate import ensure_caches
 
     ensure_caches(model, 1, seq_len)
-    for site in step_sites(decoder):  # a site tuned before starts from the autotuner again
-        launch_table.TUNED.pop(site, None)
+    if not from_table:
+        for site in step_sites(decoder):  # a site tuned before starts from the autotuner again
+            launch_table.TUNED.pop(site, None)
     start = step_sites(decoder)
     log(f"{len(start)} sites; {sum(len(site_candidates(s)) for s in start)} candidate launches")
     out = tune(lambda: graphed_step_s(decoder, steps, reps), start, site_candidates, log, prewait=site_prewait,
