@@ -2,12 +2,16 @@
 weights, the Triton GEMV on int8 weights (optimizer/int8_gemv.py), for every linear layer shape of
 the 1B and 7B presets; the int8 GEMV both ways: "tile" (a [BLOCK_N, BLOCK_K] fp32 accumulator,
 as the bf16 kernel) and "grouped" (16 weights summed in registers per thread at every K step),
-each with the int8 weights turned into fp32 by a conversion instruction ("cvt") and by the bits
-of 2^23 + 128 + w ("magic", `_magic` arms). Each kernel runs from a CUDA graph of 20 calls cycling through enough
-weight copies (>= 256 MB) that nothing is served from L2; variants interleaved over rounds;
-the median and spread of the achieved bandwidth, as a share of a measured device copy.
+each with the int8 weights made fp32 in each of `--converts` (int8_gemv.INT8_CONVERT: "cvt", a
+conversion instruction; "magic", the bits of 2^23 + 128 + w by integer add; "prmt", the same bits
+by byte permute; "denorm", w + 128 as a denormal, the offset taken off at the end). Each kernel
+runs from a CUDA graph of 20 calls cycling through enough weight copies (>= 256 MB) that nothing
+is served from L2; variants interleaved over rounds; the median and spread of the achieved
+bandwidth, as a share of a measured device copy. Every int8 variant's output is checked against
+the first convert's: "magic" and "prmt" must agree bit for bit; the largest difference of the
+others, relative to the output's largest magnitude, is printed and stored.
 
-    python3 bench/gemv.py [--rounds 5] [--out FILE.json]"""
+    python3 bench/gemv.py [--rounds 5] [--kernels tile,grouped] [--converts cvt,magic] [--out FILE.json]"""
 
 from __future__ import annotations
 
@@ -66,8 +70,12 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--presets", default="1b,7b")
+    ap.add_argument("--kernels", default="tile,grouped", help="int8 kernels (int8_gemv.INT8_KERNEL)")
+    ap.add_argument("--converts", default="cvt,magic", help="int8 to fp32 forms (int8_gemv.INT8_CONVERT)")
     ap.add_argument("--out")
     args = ap.parse_args()
+    kernels, converts = args.kernels.split(","), args.converts.split(",")
+    defaults = int8_gemv.INT8_KERNEL, int8_gemv.INT8_CONVERT
     dev = torch.device("cuda")
     copy = copy_bandwidth(dev) / 1e9
     print(f"device {torch.cuda.get_device_name(dev)}; copy {copy:.0f} GB/s", flush=True)
@@ -79,7 +87,7 @@ def main() -> None:
             wb = [torch.randn(n, k, device=dev, dtype=torch.bfloat16) for _ in range(n_copies)]
             q = [quantize_per_channel(w) for w in wb]
             q = [(a, s.to(torch.bfloat16)) for a, s in q]
-            def int8(kernel, convert="cvt"):
+            def int8(kernel, convert):
                 def call(i):  # the kernel and conversion are chosen when the graph is captured
                     int8_gemv.INT8_KERNEL, int8_gemv.INT8_CONVERT = kernel, convert
                     return torch.ops.gpucost.int8_gemv(x, q[i][0], q[i][1])
@@ -87,8 +95,18 @@ def main() -> None:
 
             fns = {"cublas_bf16": lambda i: F.linear(x, wb[i]),
                    "triton_bf16": lambda i: torch.ops.gpucost.gemv(x, wb[i]),
-                   "triton_int8_tile": int8("tile"), "triton_int8": int8("grouped"),
-                   "triton_int8_tile_magic": int8("tile", "magic"), "triton_int8_magic": int8("grouped", "magic")}
+                   **{f"triton_int8_{kern}_{conv}": int8(kern, conv) for kern in kernels for conv in converts}}
+            agree = {}
+            for kern in kernels:  # the same int8 GEMV in each form: equal, or how far apart
+                ref = fns[f"triton_int8_{kern}_{converts[0]}"](0).float()
+                for conv in converts[1:]:
+                    got = fns[f"triton_int8_{kern}_{conv}"](0).float()
+                    agree[f"{kern} {conv} vs {converts[0]}"] = {
+                        "equal": bool(torch.equal(got, ref)),
+                        "max_rel": ((got - ref).abs().max() / ref.abs().max()).item()}
+                    if {conv, converts[0]} == {"magic", "prmt"} and not torch.equal(got, ref):
+                        raise SystemExit(f"{preset} {name}: prmt and magic disagree ({kern})")
+            int8_gemv.INT8_KERNEL, int8_gemv.INT8_CONVERT = defaults
             nbytes = {v: 2 * n * k if "bf16" in v else n * k + 2 * n for v in fns}
             graphs = {v: graphed(fn, n_copies) for v, fn in fns.items()}
             times = {v: [] for v in fns}
@@ -100,17 +118,19 @@ def main() -> None:
                 for key, c in kern.cache.items():
                     if tuple(key[:2]) == (n, k):
                         cfg[f"{label} {key[2:]}"] = str(c)
-            row = {"preset": preset, "layer": name, "N": n, "K": k, "autotuned": cfg}
+            row = {"preset": preset, "layer": name, "N": n, "K": k, "autotuned": cfg, "agreement": agree}
             for v, ts in times.items():
                 med = statistics.median(ts)
                 row[v] = {"us": med * 1e6, "us_min": min(ts) * 1e6, "us_max": max(ts) * 1e6,
                           "gb_s": nbytes[v] / med / 1e9, "share_of_copy": nbytes[v] / med / 1e9 / copy}
             rows.append(row)
+            first = {kern: row[f"triton_int8_{kern}_{converts[0]}"]["us"] for kern in kernels}
             print(f"{preset} {name:5} {n:6}x{k:<6} " + "  ".join(
-                f"{v} {row[v]['us']:7.2f} us {row[v]['gb_s']:6.0f} GB/s ({row[v]['share_of_copy']:.0%})"
-                for v in fns) + f"  int8/bf16 x{row['triton_bf16']['us'] / row['triton_int8']['us']:.2f}"
-                f"  magic/cvt tile x{row['triton_int8_tile']['us'] / row['triton_int8_tile_magic']['us']:.2f}"
-                f" grouped x{row['triton_int8']['us'] / row['triton_int8_magic']['us']:.2f}", flush=True)
+                f"{v.removeprefix('triton_')} {row[v]['us']:7.2f} us ({row[v]['share_of_copy']:.0%})" for v in fns)
+                + "  " + "  ".join(f"{kern} {conv}/{converts[0]} x{first[kern] / row[f'triton_int8_{kern}_{conv}']['us']:.3f}"
+                                   for kern in kernels for conv in converts[1:])
+                + "  " + "  ".join(f"{a}: " + ("equal" if v["equal"] else f"{v['max_rel']:.1e}")
+                                   for a, v in agree.items()), flush=True)
             graphs = fns = None
             torch.cuda.empty_cache()
     if args.out:

@@ -30,7 +30,7 @@ CHECK = textwrap.dedent("""
         q, s = quantize_per_channel(w)
         default = int8_gemv.INT8_CONVERT
         for kernel in ("grouped", "tile"):  # both int8 kernels, both ways of making int8 fp32
-            for convert in ("cvt", "magic"):
+            for convert in ("cvt", "magic", "denorm"):  # (on a GPU "prmt": magic's bits by inline asm)
                 int8_gemv.INT8_KERNEL, int8_gemv.INT8_CONVERT = kernel, convert
                 for rows in (1, 3):
                     x = torch.randn(rows, k)
@@ -135,10 +135,13 @@ FUSED = textwrap.dedent("""
                 for got, want in cases:
                     assert got.shape == want.shape and torch.allclose(got, want, rtol=1e-4, atol=1e-3), \\
                         (label, n, k, scales is None, (got - want).abs().max())
+        default = int8_gemv.INT8_CONVERT
         for kernel in ("tile", "grouped"):
             int8_gemv.INT8_KERNEL = kernel
-            with launch_table.census() as sites:
-                check(kernel)
+            for convert in ("magic", "denorm"):  # denorm: the sums offset by 128 * sum(x), taken off at the end
+                int8_gemv.INT8_CONVERT = convert
+                with launch_table.census() as sites:
+                    check(f"{kernel} {convert}")
         int8_gemv.INT8_KERNEL = "tile"
         # weight tiles requested before the wait for the kernel before (PREFETCH, halved until they
         # fit in K: 4 x 32 of K 128 whole, 4 x 32 of a ragged K 200 with a masked tail)
@@ -146,8 +149,11 @@ FUSED = textwrap.dedent("""
             launch_table.TUNED.update({site: {"kernel": "tile", "BLOCK_N": 16, "BLOCK_K": 32, "num_warps": 4,
                                               "num_stages": 1, "pdl": 1, "trigger": 1, "PREFETCH": prefetch}
                                        for site in sites})
-            check(f"PREFETCH {prefetch}")
+            for convert in ("magic", "denorm"):
+                int8_gemv.INT8_CONVERT = convert
+                check(f"PREFETCH {prefetch} {convert}")
         launch_table.TUNED.clear()
+        int8_gemv.INT8_CONVERT = default
     for bad in ((torch.randn(1, 10), torch.randn(4, 8), None, False), (torch.randn(1, 8), torch.randn(5, 8), None, True),
                 (torch.randn(1, 8), torch.randn(4, 8), torch.randn(1, 4), True)):
         try:
