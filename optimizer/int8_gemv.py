@@ -424,20 +424,22 @@ def gemv_site(n: int, k: int, rows: int, weight_dtype: torch.dtype, x_dtype: tor
     return f"gemv {w}/{str(x_dtype).removeprefix('torch.')} {n}x{k} rows={rows}{on}"
 
 
-# Tile-kernel shapes tried for int8 weights only (step_tune.py, run 12): a row of int8 weights is
-# half the bytes of a bf16 one, so twice the K block (or twice the rows) for the same bytes a CTA.
-INT8_TILE_EXTRA = ((2, 4096, 4), (4, 4096, 8), (8, 2048, 8), (16, 2048, 8), (32, 512, 8), (32, 1024, 8))
+# Tile-kernel shapes the step tuner tries beyond the autotuning configs (step_tune.py): twice the
+# K block or twice the rows, for the same bytes a CTA as the configs' with int8 rows (half the
+# bytes of a bf16 one). Added for int8 weights in run 12; tried for bf16 too since run 13, where
+# under the byte-permute conversion the 1B int8 step took two of them (w13 as 32 x 512 tiles).
+TILE_EXTRA = ((2, 4096, 4), (4, 4096, 8), (8, 2048, 8), (16, 2048, 8), (32, 512, 8), (32, 1024, 8))
 
 
 def gemv_candidates(site: str, k: int, int8: bool) -> list[dict]:
-    """The launches step_tune.py tries at a GEMV site: every autotuning config of the tile kernel,
-    and for int8 weights the tile shapes of INT8_TILE_EXTRA and the grouped kernel's configs too
-    (K blocks no longer than K)."""
-    out = [launch_entry("tile", c, False) for c in _gemv_kernel.configs]
+    """The launches step_tune.py tries at a GEMV site: every autotuning config of the tile kernel
+    and the tile shapes of TILE_EXTRA (K blocks no longer than K), and for int8 weights the grouped
+    kernel's configs too."""
+    configs = list(_gemv_kernel.configs) + [
+        triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warps=warps, num_stages=stages)
+        for bn, bk, warps in TILE_EXTRA if bk <= k for stages in (1, 3)]
+    out = [launch_entry("tile", c, False) for c in configs]
     if int8:
-        extra = [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warps=warps, num_stages=stages)
-                 for bn, bk, warps in INT8_TILE_EXTRA if bk <= k for stages in (1, 3)]
-        out += [launch_entry("tile", c, False) for c in extra]
         out += [launch_entry("grouped", c, False) for c in _fits(_int8_gemv_kernel.configs, {"K": k})]
     return out
 

@@ -141,10 +141,11 @@ def test_site_candidates_cover_both_int8_kernels_and_the_attention_configs():
     int8 = step_tune.site_candidates("gemv int8/bfloat16 2048x8192 rows=1 resid magic")
     attn = step_tune.site_candidates("attention bfloat16 H=32 Hkv=8 D=64 S=384 rows=1")
     assert {e["kernel"] for e in bf16} == {"tile"} and {e["kernel"] for e in int8} == {"tile", "grouped"}
-    assert len(bf16) == len(int8_gemv._gemv_kernel.configs)
-    # int8 rows are half the bytes: tile shapes of twice the K block too, none longer than K
-    tiles = {(e["BLOCK_N"], e["BLOCK_K"], e["num_warps"]) for e in int8 if e["kernel"] == "tile"}
-    assert (2, 4096, 4) in tiles and (2, 4096, 4) not in {(e["BLOCK_N"], e["BLOCK_K"], e["num_warps"]) for e in bf16}
+    # beyond the autotuning configs, tile shapes of twice the K block or rows, none longer than K
+    shape = lambda entries: {(e["BLOCK_N"], e["BLOCK_K"], e["num_warps"]) for e in entries if e["kernel"] == "tile"}  # noqa: E731
+    assert (32, 512, 8) in shape(bf16) and (32, 512, 8) in shape(int8)
+    assert (2, 4096, 4) in shape(int8) and (2, 4096, 4) not in shape(bf16)  # K 2048: no 4096 block
+    assert len(bf16) == len(int8_gemv._gemv_kernel.configs) + 2 * sum(bk <= 2048 for _, bk, _ in int8_gemv.TILE_EXTRA)
     small = step_tune.site_candidates("gemv int8/bfloat16 3072x2048 rows=1 norm magic")
     assert max(e["BLOCK_K"] for e in small if e["kernel"] == "tile") == 2048
     assert attn and all(e["kernel"] == "attention" and e["BLOCK_S"] * 64 <= 32768 for e in attn)
