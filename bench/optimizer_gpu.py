@@ -131,9 +131,9 @@ def main() -> None:
     ap.add_argument("--ab-rounds", type=int, default=6)
     ap.add_argument("--ab-variants", default="bf16+compile+cudagraph,bf16+int8-weight-only+compile+cudagraph",
                     help="first is the baseline; a name ending in @nocdt compiles without coordinate-descent "
-                         "tuning (cuBLAS GEMVs instead of Inductor's tuned reductions); @cvt / @magic / @prmt / @denorm: "
+                         "tuning (cuBLAS GEMVs instead of Inductor's tuned reductions); @cvt / @magic / @prmt: "
                          "the int8 GEMVs make their weights fp32 by a conversion instruction / by the bits of "
-                         "2^23 + 128 + w from an integer add / from a byte permute / as the denormal w + 128 "
+                         "2^23 + 128 + w from an integer add / from a byte permute "
                          "(int8_gemv.INT8_CONVERT, chosen when the arm's CUDA graph is captured; default prmt); "
                          "@pdl: the fused step with programmatic dependent launch (fused_decode.PDL); "
                          "@tuned: the fused step's launches chosen by the step's time (optimizer/step_tune.py, "
@@ -390,7 +390,7 @@ def main() -> None:
                 # step is compiled here, under this arm's Inductor settings.
                 inductor_config.coordinate_descent_tuning = "@nocdt" not in name
                 convert, pdl = int8_gemv.INT8_CONVERT, fused_decode.PDL
-                int8_gemv.INT8_CONVERT = next((c for c in ("cvt", "magic", "prmt", "denorm") if f"@{c}" in name), convert)
+                int8_gemv.INT8_CONVERT = next((c for c in ("cvt", "magic", "prmt") if f"@{c}" in name), convert)
                 fused_decode.PDL = pdl or "@pdl" in name
                 launch_table.USE_TUNED = "@tuned" in name or "@table" in name
                 try:

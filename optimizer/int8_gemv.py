@@ -13,10 +13,14 @@ Weights are streamed with evict-first so they do not push the activations out of
   step. On the H200 it beat "tile" at 7B with the conversion instruction (step 3.150 vs 3.315 ms,
   run 7) and lost at 1B; docs/benchmarks.md, H200 section.
 
-int8 weights become fp32 in registers through the bits of 2^23 + 128 + w (an integer add and an
-fp32 subtract; `INT8_CONVERT = "magic"`, the default) rather than an int-to-float conversion per
-weight ("cvt"), which Hopper issues at a fraction of the fp32 FMA rate: the 1B fused int8 step took
-0.656 ms against 0.764 ms with the conversion (H200, run 9, same process, "tile" kernel).
+int8 weights become fp32 in registers through the bits of 2^23 + 128 + w and an fp32 subtract
+rather than an int-to-float conversion per weight ("cvt"), which Hopper issues at a fraction of
+the fp32 FMA rate: the 1B fused int8 step took 0.656 ms against 0.764 ms with the conversion (H200,
+run 9, same process, "tile" kernel). Those bits come from a byte permute (`INT8_CONVERT = "prmt"`,
+the default since run 13: one xor for four weights, one PTX prmt a weight) or from a sign
+extension and an integer add ("magic"); the same bits, so the same results. With its launches
+re-tuned under it, the 1B int8 step took 0.477 ms against 0.511 ms ("magic", its own table),
+because larger tiles paid once the inner loop issued fewer integer instructions (run 13).
 
 Both kernels also come fused (`gpucost::gemv_fused`, used by fused_decode.py): RMSNorm of the
 input, a residual add or SiLU(gate) * up in the epilogue, and (optionally) programmatic dependent
@@ -136,69 +140,20 @@ if triton is not None:
             constraints="=r,=r,=r,=r,r", args=[w], dtype=tl.float32, is_pure=True, pack=4)
 
     @triton.jit
-    def _prmt_denormal(w):
-        """The bits of w + 128 for int8 weights, four at a time (the xor, then a byte permute a
-        weight with zero high bytes: selector 0x444k): the fp32 denormal (w + 128) * 2^-149."""
-        return tl.inline_asm_elementwise(
-            asm="""{
-            .reg .b32 t, z;
-            xor.b32 t, $4, 0x80808080;
-            mov.b32 z, 0;
-            prmt.b32 $0, t, z, 0x4440;
-            prmt.b32 $1, t, z, 0x4441;
-            prmt.b32 $2, t, z, 0x4442;
-            prmt.b32 $3, t, z, 0x4443;
-            }""",
-            constraints="=r,=r,=r,=r,r", args=[w], dtype=tl.float32, is_pure=True, pack=4)
-
-    @triton.jit
-    def _f32(w, MAGIC: tl.constexpr, PRMT: tl.constexpr, DENORM: tl.constexpr):
-        """A weight tile as fp32 for the dot products.
-
-        - MAGIC: w through the bits of 2^23 + 128 + w, then an fp32 subtract (exact for -128..127),
-          instead of an int-to-float conversion, which Hopper issues at a fraction of the fp32
-          FMA rate. The bits come from a sign extension and an integer add a weight, or with PRMT
-          from a byte permute a weight and an xor every four (`_prmt_magic`).
-        - DENORM: (w + 128) * 2^-149, the fp32 denormal whose bits are w + 128 (the same xor and
-          permute with PRMT; an integer add and a bitcast without, as under the interpreter), and
-          no subtract: the kernel scales its input by X_SCALE and takes 128 * sum(x) off at the
-          end (`_unoffset`). fp32 FMA takes denormals at full rate and Triton does not flush them.
-
-        The int8 GEMV's inner loop issued about three integer instructions a weight with the sign
-        extension and add (sm_90 SASS, run 13) on a pipe half as wide as the fp32 one; PRMT makes
-        it one and a quarter, DENORM takes the fp32 subtract off as well."""
-        if DENORM:
-            if PRMT:
-                return _prmt_denormal(w)
-            else:
-                return (w.to(tl.int32) + 128).to(tl.float32, bitcast=True)
-        elif PRMT:
+    def _f32(w, MAGIC: tl.constexpr, PRMT: tl.constexpr):
+        """A weight tile as fp32. int8 with MAGIC: through the bits of 2^23 + 128 + w, then an
+        fp32 subtract (exact for -128..127), instead of an int-to-float conversion, which Hopper
+        issues at a fraction of the fp32 FMA rate. The bits come from a sign extension and an
+        integer add a weight, or with PRMT from a byte permute a weight and an xor every four
+        (`_prmt_magic`): the same bits with a third of the integer instructions, where the inner
+        loop otherwise issued about three integer instructions a weight on a pipe half as wide as
+        the fp32 one (sm_90 SASS, run 13)."""
+        if PRMT:
             return _prmt_magic(w) - 8388736.0
         elif MAGIC:
             return (w.to(tl.int32) + 0x4B000080).to(tl.float32, bitcast=True) - 8388736.0
         else:
             return w.to(tl.float32)
-
-    # DENORM: the input scaled by 2^64 for the dot products with the denormal weights, so the
-    # products are (w + 128) * x * 2^-85, normal floats for |x| above 2^-41 (and no overflow below
-    # |x| of 2^64); the sums are scaled back by 2^85 and lose 128 * sum(x).
-    X_SCALE = tl.constexpr(2.0 ** 64)
-    OUT_SCALE = tl.constexpr(2.0 ** 85)
-
-    @triton.jit
-    def _dot_x(x, DENORM: tl.constexpr):
-        if DENORM:
-            return x * X_SCALE
-        else:
-            return x
-
-    @triton.jit
-    def _unoffset(out, sum_x, DENORM: tl.constexpr):
-        """The dot products from the DENORM form's sums: sum((w + 128) * x) - 128 * sum(x)."""
-        if DENORM:
-            return out * OUT_SCALE - 128.0 * sum_x
-        else:
-            return out
 
     @triton.jit
     def _rows(pid_n, N, BLOCK_N: tl.constexpr, GLU: tl.constexpr):
@@ -252,7 +207,7 @@ if triton is not None:
         if PDL:
             tl.extra.cuda.gdc_wait()
 
-    _KEY = ["N", "K", "HAS_SCALE", "NORM", "RESID", "GLU", "MAGIC", "PRMT", "DENORM"]
+    _KEY = ["N", "K", "HAS_SCALE", "NORM", "RESID", "GLU", "MAGIC", "PRMT"]
     _EVEN = {"EVEN_K": lambda a: a["K"] % a["BLOCK_K"] == 0, "EVEN_N": lambda a: a["N"] % a["BLOCK_N"] == 0}
 
     # Each config is timed for ~50 ms per shape instead of Triton's default 125 ms: 24 configs x
@@ -262,7 +217,7 @@ if triton is not None:
     @triton.jit
     def _gemv_kernel(x_ptr, w_ptr, s_ptr, y_ptr, g_ptr, r_ptr, N, K, eps, stride_xm, stride_wn, stride_ym,
                      stride_rm, HAS_SCALE: tl.constexpr, NORM: tl.constexpr, RESID: tl.constexpr,
-                     GLU: tl.constexpr, MAGIC: tl.constexpr, PRMT: tl.constexpr, DENORM: tl.constexpr, PDL: tl.constexpr, TRIGGER: tl.constexpr,
+                     GLU: tl.constexpr, MAGIC: tl.constexpr, PRMT: tl.constexpr, PDL: tl.constexpr, TRIGGER: tl.constexpr,
                      PREFETCH: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                      EVEN_K: tl.constexpr, EVEN_N: tl.constexpr):
         """PREFETCH: the weight tiles (a [BLOCK_N, PREFETCH * BLOCK_K] block, PREFETCH * BLOCK_K
@@ -282,35 +237,24 @@ if triton is not None:
         offs_k = tl.arange(0, BLOCK_K)
         w_ptrs = rows_w + offs_k[None, :]
         if PREFETCH == 1:
-            acc = _f32(w_pre, MAGIC, PRMT, DENORM) * _dot_x(x_pre, DENORM)[None, :]
+            acc = _f32(w_pre, MAGIC, PRMT) * x_pre[None, :]
             ss = ss_pre
-            sx = x_pre
         else:
-            head = tl.sum(_f32(w_pre, MAGIC, PRMT, DENORM) * _dot_x(x_pre, DENORM)[None, :], axis=1)
+            head = tl.sum(_f32(w_pre, MAGIC, PRMT) * x_pre[None, :], axis=1)
             head_ss = tl.sum(ss_pre, axis=0)
-            head_sx = tl.sum(x_pre, axis=0)
             acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
             ss = tl.zeros((BLOCK_K,), dtype=tl.float32)
-            sx = tl.zeros((BLOCK_K,), dtype=tl.float32)
         for k0 in range(PRE_K, K, BLOCK_K):
             w = _w_tile(w_ptrs, n_mask[:, None], offs_k[None, :], k0, K, EVEN_K and EVEN_N)
             x, sq = _x_block(x_row, g_ptr, offs_k, k0, K, EVEN_K, NORM)
-            acc += _f32(w, MAGIC, PRMT, DENORM) * _dot_x(x, DENORM)[None, :]
+            acc += _f32(w, MAGIC, PRMT) * x[None, :]
             ss += sq
-            if DENORM:
-                sx += x
         _trigger(TRIGGER, 2)
         out = tl.sum(acc, axis=1)
         sum_sq = tl.sum(ss, axis=0)
-        if DENORM:
-            sum_x = tl.sum(sx, axis=0)
-        else:
-            sum_x = 0.0
         if PREFETCH > 1:
             out += head
             sum_sq += head_ss
-            sum_x += head_sx
-        out = _unoffset(out, sum_x, DENORM)
         _epilogue(_normed(out, sum_sq, K, eps, NORM), s_ptr, r_ptr + row * stride_rm,
                   y_ptr + row * stride_ym, offs_n, n_mask, cols, N, HAS_SCALE, RESID, GLU, BLOCK_N)
 
@@ -335,7 +279,7 @@ if triton is not None:
     @triton.jit
     def _int8_gemv_kernel(x_ptr, w_ptr, s_ptr, y_ptr, g_ptr, r_ptr, N, K, eps, stride_xm, stride_wn, stride_ym,
                           stride_rm, HAS_SCALE: tl.constexpr, NORM: tl.constexpr, RESID: tl.constexpr,
-                          GLU: tl.constexpr, MAGIC: tl.constexpr, PRMT: tl.constexpr, DENORM: tl.constexpr, PDL: tl.constexpr, TRIGGER: tl.constexpr,
+                          GLU: tl.constexpr, MAGIC: tl.constexpr, PRMT: tl.constexpr, PDL: tl.constexpr, TRIGGER: tl.constexpr,
                           BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                           EVEN_K: tl.constexpr, EVEN_N: tl.constexpr):
         """The int8 GEMV: a [BLOCK_N, BLOCK_K / 16, 16] weight tile, each thread holding 16
@@ -353,19 +297,15 @@ if triton is not None:
         _trigger(TRIGGER, 1)
         _wait(PDL)
         x, ss = _x_block(x_row, g_ptr, offs_k, 0, K, EVEN_K, NORM)
-        acc = tl.sum(_f32(w, MAGIC, PRMT, DENORM) * _dot_x(x, DENORM)[None, :, :], axis=2)
-        sx = x
+        acc = tl.sum(_f32(w, MAGIC, PRMT) * x[None, :, :], axis=2)
         for k0 in range(BLOCK_K, K, BLOCK_K):
             w = _w_tile(w_ptrs, n_mask[:, None, None], offs_k[None, :, :], k0, K, EVEN_K and EVEN_N)
             x, sq = _x_block(x_row, g_ptr, offs_k, k0, K, EVEN_K, NORM)
-            acc += tl.sum(_f32(w, MAGIC, PRMT, DENORM) * _dot_x(x, DENORM)[None, :, :], axis=2)
+            acc += tl.sum(_f32(w, MAGIC, PRMT) * x[None, :, :], axis=2)
             ss += sq
-            if DENORM:
-                sx += x
         _trigger(TRIGGER, 2)
         sum_sq = tl.sum(tl.sum(ss, axis=1), axis=0)
-        out = _unoffset(tl.sum(acc, axis=1), tl.sum(tl.sum(sx, axis=1), axis=0), DENORM)
-        _epilogue(_normed(out, sum_sq, K, eps, NORM), s_ptr, r_ptr + row * stride_rm,
+        _epilogue(_normed(tl.sum(acc, axis=1), sum_sq, K, eps, NORM), s_ptr, r_ptr + row * stride_rm,
                   y_ptr + row * stride_ym, offs_n, n_mask, cols, N, HAS_SCALE, RESID, GLU, BLOCK_N)
 
 
@@ -459,10 +399,9 @@ def _launch(x: Tensor, weight: Tensor, scales: Tensor | None, norm_weight: Tenso
     flags = {"HAS_SCALE": scales is not None, "NORM": norm_weight is not None, "RESID": resid is not None,
              "GLU": glu, "MAGIC": scales is not None and INT8_CONVERT != "cvt"}
     # MAGIC in a site's key: int8 weights converted through their bits rather than the conversion
-    # instruction. How (_f32) is passed apart, so one tuned entry covers the three forms; the
-    # interpreter has no inline assembly and gets the same bits from integer adds instead.
-    conv = {"PRMT": flags["MAGIC"] and INT8_CONVERT in ("prmt", "denorm") and not _interpreting(),
-            "DENORM": flags["MAGIC"] and INT8_CONVERT == "denorm"}
+    # instruction; how those bits are made (PRMT) is passed apart, as both give the same results.
+    # The interpreter has no inline assembly and makes them by integer adds instead.
+    conv = {"PRMT": flags["MAGIC"] and INT8_CONVERT == "prmt" and not _interpreting()}
     args = (x2, weight, weight if scales is None else scales, y, weight if norm_weight is None else norm_weight,
             r2, n, k, eps, x2.stride(0), weight.stride(0), y.stride(0), r2.stride(0))
     grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), rows)  # noqa: E731

@@ -30,7 +30,7 @@ CHECK = textwrap.dedent("""
         q, s = quantize_per_channel(w)
         default = int8_gemv.INT8_CONVERT
         for kernel in ("grouped", "tile"):  # both int8 kernels, both ways of making int8 fp32
-            for convert in ("cvt", "magic", "denorm"):  # (on a GPU "prmt": magic's bits by inline asm)
+            for convert in ("cvt", "magic"):  # (on a GPU also "prmt": magic's bits by inline asm)
                 int8_gemv.INT8_KERNEL, int8_gemv.INT8_CONVERT = kernel, convert
                 for rows in (1, 3):
                     x = torch.randn(rows, k)
@@ -92,6 +92,73 @@ def test_gemv_kernels_under_the_triton_interpreter():
     interpret(CHECK)
 
 
+def _prmt(a: int, b: int, selector: int) -> int:
+    """PTX prmt.b32 (default mode): byte i of the result is byte (nibble i of the selector) of the
+    8 bytes b:a (a the low four), with the sign of that byte spread when the nibble's bit 3 is set."""
+    pool = (a | b << 32).to_bytes(8, "little")
+    out = 0
+    for i in range(4):
+        nib = selector >> 4 * i & 0xF
+        byte = pool[nib & 7]
+        out |= ((0xFF if byte & 0x80 else 0) if nib & 8 else byte) << 8 * i
+    return out
+
+
+def test_the_byte_permute_conversion_gives_the_magic_bits_of_every_int8_weight():
+    # The inline assembly of _prmt_magic (GPUs only: the interpreter runs the integer-add form),
+    # read from its source and played here: for every int8 weight at every byte of a register,
+    # the bits of 2^23 + 128 + w, so the fp32 subtract gives back w exactly (as the integer-add form).
+    import inspect
+    import re
+    import struct
+
+    from optimizer import int8_gemv
+
+    src = inspect.getsource(int8_gemv._prmt_magic.fn)
+    flip = int(re.search(r"xor\.b32 t, \$4, (0x[0-9A-Fa-f]+);", src).group(1), 16)
+    high = int(re.search(r"mov\.b32 m, (0x[0-9A-Fa-f]+);", src).group(1), 16)
+    selectors = {int(k): int(v, 16) for k, v in re.findall(r"prmt\.b32 \$(\d), t, m, (0x[0-9A-Fa-f]+);", src)}
+    assert sorted(selectors) == [0, 1, 2, 3]
+    for w in range(-128, 128):
+        for at in range(4):
+            others = [(w * 7 + 13 * j) % 256 for j in range(4)]  # the register's other weights
+            others[at] = w & 0xFF
+            packed = int.from_bytes(bytes(others), "little")
+            bits = _prmt(packed ^ flip, high, selectors[at])
+            assert struct.unpack("<f", bits.to_bytes(4, "little"))[0] - 8388736.0 == w, (w, at)
+
+
+def test_the_byte_permute_gemv_compiles_for_hopper():
+    # The tile GEMV with the byte-permute conversion, compiled for sm_90 by Triton's own ptxas (no
+    # GPU needed): the inline assembly assembles, and the kernel permutes bytes instead of adding.
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from optimizer import int8_gemv
+
+    fn = int8_gemv._gemv_kernel.fn.fn
+    sig = {"x_ptr": "*bf16", "w_ptr": "*i8", "s_ptr": "*bf16", "y_ptr": "*bf16", "g_ptr": "*bf16", "r_ptr": "*bf16",
+           "N": "i32", "K": "i32", "eps": "fp32", "stride_xm": "i32", "stride_wn": "i32", "stride_ym": "i32",
+           "stride_rm": "i32"}
+    ptx = {}
+    for prmt in (False, True):
+        consts = {"HAS_SCALE": True, "NORM": True, "RESID": False, "GLU": False, "MAGIC": True, "PRMT": prmt,
+                  "PDL": True, "TRIGGER": 2, "PREFETCH": 1, "BLOCK_N": 16, "BLOCK_K": 512, "EVEN_K": True,
+                  "EVEN_N": True}
+        full = {n: "constexpr" if n in consts else sig[n] for n in fn.arg_names}
+        src = ASTSource(fn, full, constexprs={(fn.arg_names.index(k),): v for k, v in consts.items()},
+                        attrs={(fn.arg_names.index(n),): [["tt.divisibility", 16]] for n in sig if n != "eps"})
+        try:
+            compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
+        except RuntimeError as exc:  # a Triton without its CUDA tools
+            pytest.skip(f"no sm_90 compiler here: {exc}")
+        assert compiled.asm["cubin"]
+        ptx[prmt] = compiled.asm["ptx"]
+    assert "prmt.b32" in ptx[True] and "0x4B000000" in ptx[True]
+    assert "1258291328" not in ptx[True] and "1258291328" in ptx[False]  # 0x4B000080: the integer add's constant
+
+
 def test_gemv_applies_only_where_the_kernel_runs():
     import torch
 
@@ -135,13 +202,10 @@ FUSED = textwrap.dedent("""
                 for got, want in cases:
                     assert got.shape == want.shape and torch.allclose(got, want, rtol=1e-4, atol=1e-3), \\
                         (label, n, k, scales is None, (got - want).abs().max())
-        default = int8_gemv.INT8_CONVERT
         for kernel in ("tile", "grouped"):
             int8_gemv.INT8_KERNEL = kernel
-            for convert in ("magic", "denorm"):  # denorm: the sums offset by 128 * sum(x), taken off at the end
-                int8_gemv.INT8_CONVERT = convert
-                with launch_table.census() as sites:
-                    check(f"{kernel} {convert}")
+            with launch_table.census() as sites:
+                check(kernel)
         int8_gemv.INT8_KERNEL = "tile"
         # weight tiles requested before the wait for the kernel before (PREFETCH, halved until they
         # fit in K: 4 x 32 of K 128 whole, 4 x 32 of a ragged K 200 with a masked tail)
@@ -149,11 +213,8 @@ FUSED = textwrap.dedent("""
             launch_table.TUNED.update({site: {"kernel": "tile", "BLOCK_N": 16, "BLOCK_K": 32, "num_warps": 4,
                                               "num_stages": 1, "pdl": 1, "trigger": 1, "PREFETCH": prefetch}
                                        for site in sites})
-            for convert in ("magic", "denorm"):
-                int8_gemv.INT8_CONVERT = convert
-                check(f"PREFETCH {prefetch} {convert}")
+            check(f"PREFETCH {prefetch}")
         launch_table.TUNED.clear()
-        int8_gemv.INT8_CONVERT = default
     for bad in ((torch.randn(1, 10), torch.randn(4, 8), None, False), (torch.randn(1, 8), torch.randn(5, 8), None, True),
                 (torch.randn(1, 8), torch.randn(4, 8), torch.randn(1, 4), True)):
         try:
