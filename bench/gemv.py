@@ -4,13 +4,12 @@ the 1B and 7B presets; the int8 GEMV both ways: "tile" (a [BLOCK_N, BLOCK_K] fp3
 as the bf16 kernel) and "grouped" (16 weights summed in registers per thread at every K step),
 each with the int8 weights made fp32 in each of `--converts` (int8_gemv.INT8_CONVERT: "cvt", a
 conversion instruction; "magic", the bits of 2^23 + 128 + w by integer add; "prmt", the same bits
-by byte permute). Each kernel
-runs from a CUDA graph of 20 calls cycling through enough weight copies (>= 256 MB) that nothing
-is served from L2; variants interleaved over rounds; the median and spread of the achieved
-bandwidth, as a share of a measured device copy. Every int8 variant's output is checked against
-the first convert's: "magic" and "prmt" must agree bit for bit; the largest difference from
-"cvt" (the same products, summed alike: none expected either), relative to the output's largest
-magnitude, is printed and stored.
+by byte permute). Each kernel runs from a CUDA graph of 20 calls cycling through enough weight
+copies (>= 256 MB) that nothing is served from L2; variants interleaved over rounds; the median
+and spread of the achieved bandwidth, as a share of a measured device copy. Every int8 form's
+output is compared with the first form's (exact conversions, the same sums: equal is expected,
+and "magic" against "prmt" must be); whether equal, and the largest difference relative to the
+output's largest magnitude, are printed and stored.
 
     python3 bench/gemv.py [--rounds 5] [--kernels tile,grouped] [--converts cvt,magic] [--out FILE.json]"""
 

@@ -5,6 +5,7 @@ Triton is imported, so the checks run in a child process."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -137,6 +138,10 @@ def test_the_byte_permute_gemv_compiles_for_hopper():
 
     from optimizer import int8_gemv
 
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        pytest.skip("the interpreter is on in this process: nothing is compiled")
+    if not (Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas").exists() and not shutil.which("ptxas"):
+        pytest.skip("no ptxas here (a Triton without its CUDA tools)")
     fn = int8_gemv._gemv_kernel.fn.fn
     sig = {"x_ptr": "*bf16", "w_ptr": "*i8", "s_ptr": "*bf16", "y_ptr": "*bf16", "g_ptr": "*bf16", "r_ptr": "*bf16",
            "N": "i32", "K": "i32", "eps": "fp32", "stride_xm": "i32", "stride_wn": "i32", "stride_ym": "i32",
@@ -149,10 +154,7 @@ def test_the_byte_permute_gemv_compiles_for_hopper():
         full = {n: "constexpr" if n in consts else sig[n] for n in fn.arg_names}
         src = ASTSource(fn, full, constexprs={(fn.arg_names.index(k),): v for k, v in consts.items()},
                         attrs={(fn.arg_names.index(n),): [["tt.divisibility", 16]] for n in sig if n != "eps"})
-        try:
-            compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
-        except RuntimeError as exc:  # a Triton without its CUDA tools
-            pytest.skip(f"no sm_90 compiler here: {exc}")
+        compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
         assert compiled.asm["cubin"]
         ptx[prmt] = compiled.asm["ptx"]
     assert "prmt.b32" in ptx[True] and "0x4B000000" in ptx[True]
