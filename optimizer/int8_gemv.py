@@ -400,8 +400,8 @@ def _launch(x: Tensor, weight: Tensor, scales: Tensor | None, norm_weight: Tenso
              "GLU": glu, "MAGIC": scales is not None and INT8_CONVERT != "cvt"}
     # MAGIC in a site's key: int8 weights converted through their bits rather than the conversion
     # instruction; how those bits are made (PRMT) is passed apart, as both give the same results.
-    # The interpreter has no inline assembly and makes them by integer adds instead.
-    conv = {"PRMT": flags["MAGIC"] and INT8_CONVERT == "prmt" and not _interpreting()}
+    # The interpreter has no inline assembly (nor ROCm's Triton PTX) and makes them by integer adds.
+    conv = {"PRMT": flags["MAGIC"] and INT8_CONVERT == "prmt" and not _interpreting() and torch.version.hip is None}
     args = (x2, weight, weight if scales is None else scales, y, weight if norm_weight is None else norm_weight,
             r2, n, k, eps, x2.stride(0), weight.stride(0), y.stride(0), r2.stride(0))
     grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), rows)  # noqa: E731
