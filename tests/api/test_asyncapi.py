@@ -86,6 +86,10 @@ async def test_the_api_serves_the_document_publicly_and_every_message_it_sends_f
 
         now = int(time.time()) // 60 * 60
         await publish_aggregates(stack.settings, [aggregate_record("acme", "chat", now - 120, 1.5)])
+        # the subscription's snapshot is what the API holds when it subscribes: wait until it holds
+        # the aggregate (the snapshot is sent once; a slow consumer would leave it empty for good)
+        await async_wait_for(lambda: httpx.get(stack.url + "/api/latest", headers=stack.headers, timeout=5).json(),
+                             30, what="the aggregate in the API")
         seen: dict[str, list[dict]] = {}
         async with websockets.connect(stack.ws_url, additional_headers=stack.headers) as ws:
             async def read():
