@@ -81,16 +81,30 @@ CHECK = textwrap.dedent("""
 """)
 
 
-def interpret(script: str) -> None:
-    """Run `script` in a child process under Triton's interpreter; it must print "ok" last."""
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
-    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True,
-                         text=True, timeout=600)
-    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stdout + out.stderr
+@pytest.fixture(scope="module")
+def interpreted():
+    """The interpreter's scripts (CHECK, FUSED_KERNELS, FUSED_STEP), each in a child process under
+    Triton's interpreter, all started at once: they are single-threaded Python, so on a machine of
+    two cores they take about half the time they take one after another. A test waits for its own."""
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    children = {name: subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, env=env, text=True,
+                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                for name, script in (("CHECK", CHECK), ("FUSED_KERNELS", FUSED_KERNELS), ("FUSED_STEP", FUSED_STEP))}
+
+    def wait(name: str) -> None:
+        """The child must exit 0 having printed "ok" last."""
+        out, _ = children[name].communicate(timeout=600)
+        assert children[name].returncode == 0 and out.strip().endswith("ok"), out
+
+    yield wait
+    for child in children.values():
+        if child.poll() is None:
+            child.kill()
+            child.communicate()
 
 
-def test_gemv_kernels_under_the_triton_interpreter():
-    interpret(CHECK)
+def test_gemv_kernels_under_the_triton_interpreter(interpreted):
+    interpreted("CHECK")
 
 
 def _prmt(a: int, b: int, selector: int) -> int:
@@ -173,7 +187,7 @@ def test_gemv_applies_only_where_the_kernel_runs():
     assert not int8_gemv.gemv_applies(torch.zeros(1, 16), w.t().contiguous().t())  # not contiguous
 
 
-FUSED = textwrap.dedent("""
+_FUSED_IMPORTS = """
     import asyncio
     import torch
     import torch.nn.functional as F
@@ -185,6 +199,9 @@ FUSED = textwrap.dedent("""
     from optimizer.quantize import quantize_per_channel
 
     torch.manual_seed(0)
+"""
+
+FUSED_KERNELS = textwrap.dedent(_FUSED_IMPORTS + """
     op = torch.ops.gpucost.gemv_fused
     # The fused GEMV forms against their unfused PyTorch definitions (fp32: exact up to summation order)
     for n, k in ((64, 128), (70, 200)):
@@ -270,7 +287,10 @@ FUSED = textwrap.dedent("""
                 assert torch.equal(k2, kw) and torch.equal(v2, vw), (s, window)  # written where the model writes
                 assert torch.equal(pos2, pos) and torch.equal(real2, real), (s, window)  # the bookkeeping too
                 assert not counts.any(), counts  # the split counters are left at zero
+    print("ok")
+""")
 
+FUSED_STEP = textwrap.dedent(_FUSED_IMPORTS + """
     # The fused decode step gives the unfused model's tokens (gemv and int8 weights, a sliding
     # window, the in-flight batcher's per-row positions) and really runs. A small model, and the
     # unfused side off the kernels (plain linears, or int8 through F.linear), to keep the
@@ -393,5 +413,9 @@ FUSED = textwrap.dedent("""
 """)
 
 
-def test_fused_decode_kernels_under_the_triton_interpreter():
-    interpret(FUSED)
+def test_fused_gemv_and_attention_kernels_under_the_triton_interpreter(interpreted):
+    interpreted("FUSED_KERNELS")
+
+
+def test_fused_decode_step_under_the_triton_interpreter(interpreted):
+    interpreted("FUSED_STEP")
